@@ -1,0 +1,231 @@
+"""Score biases that compose with any w(i, j) (docs/scores.md, "Biases").
+
+    α_ij = w(i, j) + Σ_b bias_b(i, j)
+
+Positions are token positions within each sequence (``TokenGraph.positions``), so a batched
+block-diagonal graph gets the same biases as each sequence alone.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from .scores import DenseContext, Edges, ScoreFunction
+
+__all__ = ["BIASES", "ALiBi", "Biased", "EdgeFeatureBias", "RelativePositionBias", "ScoreBias"]
+
+
+class ScoreBias(nn.Module):
+    """Base type of an additive bias b(i, j) [E, H] that does not look at q or k."""
+
+    name: str = "bias"
+
+    def forward(self, edges: Edges) -> Tensor:
+        """Per-edge bias on ``edges`` -> [e, H]."""
+        raise NotImplementedError
+
+    def dense(self, ctx: DenseContext) -> Tensor:
+        """Dense bias -> [H, L_q, L_k]."""
+        raise NotImplementedError
+
+
+class Biased(ScoreFunction):
+    """A score plus one or more biases: α_ij = w(i, j) + Σ_b b(i, j).
+
+    Built by ``score + bias`` or by a name such as ``"scaled_dot+alibi"``. It runs on the
+    backends that the base score supports, minus flex (biases need per-edge positions).
+    """
+
+    def __init__(self, score: ScoreFunction, *biases: ScoreBias) -> None:
+        super().__init__()
+        if isinstance(score, Biased):
+            biases = (*score.biases_list(), *biases)
+            score = score.score
+        self.score: ScoreFunction = score
+        self.biases = nn.ModuleList(biases)
+        self.name = "+".join([score.name, *(b.name for b in biases)])
+        self.backends = score.backends - {"flex"}  # type: ignore[misc]
+
+    def biases_list(self) -> list[ScoreBias]:
+        return [b for b in self.biases if isinstance(b, ScoreBias)]
+
+    def forward(self, q_i: Tensor, k_j: Tensor, edges: Edges) -> Tensor:
+        out = self.score(q_i, k_j, edges)
+        for b in self.biases_list():
+            out = out + b(edges)
+        return out
+
+    def edge_scores(self, q: Tensor, k: Tensor, edges: Edges) -> Tensor:
+        out = self.score.edge_scores(q, k, edges)  # [E, H]
+        for b in self.biases_list():
+            out = out + b(edges)
+        return out
+
+    def dense(self, q: Tensor, k: Tensor, ctx: DenseContext) -> Tensor:
+        out = self.score.dense(q, k, ctx)  # [..., H, L_q, L_k]
+        for b in self.biases_list():
+            out = out + b.dense(ctx)
+        return out
+
+    def __add__(self, bias: nn.Module) -> ScoreFunction:
+        if not isinstance(bias, ScoreBias):
+            raise TypeError(f"only a ScoreBias can be added to a score, got {type(bias).__name__}")
+        return Biased(self, bias)
+
+
+def t5_bucket(rel: Tensor, bidirectional: bool, num_buckets: int, max_distance: int) -> Tensor:
+    """T5's relative-position bucket of ``rel = j - i`` (Raffel et al. 2020, Sec. 2.1).
+
+    Exact buckets for |rel| < num_buckets/2 (per direction), then logarithmic up to
+    ``max_distance``, beyond which everything shares the last bucket.
+    """
+    bucket = torch.zeros_like(rel)
+    n = num_buckets
+    if bidirectional:
+        n //= 2
+        bucket = bucket + (rel > 0).long() * n
+        dist = rel.abs()
+    else:
+        dist = (-rel).clamp(min=0)
+    max_exact = n // 2
+    large = (
+        max_exact
+        + (
+            torch.log(dist.float().clamp(min=1) / max_exact)
+            / math.log(max_distance / max_exact)
+            * (n - max_exact)
+        ).long()
+    )
+    large = large.clamp(max=n - 1)
+    return bucket + torch.where(dist < max_exact, dist, large)
+
+
+class RelativePositionBias(ScoreBias):
+    """Bucketed learned relative-position bias (Raffel et al. 2020, T5; Shaw et al. 2018).
+
+    .. math:: b(i, j) = B_h[\\mathrm{bucket}(j - i)]
+
+    Args:
+        num_heads: H.  num_buckets: 32 as T5.  max_distance: 128 as T5.
+        bidirectional: separate buckets for j > i and j < i (True for encoders).
+    """
+
+    name = "relative_position"
+
+    def __init__(
+        self,
+        num_heads: int,
+        num_buckets: int = 32,
+        max_distance: int = 128,
+        bidirectional: bool = True,
+    ) -> None:
+        super().__init__()
+        if num_buckets < 4 or max_distance <= num_buckets // 4:
+            raise ValueError(
+                f"need num_buckets >= 4 and max_distance > num_buckets/4, got "
+                f"num_buckets={num_buckets}, max_distance={max_distance}"
+            )
+        self.num_buckets, self.max_distance = num_buckets, max_distance
+        self.bidirectional = bidirectional
+        self.embedding = nn.Embedding(num_buckets, num_heads)  # B [buckets, H]
+
+    def _bias(self, rel: Tensor) -> Tensor:
+        idx = t5_bucket(rel, self.bidirectional, self.num_buckets, self.max_distance)
+        return self.embedding(idx)  # [..., H]
+
+    def forward(self, edges: Edges) -> Tensor:
+        return self._bias(edges.pos_src() - edges.pos_dst())  # [e, H]
+
+    def dense(self, ctx: DenseContext) -> Tensor:
+        rel = ctx.pos_k[None, :] - ctx.pos_q[:, None]  # [L_q, L_k]
+        return self._bias(rel).permute(2, 0, 1)  # [H, L_q, L_k]
+
+
+def alibi_slopes(num_heads: int) -> Tensor:
+    """ALiBi's per-head slopes (Press et al. 2022): 2^(-8h/H) for h = 1..H, with the paper's
+    interleaving when H is not a power of two."""
+
+    def pow2(n: int) -> list[float]:
+        start = 2 ** (-(2 ** -(math.log2(n) - 3)))
+        return [start * start**i for i in range(n)]
+
+    if math.log2(num_heads).is_integer():
+        return torch.tensor(pow2(num_heads))
+    closest = 2 ** math.floor(math.log2(num_heads))
+    return torch.tensor(pow2(closest) + pow2(2 * closest)[0::2][: num_heads - closest])
+
+
+class ALiBi(ScoreBias):
+    """Attention with Linear Biases (Press et al. 2022, "Train Short, Test Long").
+
+    .. math:: b(i, j) = -m_h \\, |i - j|
+
+    The symmetric form; on a causal graph (j <= i) it is the paper's m_h (j - i).
+    The slopes m_h are a fixed buffer, not parameters.
+    """
+
+    name = "alibi"
+
+    def __init__(self, num_heads: int) -> None:
+        super().__init__()
+        self.register_buffer("slopes", alibi_slopes(num_heads))  # m [H]
+        self.slopes: Tensor
+
+    def forward(self, edges: Edges) -> Tensor:
+        dist = (edges.pos_dst() - edges.pos_src()).abs()  # [e]
+        return -dist.unsqueeze(-1).to(self.slopes.dtype) * self.slopes  # [e, H]
+
+    def dense(self, ctx: DenseContext) -> Tensor:
+        dist = (ctx.pos_q[:, None] - ctx.pos_k[None, :]).abs()  # [L_q, L_k]
+        return -dist.to(self.slopes.dtype) * self.slopes[:, None, None]  # [H, L_q, L_k]
+
+
+class EdgeFeatureBias(ScoreBias):
+    """A learned projection of edge features to one bias per head (Ying et al. 2021,
+    Graphormer's edge encoding; Dwivedi & Bresson 2021).
+
+    .. math:: b(i, j) = (W_e \\, e_{ij})_h
+
+    Args:
+        edge_dim: F, the width of ``edge_attr`` [E, F].  num_heads: H.
+    """
+
+    name = "edge_features"
+
+    def __init__(self, edge_dim: int, num_heads: int, bias: bool = False) -> None:
+        super().__init__()
+        self.edge_dim = edge_dim
+        self.proj = nn.Linear(edge_dim, num_heads, bias=bias)  # W_e [H, F]
+
+    def _check(self, edge_attr: Tensor | None, rows: int) -> Tensor:
+        if edge_attr is None:
+            raise ValueError(
+                "EdgeFeatureBias needs edge_attr [E, F]; pass forward(..., edge_attr=...)"
+            )
+        if edge_attr.dim() == 1:
+            edge_attr = edge_attr.unsqueeze(-1)
+        if edge_attr.size(-1) != self.edge_dim:
+            raise ValueError(
+                f"edge_attr has {edge_attr.size(-1)} features but EdgeFeatureBias expects "
+                f"edge_dim={self.edge_dim}"
+            )
+        return edge_attr
+
+    def forward(self, edges: Edges) -> Tensor:
+        attr = self._check(edges.edge_attr, len(edges))
+        return self.proj(attr.to(self.proj.weight.dtype))  # [e, H]
+
+    def dense(self, ctx: DenseContext) -> Tensor:
+        attr = self._check(ctx.edge_attr, 0)  # [L_q, L_k, F]
+        return self.proj(attr.to(self.proj.weight.dtype)).permute(2, 0, 1)  # [H, L_q, L_k]
+
+
+#: name -> factory(num_heads) -> ScoreBias (edge_features needs edge_dim: build it directly)
+BIASES: dict[str, Callable[[int], ScoreBias]] = {
+    "relative_position": lambda h: RelativePositionBias(h),
+    "alibi": lambda h: ALiBi(h),
+}

@@ -1,0 +1,397 @@
+"""w(i, j): pluggable edge score functions (docs/math.md, eq. 1 and docs/scores.md).
+
+A score function maps node-level queries q [N_t, H, D] and keys k [N_s, H, D], plus the edges
+of the graph (and optional edge features and positions), to pre-softmax logits α [E, H].
+
+Every ScoreFunction has three views of the same formula:
+
+* ``forward(q_i, k_j, edges)``: the literal per-edge formula on gathered [e, H, D] vectors.
+* ``edge_scores(q, k, edges)``: the same on the whole graph without an [E, H, D] tensor. The
+  default runs ``forward`` over edge chunks; factorisable scores override it with node-level work.
+* ``dense(q, k, ctx)``: the same on the full L_q × L_k matrix, written plainly, for the dense
+  reference and for block backends.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .ops import chunked_edge_map, edge_dot
+
+if TYPE_CHECKING:
+    from .graph import TokenGraph
+
+__all__ = [
+    "SCORES",
+    "Additive",
+    "Bilinear",
+    "CallableScore",
+    "Cosine",
+    "DenseContext",
+    "Dot",
+    "Edges",
+    "GATv2",
+    "NegDistance",
+    "ScaledDot",
+    "ScoreFunction",
+    "make_score",
+    "register_score",
+]
+
+#: The type users plug in: ``f(q_i [E, H, D], k_j [E, H, D]) -> α [E, H]``.
+ScoreCallable = Callable[[Tensor, Tensor], Tensor]
+
+
+@dataclass
+class Edges:
+    """The edges a score function is evaluated on (all of them, or one chunk).
+
+    ``src``/``dst`` are LongTensors [e]; ``edge_attr`` is [e, F] or None. Token positions of the
+    endpoints (within their sequence) come from ``pos_src()``/``pos_dst()``, gathered on demand.
+    """
+
+    src: Tensor
+    dst: Tensor
+    graph: TokenGraph
+    edge_attr: Tensor | None = None
+
+    def __len__(self) -> int:
+        return self.src.numel()
+
+    def slice(self, start: int, stop: int) -> Edges:
+        attr = None if self.edge_attr is None else self.edge_attr[start:stop]
+        return Edges(self.src[start:stop], self.dst[start:stop], self.graph, attr)
+
+    def pos_src(self) -> Tensor:
+        return self.graph.positions("src").index_select(0, self.src)  # [e]
+
+    def pos_dst(self) -> Tensor:
+        return self.graph.positions("dst").index_select(0, self.dst)  # [e]
+
+
+@dataclass
+class DenseContext:
+    """What a dense formula needs besides q and k: positions [L_q], [L_k], edge_attr [L_q, L_k, F]."""
+
+    pos_q: Tensor
+    pos_k: Tensor
+    edge_attr: Tensor | None = None
+
+
+def _check_scores(fn: object, out: object, num_edges: int, heads: int, like: Tensor) -> Tensor:
+    name = getattr(fn, "name", None) or type(fn).__name__
+    if not isinstance(out, Tensor):
+        raise TypeError(f"score function {name!r} returned {type(out).__name__}, expected a Tensor")
+    if tuple(out.shape) != (num_edges, heads):
+        raise ValueError(
+            f"score function {name!r} returned shape {tuple(out.shape)}; expected "
+            f"(E, H) = ({num_edges}, {heads})"
+        )
+    if not out.is_floating_point():
+        raise TypeError(
+            f"score function {name!r} returned dtype {out.dtype}, expected {like.dtype}"
+        )
+    return out.to(like.dtype)
+
+
+class ScoreFunction(nn.Module):
+    """Base type of w(i, j). Subclasses implement ``forward`` and ``dense``.
+
+    Attributes:
+        backends: names of the backends that can run this score (the edge backend runs all).
+        name: registry name, used in messages and tables.
+    """
+
+    backends: ClassVar[frozenset[str]] = frozenset({"edge"})
+    name: str = "score"
+
+    def forward(self, q_i: Tensor, k_j: Tensor, edges: Edges) -> Tensor:
+        """Literal per-edge formula. q_i, k_j [e, H, D] -> α [e, H]."""
+        raise NotImplementedError
+
+    def dense(self, q: Tensor, k: Tensor, ctx: DenseContext) -> Tensor:
+        """Dense formula. q [..., H, L_q, D], k [..., H, L_k, D] -> α [..., H, L_q, L_k]."""
+        raise NotImplementedError(f"score function {self.name!r} has no dense form")
+
+    def edge_scores(self, q: Tensor, k: Tensor, edges: Edges) -> Tensor:
+        """α on every edge without an [E, H, D] tensor. q [N_t, H, D], k [N_s, H, D] -> [E, H]."""
+
+        def chunk(s: int, t: int) -> Tensor:
+            part = edges.slice(s, t)
+            out = self(q.index_select(0, part.dst), k.index_select(0, part.src), part)
+            return _check_scores(self, out, t - s, q.size(1), q)
+
+        return chunked_edge_map(chunk, len(edges), q.size(1) * q.size(2), q.size(1), q)
+
+    def __add__(self, bias: nn.Module) -> ScoreFunction:
+        from .biases import Biased, ScoreBias
+
+        if not isinstance(bias, ScoreBias):
+            raise TypeError(f"only a ScoreBias can be added to a score, got {type(bias).__name__}")
+        return Biased(self, bias)
+
+
+class ScaledDot(ScoreFunction):
+    """Scaled dot product (Vaswani et al. 2017, "Attention Is All You Need").
+
+    .. math:: \\alpha_{ij} = \\langle q_i, k_j \\rangle / \\sqrt{D}
+    """
+
+    backends = frozenset({"edge", "dense", "block", "flex"})
+    name = "scaled_dot"
+
+    def forward(self, q_i: Tensor, k_j: Tensor, edges: Edges) -> Tensor:
+        return (q_i * k_j).sum(-1) / math.sqrt(q_i.size(-1))  # [e, H]
+
+    def edge_scores(self, q: Tensor, k: Tensor, edges: Edges) -> Tensor:
+        return edge_dot(q, k, edges.src, edges.dst) / math.sqrt(q.size(-1))  # [E, H]
+
+    def dense(self, q: Tensor, k: Tensor, ctx: DenseContext) -> Tensor:
+        return q @ k.transpose(-1, -2) / math.sqrt(q.size(-1))  # [..., H, L_q, L_k]
+
+
+class Dot(ScoreFunction):
+    """Unscaled dot product (Luong et al. 2015, "Effective Approaches to Attention-based NMT").
+
+    .. math:: \\alpha_{ij} = \\langle q_i, k_j \\rangle
+    """
+
+    backends = frozenset({"edge", "dense", "block", "flex"})
+    name = "dot"
+
+    def forward(self, q_i: Tensor, k_j: Tensor, edges: Edges) -> Tensor:
+        return (q_i * k_j).sum(-1)
+
+    def edge_scores(self, q: Tensor, k: Tensor, edges: Edges) -> Tensor:
+        return edge_dot(q, k, edges.src, edges.dst)
+
+    def dense(self, q: Tensor, k: Tensor, ctx: DenseContext) -> Tensor:
+        return q @ k.transpose(-1, -2)
+
+
+class Additive(ScoreFunction):
+    """GAT's additive score (Veličković et al. 2018, "Graph Attention Networks").
+
+    .. math:: \\alpha_{ij} = \\mathrm{LeakyReLU}(a_l^\\top q_i + a_r^\\top k_j)
+
+    which is GAT's ``a^T [W h_i || W h_j]`` with W h_i = q_i and W h_j = k_j, per head.
+
+    Args:
+        num_heads: H.  head_dim: D.  negative_slope: LeakyReLU slope (default 0.2, as GAT).
+    """
+
+    backends = frozenset({"edge", "block"})
+    name = "additive"
+
+    def __init__(self, num_heads: int, head_dim: int, negative_slope: float = 0.2) -> None:
+        super().__init__()
+        self.negative_slope = negative_slope
+        self.att_dst = nn.Parameter(torch.empty(num_heads, head_dim))  # a_l [H, D]
+        self.att_src = nn.Parameter(torch.empty(num_heads, head_dim))  # a_r [H, D]
+        nn.init.xavier_uniform_(self.att_dst)
+        nn.init.xavier_uniform_(self.att_src)
+
+    def forward(self, q_i: Tensor, k_j: Tensor, edges: Edges) -> Tensor:
+        logit = (q_i * self.att_dst).sum(-1) + (k_j * self.att_src).sum(-1)  # [e, H]
+        return F.leaky_relu(logit, self.negative_slope)
+
+    def edge_scores(self, q: Tensor, k: Tensor, edges: Edges) -> Tensor:
+        s_dst = (q * self.att_dst).sum(-1)  # [N_t, H]
+        s_src = (k * self.att_src).sum(-1)  # [N_s, H]
+        logit = s_dst.index_select(0, edges.dst) + s_src.index_select(0, edges.src)  # [E, H]
+        return F.leaky_relu(logit, self.negative_slope)
+
+    def dense(self, q: Tensor, k: Tensor, ctx: DenseContext) -> Tensor:
+        s_dst = (q * self.att_dst.unsqueeze(-2)).sum(-1)  # [..., H, L_q]
+        s_src = (k * self.att_src.unsqueeze(-2)).sum(-1)  # [..., H, L_k]
+        return F.leaky_relu(s_dst.unsqueeze(-1) + s_src.unsqueeze(-2), self.negative_slope)
+
+
+class GATv2(ScoreFunction):
+    """GATv2's dynamic score (Brody et al. 2022, "How Attentive are Graph Attention Networks?").
+
+    .. math:: \\alpha_{ij} = a^\\top \\mathrm{LeakyReLU}(q_i + k_j)
+
+    which is GATv2's ``a^T LeakyReLU(W [h_i || h_j])`` with W = [W_q | W_k], per head.
+    """
+
+    name = "gatv2"
+
+    def __init__(self, num_heads: int, head_dim: int, negative_slope: float = 0.2) -> None:
+        super().__init__()
+        self.negative_slope = negative_slope
+        self.att = nn.Parameter(torch.empty(num_heads, head_dim))  # a [H, D]
+        nn.init.xavier_uniform_(self.att)
+
+    def forward(self, q_i: Tensor, k_j: Tensor, edges: Edges) -> Tensor:
+        return (F.leaky_relu(q_i + k_j, self.negative_slope) * self.att).sum(-1)  # [e, H]
+
+    def dense(self, q: Tensor, k: Tensor, ctx: DenseContext) -> Tensor:
+        pair = F.leaky_relu(
+            q.unsqueeze(-2) + k.unsqueeze(-3), self.negative_slope
+        )  # [.., H, Lq, Lk, D]
+        return (pair * self.att[:, None, None, :]).sum(-1)
+
+
+class Cosine(ScoreFunction):
+    """Scaled cosine similarity with a learnable per-head temperature τ_h
+    (Liu et al. 2022, "Swin Transformer V2"; Henry et al. 2020, "Query-Key Normalization").
+
+    .. math:: \\alpha_{ij} = \\tau_h \\, \\frac{\\langle q_i, k_j \\rangle}{\\|q_i\\| \\|k_j\\|},
+        \\quad \\tau_h = \\exp(\\min(s_h, \\log \\tau_{max}))
+    """
+
+    backends = frozenset({"edge", "block"})
+    name = "cosine"
+
+    def __init__(
+        self, num_heads: int, temperature: float = 10.0, max_temperature: float = 100.0
+    ) -> None:
+        super().__init__()
+        if temperature <= 0 or max_temperature <= 0:
+            raise ValueError(f"temperatures must be > 0, got {temperature}, {max_temperature}")
+        self.log_temperature = nn.Parameter(torch.full((num_heads,), math.log(temperature)))
+        self.max_log_temperature = math.log(max_temperature)
+
+    def temperature(self) -> Tensor:
+        """τ [H]."""
+        return self.log_temperature.clamp(max=self.max_log_temperature).exp()
+
+    def forward(self, q_i: Tensor, k_j: Tensor, edges: Edges) -> Tensor:
+        return (F.normalize(q_i, dim=-1) * F.normalize(k_j, dim=-1)).sum(-1) * self.temperature()
+
+    def edge_scores(self, q: Tensor, k: Tensor, edges: Edges) -> Tensor:
+        qn, kn = F.normalize(q, dim=-1), F.normalize(k, dim=-1)  # [N, H, D]
+        return edge_dot(qn, kn, edges.src, edges.dst) * self.temperature()
+
+    def dense(self, q: Tensor, k: Tensor, ctx: DenseContext) -> Tensor:
+        cos = F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-1, -2)
+        return cos * self.temperature()[:, None, None]
+
+
+class Bilinear(ScoreFunction):
+    """Bilinear ("general") score (Luong et al. 2015), one D×D matrix per head.
+
+    .. math:: \\alpha_{ij} = q_i^\\top W_h k_j
+
+    W_h starts as I/√D, so an untrained bilinear score equals scaled_dot.
+    """
+
+    backends = frozenset({"edge", "block"})
+    name = "bilinear"
+
+    def __init__(self, num_heads: int, head_dim: int) -> None:
+        super().__init__()
+        eye = torch.eye(head_dim) / math.sqrt(head_dim)
+        self.weight = nn.Parameter(eye.repeat(num_heads, 1, 1))  # W [H, D, D]
+
+    def forward(self, q_i: Tensor, k_j: Tensor, edges: Edges) -> Tensor:
+        return torch.einsum("ehd,hdf,ehf->eh", q_i, self.weight, k_j)
+
+    def edge_scores(self, q: Tensor, k: Tensor, edges: Edges) -> Tensor:
+        wk = torch.einsum("hdf,nhf->nhd", self.weight, k)  # W_h k_j [N_s, H, D]
+        return edge_dot(q, wk, edges.src, edges.dst)
+
+    def dense(self, q: Tensor, k: Tensor, ctx: DenseContext) -> Tensor:
+        return q @ self.weight @ k.transpose(-1, -2)
+
+
+class NegDistance(ScoreFunction):
+    """Negative squared Euclidean distance (Kim et al. 2021, "The Lipschitz Constant of
+    Self-Attention", L2 attention).
+
+    .. math:: \\alpha_{ij} = -\\|q_i - k_j\\|^2 / \\sqrt{D}
+    """
+
+    backends = frozenset({"edge", "block"})
+    name = "neg_distance"
+
+    def forward(self, q_i: Tensor, k_j: Tensor, edges: Edges) -> Tensor:
+        return -(q_i - k_j).pow(2).sum(-1) / math.sqrt(q_i.size(-1))
+
+    def edge_scores(self, q: Tensor, k: Tensor, edges: Edges) -> Tensor:
+        # ||q - k||² = |q|² + |k|² - 2<q, k>: node-level norms plus one fused edge_dot.
+        qq = q.pow(2).sum(-1).index_select(0, edges.dst)  # [E, H]
+        kk = k.pow(2).sum(-1).index_select(0, edges.src)  # [E, H]
+        qk = edge_dot(q, k, edges.src, edges.dst)  # [E, H]
+        return -(qq + kk - 2 * qk) / math.sqrt(q.size(-1))
+
+    def dense(self, q: Tensor, k: Tensor, ctx: DenseContext) -> Tensor:
+        diff = q.unsqueeze(-2) - k.unsqueeze(-3)  # [..., H, L_q, L_k, D]
+        return -diff.pow(2).sum(-1) / math.sqrt(q.size(-1))
+
+
+class CallableScore(ScoreFunction):
+    """Adapter for a plain callable ``f(q_i [E, H, D], k_j [E, H, D]) -> [E, H]``."""
+
+    def __init__(self, fn: ScoreCallable) -> None:
+        super().__init__()
+        if not callable(fn):
+            raise TypeError(f"score must be a name, a ScoreFunction or a callable, got {fn!r}")
+        self.fn = fn
+        self.name = getattr(fn, "__name__", type(fn).__name__)
+
+    def forward(self, q_i: Tensor, k_j: Tensor, edges: Edges) -> Tensor:
+        return self.fn(q_i, k_j)
+
+    def dense(self, q: Tensor, k: Tensor, ctx: DenseContext) -> Tensor:
+        lq, lk = q.size(-2), k.size(-2)
+        qi = q.unsqueeze(-2).expand(*q.shape[:-1], lk, q.size(-1))  # [..., H, Lq, Lk, D]
+        kj = k.unsqueeze(-3).expand(*k.shape[:-2], lq, lk, k.size(-1))  # [..., H, Lq, Lk, D]
+        qi = qi.movedim(-4, -2).reshape(-1, q.size(-3), q.size(-1))  # [(..Lq Lk), H, D]
+        kj = kj.movedim(-4, -2).reshape(-1, q.size(-3), q.size(-1))
+        out = _check_scores(self, self.fn(qi, kj), qi.size(0), q.size(-3), q)  # [(.. Lq Lk), H]
+        return out.reshape(*q.shape[:-3], lq, lk, q.size(-3)).movedim(-1, -3)
+
+
+#: name -> factory(num_heads, head_dim) -> ScoreFunction
+SCORES: dict[str, Callable[[int, int], ScoreFunction]] = {
+    "scaled_dot": lambda h, d: ScaledDot(),
+    "dot": lambda h, d: Dot(),
+    "additive": lambda h, d: Additive(h, d),
+    "gat": lambda h, d: Additive(h, d),
+    "gatv2": lambda h, d: GATv2(h, d),
+    "cosine": lambda h, d: Cosine(h),
+    "bilinear": lambda h, d: Bilinear(h, d),
+    "neg_distance": lambda h, d: NegDistance(),
+}
+
+
+def register_score(name: str, factory: Callable[[int, int], ScoreFunction]) -> None:
+    """Add ``factory(num_heads, head_dim) -> ScoreFunction`` to the registry under ``name``."""
+    if name in SCORES:
+        raise ValueError(f"score name {name!r} is already registered")
+    SCORES[name] = factory
+
+
+def make_score(
+    spec: str | ScoreFunction | ScoreCallable, num_heads: int, head_dim: int
+) -> ScoreFunction:
+    """Resolve a score spec: a registry name (``"scaled_dot"``, ``"gatv2+alibi"``), a
+    ScoreFunction instance (used as is), or a callable ``f(q_i, k_j) -> [E, H]`` (adapted)."""
+    if isinstance(spec, ScoreFunction):
+        return spec
+    if isinstance(spec, str):
+        from .biases import BIASES, Biased
+
+        name, *bias_names = [part.strip() for part in spec.split("+")]
+        if name not in SCORES:
+            raise ValueError(f"unknown score {name!r}; known scores: {sorted(SCORES)}")
+        score = SCORES[name](num_heads, head_dim)
+        for b in bias_names:
+            if b not in BIASES:
+                raise ValueError(
+                    f"unknown score bias {b!r} in {spec!r}; known biases: {sorted(BIASES)}"
+                )
+            score = Biased(score, BIASES[b](num_heads))
+        return score
+    if callable(spec):
+        return CallableScore(spec)
+    raise TypeError(f"score must be a name, a ScoreFunction or a callable, got {spec!r}")

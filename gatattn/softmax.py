@@ -1,0 +1,52 @@
+"""The neighbourhood softmax (docs/math.md, eq. 2).
+
+    Attn_ij = exp(α_ij) / Σ_{k ∈ N(i)} exp(α_ik)
+
+computed stably as exp(α_ij − m_i) / Σ_k exp(α_ik − m_i) with m_i = max_{k ∈ N(i)} α_ik.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch_geometric.utils import scatter
+
+__all__ = ["neighbourhood_softmax"]
+
+
+def neighbourhood_softmax(scores: Tensor, index: Tensor, num_nodes: int) -> Tensor:
+    """Softmax of per-edge scores over the incoming edges of each target.
+
+    .. math::
+        \\mathrm{Attn}_{ij} = \\frac{\\exp(\\alpha_{ij} - m_i)}
+        {\\sum_{k \\in N(i)} \\exp(\\alpha_{ik} - m_i)}, \\quad
+        m_i = \\max_{k \\in N(i)} \\alpha_{ik}
+
+    Duplicate edges are separate edges: each gets its own weight. A target whose scores are
+    all -inf gets weight 0 on every edge, with finite gradients (SDPA does the same for fully
+    masked rows). fp16/bf16 scores are reduced in fp32 and the result is cast back.
+
+    Why not ``torch_geometric.utils.softmax`` as is: for an all -inf group it computes
+    ``-inf - (-inf) = NaN``, and its ``+ 1e-16`` guard underflows to 0 in fp16. We reuse its
+    building block (``torch_geometric.utils.scatter``) and fix both: a non-finite max becomes
+    0, and the denominator is clamped at 1, which is exact because a group with a finite max
+    always has a denominator >= 1 (its max term is exp(0)).
+
+    Args:
+        scores: α, [E, H] (or [E]).
+        index: target node of each edge, LongTensor [E] (``edge_index[1]``).
+        num_nodes: N_t, the number of targets.
+
+    Shapes:
+        scores [E, H] -> weights [E, H].
+    """
+    if scores.size(0) != index.numel():
+        raise ValueError(
+            f"scores has {scores.size(0)} rows but index has {index.numel()} edges; they must match"
+        )
+    work = scores.float() if scores.dtype in (torch.float16, torch.bfloat16) else scores
+    m = scatter(work.detach(), index, 0, dim_size=num_nodes, reduce="max")  # [N, H]
+    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    e = (work - m.index_select(0, index)).exp()  # [E, H]
+    denom = scatter(e, index, 0, dim_size=num_nodes, reduce="sum").clamp_min(1.0)  # [N, H]
+    return (e / denom.index_select(0, index)).to(scores.dtype)  # [E, H]
