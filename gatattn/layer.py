@@ -15,6 +15,7 @@ from typing import Literal, overload
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils import skip_init
 from torch_geometric.nn import MessagePassing
 
 from .backends import BACKENDS, run_backend, select_backend
@@ -97,15 +98,20 @@ class GraphAttention(MessagePassing):
         self.kdim = kdim if kdim is not None else embed_dim
         self.vdim = vdim if vdim is not None else embed_dim
         self.dropout, self.backend = dropout, backend
-        self.q_proj = nn.Linear(embed_dim, embed_dim, bias=bias)  # W_q
-        self.k_proj = nn.Linear(self.kdim, embed_dim, bias=bias)  # W_k
-        self.v_proj = nn.Linear(self.vdim, embed_dim, bias=bias)  # W_v
-        self.out_proj = nn.Linear(embed_dim, embed_dim, bias=bias)  # W_o
+        # skip_init: no random draws here, so reset_parameters() consumes the RNG exactly as
+        # nn.MultiheadAttention does (same seed -> same weights; tests/test_layer.py).
+        self.q_proj = skip_init(nn.Linear, embed_dim, embed_dim, bias=bias)  # W_q
+        self.k_proj = skip_init(nn.Linear, self.kdim, embed_dim, bias=bias)  # W_k
+        self.v_proj = skip_init(nn.Linear, self.vdim, embed_dim, bias=bias)  # W_v
+        self.out_proj = skip_init(nn.Linear, embed_dim, embed_dim, bias=bias)  # W_o
         self.score = make_score(score, num_heads, self.head_dim)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Initialise as ``nn.MultiheadAttention._reset_parameters`` does."""
+        """Initialise as ``nn.MultiheadAttention`` does, drawing from the RNG in the same order:
+        out_proj as an nn.Linear, then xavier_uniform_ on the [3C, C] in-projection (or on each of
+        W_q, W_k, W_v when kdim/vdim differ), and zero biases."""
+        self.out_proj.reset_parameters()
         if self.kdim == self.embed_dim and self.vdim == self.embed_dim:
             # MHA draws one xavier_uniform_ [3C, C] in_proj_weight; the bound depends on 3C.
             w = torch.empty(3 * self.embed_dim, self.embed_dim, device=self.q_proj.weight.device)
@@ -116,7 +122,6 @@ class GraphAttention(MessagePassing):
         else:
             for proj in (self.q_proj, self.k_proj, self.v_proj):
                 nn.init.xavier_uniform_(proj.weight)
-        self.out_proj.reset_parameters()
         for proj in (self.q_proj, self.k_proj, self.v_proj, self.out_proj):
             if proj.bias is not None:
                 nn.init.zeros_(proj.bias)
