@@ -14,14 +14,19 @@ from dataclasses import dataclass
 from typing import Literal, overload
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import skip_init
 from torch_geometric.nn import MessagePassing
+from torch_geometric.utils import scatter
 
 from .backends import BACKENDS, run_backend, select_backend
 from .backends.edge import edge_scores_and_weights
+from .backends.types import BackendOutput
 from .graph import TokenGraph, as_token_graph
-from .scores import ScaledDot, ScoreCallable, ScoreFunction, make_score
+from .ops import chunked_edge_map, edge_aggregate
+from .scores import Edges, ScaledDot, ScoreCallable, ScoreFunction, make_score
+from .softmax import neighbourhood_softmax
 
 __all__ = ["Attention", "GraphAttention"]
 
@@ -65,6 +70,10 @@ class GraphAttention(MessagePassing):
         bias: add biases to the four projections (default True, as nn.MultiheadAttention).
         kdim: key feature width (default ``embed_dim``).  vdim: value feature width (default ``embed_dim``).
         backend: ``"auto"`` (dispatch) or a backend name; ``"edge"`` forces the reference path.
+        edge_dim: F; when set, edge features modulate keys and values as in PyG's TransformerConv
+            (Shi et al. 2021): k_ij = k_j + W_e e_ij, v_ij = v_j + W_e e_ij (default None: off;
+            runs on the edge path). Needs ``edge_attr`` [E, F] in forward.
+        root_weight: add a skip connection out_i += W_r x_i, as TransformerConv (default False).
 
     Shapes:
         x [N_t, C] (queries), x_src [N_s, kdim] or a pair ([N_s, kdim], [N_s, vdim]),
@@ -82,8 +91,14 @@ class GraphAttention(MessagePassing):
         kdim: int | None = None,
         vdim: int | None = None,
         backend: str = "auto",
+        edge_dim: int | None = None,
+        root_weight: bool = False,
     ) -> None:
         super().__init__(aggr="add", node_dim=0)
+        if edge_dim is not None and (
+            isinstance(edge_dim, bool) or not isinstance(edge_dim, int) or edge_dim < 1
+        ):
+            raise ValueError(f"edge_dim must be a positive int or None, got {edge_dim!r}")
         for name, val in (("embed_dim", embed_dim), ("num_heads", num_heads)):
             if isinstance(val, bool) or not isinstance(val, int) or val < 1:
                 raise ValueError(f"{name} must be a positive int, got {val!r}")
@@ -105,6 +120,14 @@ class GraphAttention(MessagePassing):
         self.v_proj = skip_init(nn.Linear, self.vdim, embed_dim, bias=bias)  # W_v
         self.out_proj = skip_init(nn.Linear, embed_dim, embed_dim, bias=bias)  # W_o
         self.score = make_score(score, num_heads, self.head_dim)
+        # Optional PyG features (docs/pyg.md); only the options in use hold parameters.
+        self.edge_dim, self.root_weight = edge_dim, root_weight
+        self.edge_proj = (  # W_e [C, F], no bias, as TransformerConv's lin_edge
+            None if edge_dim is None else skip_init(nn.Linear, edge_dim, embed_dim, bias=False)
+        )
+        self.skip_proj = (  # W_r [C, C], TransformerConv's lin_skip
+            skip_init(nn.Linear, embed_dim, embed_dim, bias=bias) if root_weight else None
+        )
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -125,6 +148,9 @@ class GraphAttention(MessagePassing):
         for proj in (self.q_proj, self.k_proj, self.v_proj, self.out_proj):
             if proj.bias is not None:
                 nn.init.zeros_(proj.bias)
+        for extra in (getattr(self, "edge_proj", None), getattr(self, "skip_proj", None)):
+            if extra is not None:  # drawn after MHA's draws, so MHA-equal init is unchanged
+                extra.reset_parameters()
 
     # ------------------------------------------------------------------ forward
     def _sources(
@@ -171,6 +197,7 @@ class GraphAttention(MessagePassing):
         *,
         x_src: Tensor | tuple[Tensor, Tensor] | None = ...,
         edge_attr: Tensor | None = ...,
+        batch: Tensor | None = ...,
         return_attention: Literal[False] = ...,
     ) -> Tensor: ...
 
@@ -182,6 +209,7 @@ class GraphAttention(MessagePassing):
         *,
         x_src: Tensor | tuple[Tensor, Tensor] | None = ...,
         edge_attr: Tensor | None = ...,
+        batch: Tensor | None = ...,
         return_attention: Literal[True],
     ) -> Attention: ...
 
@@ -192,6 +220,7 @@ class GraphAttention(MessagePassing):
         *,
         x_src: Tensor | tuple[Tensor, Tensor] | None = None,
         edge_attr: Tensor | None = None,
+        batch: Tensor | None = None,
         return_attention: bool = False,
     ) -> Tensor | Attention:
         """Attend over ``graph`` (eqs. 0-3).
@@ -202,6 +231,9 @@ class GraphAttention(MessagePassing):
             x_src: key/value features [N_s, kdim] for cross-attention, or a pair
                 (keys [N_s, kdim], values [N_s, vdim]) when kdim != vdim.
             edge_attr: edge features [E, F] for scores or biases that use them.
+            batch: PyG's graph id of each node [N] (sorted, as a ``Batch`` gives it); sets the
+                per-graph lengths, so positions restart in every graph. The edges alone keep
+                graphs apart, so ``batch`` is optional.
             return_attention: return ``Attention(out, edge_index, scores, weights)``.
 
         Returns:
@@ -212,6 +244,8 @@ class GraphAttention(MessagePassing):
         self._check_features(xk, "key features", self.kdim, "kdim")
         self._check_features(xv, "value features", self.vdim, "vdim")
         g = as_token_graph(graph, num_src=xk.size(0), num_dst=x.size(0))
+        if batch is not None:
+            g = _with_batch(g, batch)
         if edge_attr is not None and edge_attr.size(0) != g.num_edges:
             raise ValueError(
                 f"edge_attr has {edge_attr.size(0)} rows but the graph has {g.num_edges} edges"
@@ -220,20 +254,25 @@ class GraphAttention(MessagePassing):
         q = self.q_proj(x).view(-1, H, D)  # [N_t, H, D]
         k = self.k_proj(xk).view(-1, H, D)  # [N_s, H, D]
         v = self.v_proj(xv).view(-1, H, D)  # [N_s, H, D]
-        name, _ = select_backend(self.backend, self.score, g, q)
-        res = run_backend(
-            name,
-            q,
-            k,
-            v,
-            g,
-            self.score,
-            edge_attr=edge_attr,
-            dropout=self.dropout,
-            training=self.training,
-            need_weights=return_attention,
-        )
+        if self.edge_proj is not None or self._explaining():  # PyG path (docs/pyg.md)
+            res = self._propagate_attention(q, k, v, g, edge_attr)
+        else:
+            name, _ = select_backend(self.backend, self.score, g, q)
+            res = run_backend(
+                name,
+                q,
+                k,
+                v,
+                g,
+                self.score,
+                edge_attr=edge_attr,
+                dropout=self.dropout,
+                training=self.training,
+                need_weights=return_attention,
+            )
         out = self.out_proj(res.out.reshape(-1, self.embed_dim))  # [N_t, C]
+        if self.skip_proj is not None:
+            out = out + self.skip_proj(x)  # root weight: + W_r x_i  [N_t, C]
         if not return_attention:
             return out
         scores, weights = res.scores, res.weights
@@ -244,6 +283,65 @@ class GraphAttention(MessagePassing):
     def message(self, v_j: Tensor, alpha: Tensor) -> Tensor:
         """PyG message Attn_ij · v_j [E, H, D] (used only by PyG's explain/propagate hooks)."""
         return alpha.unsqueeze(-1) * v_j
+
+    # ------------------------------------------------------------------ PyG path
+    def _explaining(self) -> bool:
+        """True while PyG's explain machinery watches this layer: ``explain=True`` (GNNExplainer's
+        masks) or message hooks (AttentionExplainer). Then the layer runs ``propagate`` so the
+        hooks see ``alpha`` [E, H] in the input edge order."""
+        return (
+            bool(self.explain)
+            or bool(self._message_forward_hooks)
+            or bool(self._message_forward_pre_hooks)
+        )
+
+    def _edge_features(self, edge_attr: Tensor | None) -> Tensor:
+        if edge_attr is None:
+            raise ValueError(
+                f"edge_dim={self.edge_dim} is set, so forward needs edge_attr [E, {self.edge_dim}]"
+            )
+        attr = edge_attr.unsqueeze(-1) if edge_attr.dim() == 1 else edge_attr  # [E, F]
+        if attr.dim() != 2 or attr.size(1) != self.edge_dim:
+            raise ValueError(
+                f"edge_attr has shape {list(edge_attr.shape)} but edge_dim={self.edge_dim}"
+            )
+        return attr.to(self.q_proj.weight.dtype)
+
+    def _propagate_attention(
+        self, q: Tensor, k: Tensor, v: Tensor, g: TokenGraph, edge_attr: Tensor | None
+    ) -> BackendOutput:
+        """The edge formula, with edge modulation (TransformerConv, Shi et al. 2021, eq. 3-4)
+
+            α_ij = w(q_i, k_j + W_e e_ij),   out_i = Σ_j Attn_ij (v_j + W_e e_ij)
+
+        and through ``MessagePassing.propagate`` while explaining. q [N_t, H, D], k/v [N_s, H, D]
+        -> out [N_t, H, D], α and Attn [E, H] in the order of ``g.edge_index``.
+        """
+        H, D = self.num_heads, self.head_dim
+        src, dst = g.edge_index[0], g.edge_index[1]
+        if self.edge_proj is None:
+            alpha, weights = edge_scores_and_weights(q, k, g, self.score, edge_attr)  # [E, H]
+        else:
+            attr, proj = self._edge_features(edge_attr), self.edge_proj
+
+            def chunk(s: int, t: int) -> Tensor:  # per-edge keys, chunked: no [E, H, D] at once
+                part = Edges(src[s:t], dst[s:t], g, None if edge_attr is None else edge_attr[s:t])
+                k_ij = k.index_select(0, part.src) + proj(attr[s:t]).view(-1, H, D)  # [e, H, D]
+                return self.score(q.index_select(0, part.dst), k_ij, part)  # [e, H]
+
+            alpha = chunked_edge_map(chunk, g.num_edges, H * D, H, q)  # [E, H]
+            weights = neighbourhood_softmax(alpha, dst, g.num_dst)  # [E, H]
+        w = F.dropout(weights, self.dropout, self.training) if self.dropout > 0 else weights
+        if self._explaining():
+            out = self.propagate(g.edge_index, v=v, alpha=w, size=(g.num_src, g.num_dst))
+        else:
+            out = edge_aggregate(w, v, src, dst, g.num_dst)  # [N_t, H, D]
+        if self.edge_proj is not None:
+            # Σ_j Attn_ij W_e e_ij = W_e Σ_j Attn_ij e_ij per head: sum the F-wide features first.
+            agg = scatter(w.unsqueeze(-1) * attr.unsqueeze(1), dst, 0, dim_size=g.num_dst)
+            w_e = self.edge_proj.weight.view(H, D, -1)  # [H, D, F]
+            out = out + torch.einsum("nhf,hdf->nhd", agg, w_e)  # agg [N_t, H, F]
+        return BackendOutput(out, alpha, weights)
 
     # ------------------------------------------------------------------ torch interop
     @classmethod
@@ -329,3 +427,25 @@ class GraphAttention(MessagePassing):
             f"{type(self).__name__}(embed_dim={self.embed_dim}, num_heads={self.num_heads}, "
             f"score={self.score.name!r}, backend={self.backend!r})"
         )
+
+
+def _with_batch(g: TokenGraph, batch: Tensor) -> TokenGraph:
+    """Attach per-graph lengths from PyG's sorted ``batch`` vector [N] to a self-attention graph."""
+    if not isinstance(batch, Tensor) or batch.dim() != 1 or batch.numel() != g.num_dst:
+        shape = list(batch.shape) if isinstance(batch, Tensor) else type(batch).__name__
+        raise ValueError(f"batch must be a LongTensor [N={g.num_dst}], got {shape}")
+    if g.lengths is not None or g.num_src != g.num_dst or batch.numel() == 0:
+        return g
+    if not torch.compiler.is_compiling() and bool((batch[1:] < batch[:-1]).any()):
+        raise ValueError("batch must be sorted (nodes of each graph contiguous), as Batch gives it")
+    counts = torch.bincount(batch)  # [B]
+    lengths = [int(n) for n in counts.tolist() if n > 0]
+    return TokenGraph(
+        g.edge_index,
+        g.num_src,
+        g.num_dst,
+        structure=g.structure,
+        lengths=lengths,
+        params=g.params,
+        validate=False,
+    )
