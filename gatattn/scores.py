@@ -386,6 +386,11 @@ def make_score(
             raise ValueError(f"unknown score {name!r}; known scores: {sorted(SCORES)}")
         score = SCORES[name](num_heads, head_dim)
         for b in bias_names:
+            if b == "edge_features":
+                raise ValueError(
+                    "edge_features needs edge_dim: build it as "
+                    f"make_score({name!r}, ...) + gatattn.EdgeFeatureBias(edge_dim, num_heads)"
+                )
             if b not in BIASES:
                 raise ValueError(
                     f"unknown score bias {b!r} in {spec!r}; known biases: {sorted(BIASES)}"

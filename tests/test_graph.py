@@ -1,0 +1,156 @@
+"""TokenGraph, complete_graph and from_mask (gatattn/graph.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import gatattn as ga
+from gatattn.graph import validate_edge_index
+
+
+def test_complete_graph_is_every_pair_sorted_by_target() -> None:
+    g = ga.complete_graph(5)
+    assert (g.num_src, g.num_dst, g.num_edges) == (5, 5, 25)
+    assert g.structure == "complete" and g.lengths is None
+    src, dst = g.edge_index
+    assert torch.equal(dst, torch.arange(5).repeat_interleave(5))
+    assert torch.equal(src, torch.arange(5).repeat(5))
+    assert g.to_dense_mask().all()
+
+
+def test_complete_graph_without_self_loops() -> None:
+    g = ga.complete_graph(4, self_loops=False)
+    assert g.num_edges == 12
+    assert not (g.edge_index[0] == g.edge_index[1]).any()
+    assert torch.equal(g.to_dense_mask(), ~torch.eye(4, dtype=torch.bool))
+
+
+def test_batched_complete_graph_is_block_diagonal() -> None:
+    g = ga.complete_graph(lengths=[3, 1, 4])
+    assert g.num_edges == 9 + 1 + 16 and g.lengths == (3, 1, 4)
+    expected = torch.block_diag(torch.ones(3, 3), torch.ones(1, 1), torch.ones(4, 4)).bool()
+    assert torch.equal(g.to_dense_mask(), expected)
+    assert g.positions().tolist() == [0, 1, 2, 0, 0, 1, 2, 3]
+    assert g.sequence().tolist() == [0, 0, 0, 1, 2, 2, 2, 2]
+    assert g.in_degree().tolist() == [3, 3, 3, 1, 4, 4, 4, 4]
+
+
+def test_lengths_tensor_is_accepted() -> None:
+    g = ga.complete_graph(lengths=torch.tensor([2, 3]))
+    assert g.lengths == (2, 3) and g.num_edges == 13
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({}, "either n or lengths"),
+        ({"n": 3, "lengths": [3]}, "either n or lengths"),
+        ({"n": 0}, "positive int, got 0"),
+        ({"n": 2.5}, "positive int, got 2.5"),
+        ({"lengths": []}, "at least one sequence"),
+        ({"lengths": [3, 0]}, "got 0 in lengths"),
+    ],
+)
+def test_complete_graph_bad_arguments(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        ga.complete_graph(**kwargs)
+
+
+def test_from_mask_round_trip_and_sdpa_convention() -> None:
+    mask = torch.tensor([[True, False, True], [False, False, False], [True, True, False]])
+    g = ga.from_mask(mask)
+    assert torch.equal(g.to_dense_mask(), mask)
+    # mask[i, j] = True means query i attends key j: edge j -> i, i.e. (src=j, dst=i)
+    assert g.edge_index[:, 0].tolist() == [0, 0] and g.edge_index[:, 1].tolist() == [2, 0]
+    assert g.structure is None
+    assert ga.from_mask(torch.ones(3, 3, dtype=torch.bool)).structure == "complete"
+
+
+def test_from_mask_bipartite() -> None:
+    g = ga.from_mask(torch.ones(2, 5, dtype=torch.bool))
+    assert (g.num_dst, g.num_src, g.num_edges) == (2, 5, 10)
+    with pytest.raises(ValueError, match="bipartite graph has num_src=5 != num_dst=2"):
+        _ = g.num_nodes
+
+
+def test_from_mask_errors() -> None:
+    with pytest.raises(TypeError, match="must be boolean .* got dtype torch.float32"):
+        ga.from_mask(torch.ones(3, 3))
+    with pytest.raises(ValueError, match=r"shape \[N_t, N_s\], got \[2, 3, 3\]"):
+        ga.from_mask(torch.ones(2, 3, 3, dtype=torch.bool))
+    with pytest.raises(TypeError, match="must be a torch.Tensor, got list"):
+        ga.from_mask([[True]])  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("edge_index", "exc", "match"),
+    [
+        ([[0, 1], [1, 0]], TypeError, "must be a torch.Tensor, got list"),
+        (
+            torch.tensor([[0.0, 1.0], [1.0, 0.0]]),
+            TypeError,
+            "dtype torch.long .* got torch.float32",
+        ),
+        (torch.tensor([[0, 1], [1, 0]], dtype=torch.int32), TypeError, "got torch.int32"),
+        (torch.tensor([0, 1]), ValueError, r"shape \[2, E\], got \[2\]"),
+        (torch.tensor([[0, 1, 2]] * 3), ValueError, r"shape \[2, E\], got \[3, 3\]"),
+        (torch.tensor([[0, -3], [1, 0]]), ValueError, r"negative node index \(-3\)"),
+        (torch.tensor([[0, 7], [1, 0]]), ValueError, "source index 7 but there are only 4 source"),
+        (torch.tensor([[0, 1], [1, 9]]), ValueError, "target index 9 but there are only 4 target"),
+    ],
+)
+def test_edge_index_validation(edge_index: object, exc: type, match: str) -> None:
+    with pytest.raises(exc, match=match):
+        validate_edge_index(edge_index, 4, 4)
+    with pytest.raises(exc, match=match):
+        ga.TokenGraph(edge_index, 4, 4)  # type: ignore[arg-type]
+
+
+def test_as_token_graph() -> None:
+    g = ga.complete_graph(3)
+    assert ga.as_token_graph(g, 3, 3) is g
+    raw = ga.as_token_graph(torch.tensor([[0, 2], [1, 1]]), 3, 2)
+    assert (raw.num_src, raw.num_dst, raw.structure) == (3, 2, None)
+    with pytest.raises(
+        ValueError, match=r"graph has \(num_src, num_dst\)=\(3, 3\) but the inputs have 4"
+    ):
+        ga.as_token_graph(g, 4, 4)
+    with pytest.raises(TypeError, match="got dict"):
+        ga.as_token_graph({}, 3, 3)  # type: ignore[arg-type]
+
+
+def test_token_graph_node_count_errors() -> None:
+    with pytest.raises(ValueError, match="node counts must be >= 0"):
+        ga.TokenGraph(torch.zeros(2, 0, dtype=torch.long), -1, 2)
+    with pytest.raises(ValueError, match=r"lengths=\[2, 2\] sum to 4 but the graph has 5"):
+        ga.TokenGraph(torch.zeros(2, 0, dtype=torch.long), 5, 5, lengths=[2, 2])
+
+
+def test_union_and_intersection_match_boolean_masks() -> None:
+    gen = torch.Generator().manual_seed(1)
+    a = torch.rand(6, 7, generator=gen) < 0.4
+    b = torch.rand(6, 7, generator=gen) < 0.4
+    ga_, gb = ga.from_mask(a), ga.from_mask(b)
+    assert torch.equal((ga_ | gb).to_dense_mask(), a | b)
+    assert torch.equal((ga_ & gb).to_dense_mask(), a & b)
+    with pytest.raises(ValueError, match=r"equal node counts, got \(num_src, num_dst\)=\(7, 6\)"):
+        _ = ga_ | ga.complete_graph(6)
+    with pytest.raises(TypeError, match="needs another TokenGraph, got Tensor"):
+        _ = ga_ & a
+
+
+def test_edge_counts_keep_duplicates_and_csr_groups_by_target() -> None:
+    ei = torch.tensor([[1, 0, 1, 2], [2, 0, 2, 0]])
+    g = ga.TokenGraph(ei, 3, 3)
+    assert g.edge_counts().tolist() == [[1, 0, 1], [0, 0, 0], [0, 2, 0]]
+    rowptr, perm = g.csr()
+    assert rowptr.tolist() == [0, 2, 2, 4]
+    assert ei[1, perm].tolist() == [0, 0, 2, 2]
+    assert g.csr()[0] is rowptr  # cached
+
+
+def test_to_device_and_repr() -> None:
+    g = ga.complete_graph(lengths=[2, 2])
+    assert g.to("cpu") is g
+    assert "structure='complete'" in repr(g) and "lengths=[2, 2]" in repr(g)
