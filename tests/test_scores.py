@@ -20,7 +20,7 @@ from gatattn.scores import SCORES, DenseContext, Edges
 
 N, H, D = 5, 3, 7
 C = H * D
-NAMES = sorted(set(SCORES) - {"gat"}) + ["scaled_dot+alibi", "gatv2+relative_position"]
+NAMES = [*sorted(set(SCORES) - {"gat"}), "scaled_dot+alibi", "gatv2+relative_position"]
 
 
 def _irregular() -> ga.TokenGraph:
