@@ -7,6 +7,7 @@ See docs/math.md for the equations and docs/api.md for the public contract.
 
 from .biases import ALiBi, EdgeFeatureBias, RelativePositionBias, ScoreBias
 from .graph import TokenGraph, as_token_graph, complete_graph, from_mask
+from .interop import GraphMultiheadAttention, GraphTransformerEncoderLayer, convert
 from .layer import Attention, GraphAttention
 from .scores import ScoreFunction, make_score, register_score
 from .softmax import neighbourhood_softmax
@@ -18,6 +19,8 @@ __all__ = [
     "Attention",
     "EdgeFeatureBias",
     "GraphAttention",
+    "GraphMultiheadAttention",
+    "GraphTransformerEncoderLayer",
     "RelativePositionBias",
     "ScoreBias",
     "ScoreFunction",
@@ -25,6 +28,7 @@ __all__ = [
     "__version__",
     "as_token_graph",
     "complete_graph",
+    "convert",
     "from_mask",
     "make_score",
     "neighbourhood_softmax",

@@ -1,0 +1,13 @@
+"""Interop with PyTorch's attention modules (docs/interop.md).
+
+* ``GraphMultiheadAttention``: nn.MultiheadAttention's interface; masks become a graph.
+* ``GraphTransformerEncoderLayer``: nn.TransformerEncoderLayer, dense or on [N, C] + a graph.
+* ``convert(model)``: a copy of a model with every nn.MultiheadAttention made graph attention.
+"""
+
+from .convert import convert
+from .encoder import GraphTransformerEncoderLayer
+from .masks import AttnMaskBias
+from .mha import GraphMultiheadAttention
+
+__all__ = ["AttnMaskBias", "GraphMultiheadAttention", "GraphTransformerEncoderLayer", "convert"]
