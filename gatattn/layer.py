@@ -257,7 +257,9 @@ class GraphAttention(MessagePassing):
         if self.edge_proj is not None or self._explaining():  # PyG path (docs/pyg.md)
             res = self._propagate_attention(q, k, v, g, edge_attr)
         else:
-            name, _ = select_backend(self.backend, self.score, g, q)
+            name, _ = select_backend(
+                self.backend, self.score, g, q, dropout_active=self.training and self.dropout > 0
+            )
             res = run_backend(
                 name,
                 q,
@@ -279,6 +281,27 @@ class GraphAttention(MessagePassing):
         if scores is None or weights is None:  # a fast backend: recover exact per-edge values
             scores, weights = edge_scores_and_weights(q, k, g, self.score, edge_attr)
         return Attention(out, g.edge_index, scores, weights, g)
+
+    def explain_backend(self, x: Tensor, graph: TokenGraph | Tensor) -> str:
+        """Which backend ``forward(x, graph)`` would run, and why (docs/backends.md).
+
+        Args:
+            x: query node features [N_t, C] (self-attention), as passed to forward.
+            graph: a TokenGraph or an edge_index [2, E].
+
+        Returns:
+            ``"<backend>: <reason>"``, e.g. ``"dense: complete graph and score 'scaled_dot': ..."``.
+        """
+        self._check_features(x, "x", self.embed_dim, "embed_dim")
+        g = as_token_graph(graph, num_src=x.size(0), num_dst=x.size(0))
+        if self.edge_proj is not None:
+            return "edge: edge_dim is set, so keys and values are per-edge (PyG propagate path)"
+        q = x.new_empty(0, self.num_heads, self.head_dim)  # [0, H, D]: device, dtype and D only
+        dropout_active = self.training and self.dropout > 0
+        name, reason = select_backend(
+            self.backend, self.score, g, q, dropout_active=dropout_active
+        )
+        return f"{name}: {reason}"
 
     def message(self, v_j: Tensor, alpha: Tensor) -> Tensor:
         """PyG message Attn_ij · v_j [E, H, D] (used only by PyG's explain/propagate hooks)."""
