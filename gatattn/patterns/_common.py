@@ -1,0 +1,138 @@
+"""Shared machinery of the pattern builders: sequence layout, the edge cap, ragged ranges, union.
+
+Every sequence builder describes N(i) of each target i as one or more arithmetic ranges of
+source indices ("segments"): ``first[i] + step · t`` for ``t < count[i]``. ``ragged`` turns the
+segments into edge_index [2, E] with one ``repeat_interleave``, no Python loop per token; the
+segments of one builder are listed by target and ascending source, so the edges come out sorted
+by target, then source. Builders whose N(i) is a union of ranges with different steps concatenate
+the parts and sort them once with ``union`` (``torch.unique`` on the key i·N_s + j).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor
+
+from ..graph import TokenGraph, _lengths_tuple
+
+__all__ = ["MAX_EDGES", "Layout", "check_edge_cap", "layout", "positive_int", "ragged", "union"]
+
+#: Default edge cap of every builder. A builder that would create more edges raises a ValueError
+#: naming the count; pass ``max_edges=<larger int>`` (or ``max_edges=None``) to allow it. At
+#: 50 million edges, edge_index alone takes 800 MB (two int64 rows).
+MAX_EDGES = 50_000_000
+
+
+def positive_int(value: Any, name: str, *, minimum: int = 1) -> int:
+    """Check that ``value`` is an int >= ``minimum`` (bools rejected) and return it."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return int(value)
+
+
+class Layout(NamedTuple):
+    """Per-node view of a block-diagonal batch of sequences (all LongTensors [N]).
+
+    ``idx`` global node index, ``pos`` position within its sequence, ``start`` global index of
+    its sequence's first token, ``length`` its sequence's length.
+    """
+
+    seq: tuple[int, ...]
+    batched: bool
+    idx: Tensor
+    pos: Tensor
+    start: Tensor
+    length: Tensor
+
+    @property
+    def num_nodes(self) -> int:
+        return int(self.idx.numel())
+
+    def graph(self, edge_index: Tensor, structure: str, params: dict[str, Any]) -> TokenGraph:
+        """Wrap sorted edges [2, E] in a TokenGraph with this layout's lengths."""
+        n = self.num_nodes
+        lengths = self.seq if self.batched else None
+        return TokenGraph(
+            edge_index, n, n, structure=structure, lengths=lengths, params=params, validate=False
+        )
+
+
+def layout(
+    n: int | None,
+    lengths: Sequence[int] | Tensor | None,
+    name: str,
+    device: torch.device | str | None = None,
+) -> Layout:
+    """Resolve ``n`` (one sequence) or ``lengths=[L_1, ..., L_B]`` (a batch) into a Layout."""
+    if (n is None) == (lengths is None):
+        raise ValueError(f"{name} takes either n or lengths=[...], not both and not neither")
+    if n is not None:
+        seq: tuple[int, ...] = (positive_int(n, "n"),)
+    else:
+        assert lengths is not None
+        seq = _lengths_tuple(lengths)
+    lens = torch.tensor(seq, device=device)  # [B]
+    starts = torch.cumsum(lens, 0) - lens  # [B]
+    length = lens.repeat_interleave(lens)  # [N]
+    start = starts.repeat_interleave(lens)  # [N]
+    idx = torch.arange(int(lens.sum()), device=device)  # [N]
+    return Layout(seq, lengths is not None, idx, idx - start, start, length)
+
+
+def check_edge_cap(count: int, max_edges: int | None, name: str) -> None:
+    """Raise if a builder would create more than ``max_edges`` edges (None: no cap)."""
+    if max_edges is not None and count > max_edges:
+        raise ValueError(
+            f"{name} would create {count:,} edges, more than max_edges={max_edges:,} "
+            f"(default gatattn.patterns.MAX_EDGES); pass max_edges={count} or max_edges=None "
+            "to allow it"
+        )
+
+
+def ragged(
+    first: Tensor, count: Tensor, step: int | Tensor = 1, target: Tensor | None = None
+) -> Tensor:
+    """Edges of arithmetic source ranges, vectorised: segment s gives the edges
+    ``(first[s] + step · t) → target[s]`` for t = 0 .. count[s] − 1.
+
+    Args:
+        first: first source index of each segment, LongTensor [S].
+        count: number of sources of each segment, LongTensor [S] (>= 0).
+        step: source stride, an int or a LongTensor [S].
+        target: target node of each segment [S]; default ``arange(S)`` (segment s is target s).
+
+    Returns:
+        edge_index [2, E] with E = Σ count, in segment order. Written row by row into one
+        buffer with in-place ops, so the peak memory is about 1.5 × the result.
+    """
+    total = int(count.sum())
+    ei = torch.empty(2, total, dtype=torch.long, device=first.device)  # [2, E]
+    seg = torch.arange(count.numel(), device=first.device)  # [S]
+    owner = torch.repeat_interleave(seg, count, output_size=total)  # [E] segment of each edge
+    src = ei[0]  # a contiguous view: the arithmetic below writes the source row in place
+    torch.arange(total, out=src)  # [E]
+    offsets = torch.cumsum(count, 0) - count  # [S] first edge of each segment
+    src.sub_(offsets[owner])  # [E] t, the rank within the segment
+    if isinstance(step, Tensor):
+        src.mul_(step[owner])
+    elif step != 1:
+        src.mul_(step)
+    src.add_(first[owner])  # [E] first + step · t
+    if target is None:
+        ei[1] = owner
+    else:
+        ei[1] = target[owner]
+    return ei
+
+
+def union(parts: Sequence[Tensor], num_src: int) -> Tensor:
+    """Union of edge sets [2, E_p]: concatenated, duplicates removed, sorted by target then source.
+
+    Uses ``torch.unique`` on the key ``i · N_s + j`` (sorted, so target-major order).
+    """
+    src, dst = torch.cat(list(parts), dim=1)  # [E_total] each
+    keys = torch.unique(dst * num_src + src)  # [E] sorted
+    return torch.stack([keys % num_src, keys // num_src])

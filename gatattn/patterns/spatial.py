@@ -1,0 +1,169 @@
+"""Neighbourhoods by position, for point clouds and molecules: k nearest neighbours and radius.
+
+Hand-written instead of ``torch_geometric.nn.knn_graph``/``radius_graph`` because those need the
+optional torch-cluster extension. The work is chunked by rows of the distance matrix
+(``torch.cdist`` on a block of targets, then ``topk`` or a threshold), so memory is bounded by
+``chunk_size`` distances plus the result, whatever N is. Distances are computed directly
+(``compute_mode="donot_use_mm_for_euclid_dist"``), not by the matmul expansion, so ties and the
+radius boundary are exact. Flow: j → i where j is a neighbour of i (i attends to its neighbours).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch import Tensor
+
+from ..graph import TokenGraph, _lengths_tuple
+from ._common import MAX_EDGES, check_edge_cap, positive_int
+
+__all__ = ["knn_graph", "radius_graph"]
+
+#: Distances held at once per chunk (float32: 64 MB).
+CHUNK_SIZE = 1 << 24
+
+
+def _sequences(
+    pos: Tensor, lengths: Sequence[int] | Tensor | None, batch: Tensor | None, name: str
+) -> tuple[Tensor, tuple[int, ...] | None]:
+    """Check positions [N, d] and resolve ``lengths`` or a sorted ``batch`` vector [N]."""
+    if not isinstance(pos, Tensor) or not pos.is_floating_point() or pos.dim() != 2:
+        shape = list(pos.shape) if isinstance(pos, Tensor) else type(pos).__name__
+        dtype = pos.dtype if isinstance(pos, Tensor) else None
+        raise ValueError(f"{name}: pos must be a float tensor [N, d], got {shape} ({dtype})")
+    if lengths is not None and batch is not None:
+        raise ValueError(f"{name} takes lengths=[...] or batch=[N], not both")
+    if batch is not None:
+        if batch.dim() != 1 or batch.numel() != pos.size(0):
+            raise ValueError(
+                f"{name}: batch must be [N] = [{pos.size(0)}], got {list(batch.shape)}"
+            )
+        counts = torch.bincount(batch)  # [B]
+        if bool((batch[1:] < batch[:-1]).any()) or bool((counts == 0).any()):
+            raise ValueError(f"{name}: batch must be sorted with ids 0..B-1 and no gaps")
+        lengths = counts
+    if lengths is None:
+        return pos.detach(), None
+    seq = _lengths_tuple(lengths)
+    if sum(seq) != pos.size(0):
+        raise ValueError(
+            f"{name}: lengths={list(seq)} sum to {sum(seq)}, but pos has {pos.size(0)} rows"
+        )
+    return pos.detach(), seq
+
+
+def _row_blocks(
+    pos: Tensor, seq: Sequence[int], chunk_size: int
+) -> Iterator[tuple[int, Tensor, Tensor]]:
+    """Yield (sequence start, global target rows [c], distances [c, L]) block by block."""
+    start = 0
+    for length in seq:
+        pts = pos[start : start + length]  # [L, d]
+        rows = max(1, chunk_size // length)
+        for r0 in range(0, length, rows):  # a loop per row block, not per token
+            r1 = min(r0 + rows, length)
+            dist = torch.cdist(
+                pts[r0:r1], pts, compute_mode="donot_use_mm_for_euclid_dist"
+            )  # [c, L]
+            yield start, torch.arange(r0, r1, device=pos.device), dist
+        start += length
+
+
+def knn_graph(
+    pos: Tensor,
+    k: int,
+    *,
+    lengths: Sequence[int] | Tensor | None = None,
+    batch: Tensor | None = None,
+    self_loops: bool = False,
+    chunk_size: int = CHUNK_SIZE,
+    max_edges: int | None = MAX_EDGES,
+) -> TokenGraph:
+    """k-nearest-neighbour graph by Euclidean distance (as PyG's ``knn_graph``, Qi et al. 2017
+    PointNet++ and Wang et al. 2019 DGCNN use for point clouds).
+
+    .. math:: N(i) = \\mathrm{kNN}_k(i) \\subset \\{ j \\ne i : \\mathrm{seq}(j) = \\mathrm{seq}(i) \\}
+        \\;(\\cup \\{ i \\} \\text{ if self\\_loops})
+
+    Every target has in-degree exactly k (k + 1 with self-loops). Ties are broken by ``topk``.
+    Tag ``"knn"``, params ``{"k": k}``.
+
+    Args:
+        pos: positions [N, d], float.  k: 1 <= k <= L_b − 1 for every sequence.
+        lengths / batch: keep sequences apart (block-diagonal).  self_loops: add i → i.
+        chunk_size: distances held at once.
+
+    Shapes:
+        edge_index [2, E], E = N k, sorted by target then source.
+    """
+    pos, seq = _sequences(pos, lengths, batch, "knn_graph")
+    k = positive_int(k, "k")
+    n = pos.size(0)
+    shortest = min(seq) if seq is not None else n
+    if k > shortest - 1:
+        raise ValueError(
+            f"knn_graph: k={k} > n - 1 = {shortest - 1} (the other points of the smallest sequence)"
+        )
+    check_edge_cap(n * (k + int(self_loops)), max_edges, "knn_graph")
+    srcs = []
+    for start, rows, dist in _row_blocks(pos, seq or (n,), positive_int(chunk_size, "chunk_size")):
+        dist[torch.arange(rows.numel()), rows] = float("inf")  # exclude i itself
+        nbr = dist.topk(k, dim=1, largest=False).indices  # [c, k]
+        if self_loops:
+            nbr = torch.cat([nbr, rows[:, None]], dim=1)  # [c, k + 1]
+        srcs.append(nbr.sort(dim=1).values + start)  # [c, k'] ascending sources
+    src = torch.cat(srcs).flatten()  # [E]
+    dst = torch.arange(n, device=pos.device).repeat_interleave(k + int(self_loops))  # [E]
+    return TokenGraph(
+        torch.stack([src, dst]), n, n, structure="knn", lengths=seq, params={"k": k}, validate=False
+    )
+
+
+def radius_graph(
+    pos: Tensor,
+    r: float,
+    *,
+    lengths: Sequence[int] | Tensor | None = None,
+    batch: Tensor | None = None,
+    self_loops: bool = False,
+    chunk_size: int = CHUNK_SIZE,
+    max_edges: int | None = MAX_EDGES,
+) -> TokenGraph:
+    """Radius graph: every point within distance r (as PyG's ``radius_graph``; the cutoff graph
+    of molecular models such as SchNet, Schütt et al. 2017).
+
+    .. math:: N(i) = \\{ j \\ne i : \\mathrm{seq}(j) = \\mathrm{seq}(i),\\; \\|x_i - x_j\\| \\le r \\}
+        \\;(\\cup \\{ i \\} \\text{ if self\\_loops})
+
+    A point with no neighbour is an isolated target (it outputs 0). Tag ``"radius"``, params
+    ``{"r": r}``.
+
+    Args:
+        pos: positions [N, d], float.  r: radius > 0.  lengths / batch: keep sequences apart.
+
+    Shapes:
+        edge_index [2, E], sorted by target then source.
+    """
+    pos, seq = _sequences(pos, lengths, batch, "radius_graph")
+    if isinstance(r, bool) or not isinstance(r, (int, float)) or not r > 0:
+        raise ValueError(f"radius_graph: r must be a number > 0, got {r!r}")
+    n = pos.size(0)
+    parts, total = [], 0
+    for start, rows, dist in _row_blocks(pos, seq or (n,), positive_int(chunk_size, "chunk_size")):
+        near = dist <= r  # [c, L]
+        if not self_loops:
+            near[torch.arange(rows.numel()), rows] = False
+        tgt, src = near.nonzero(as_tuple=True)  # row-major: by target, then source
+        total += tgt.numel()
+        check_edge_cap(total, max_edges, "radius_graph")
+        parts.append(torch.stack([src + start, rows[tgt] + start]))
+    return TokenGraph(
+        torch.cat(parts, dim=1),
+        n,
+        n,
+        structure="radius",
+        lengths=seq,
+        params={"r": r},
+        validate=False,
+    )
