@@ -9,6 +9,20 @@ from .biases import ALiBi, EdgeFeatureBias, RelativePositionBias, ScoreBias
 from .graph import TokenGraph, as_token_graph, complete_graph, from_mask
 from .interop import GraphMultiheadAttention, GraphTransformerEncoderLayer, convert
 from .layer import Attention, GraphAttention
+from .patterns import (
+    bigbird_graph,
+    bipartite_graph,
+    block_graph,
+    causal_graph,
+    fixed_graph,
+    from_padding_mask,
+    global_graph,
+    knn_graph,
+    radius_graph,
+    star_graph,
+    strided_graph,
+    window_graph,
+)
 from .scores import ScoreFunction, make_score, register_score
 from .softmax import neighbourhood_softmax
 
@@ -27,10 +41,22 @@ __all__ = [
     "TokenGraph",
     "__version__",
     "as_token_graph",
+    "bigbird_graph",
+    "bipartite_graph",
+    "block_graph",
+    "causal_graph",
     "complete_graph",
     "convert",
+    "fixed_graph",
     "from_mask",
+    "from_padding_mask",
+    "global_graph",
+    "knn_graph",
     "make_score",
     "neighbourhood_softmax",
+    "radius_graph",
     "register_score",
+    "star_graph",
+    "strided_graph",
+    "window_graph",
 ]
