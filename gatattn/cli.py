@@ -17,6 +17,7 @@ __all__ = ["COMMANDS", "main"]
 #: subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "verify": ("gatattn.verify", "prove graph attention equals PyTorch's attention (main job)"),
+    "patterns": ("gatattn.patterns_cli", "draw attention patterns (sparse masks) as PNG files"),
 }
 
 

@@ -112,7 +112,7 @@ GALLERY: dict[str, tuple[Callable[[int], TokenGraph], str]] = {
         "from_padding_mask(two rows of n // 2, padded)",
     ),
     "bipartite": (
-        lambda n: bipartite_graph([n // 2, n // 4], [n // 4, n // 2]),
-        "bipartite_graph([n/2, n/4], [n/4, n/2])",
+        lambda n: bipartite_graph([n // 2, n // 4], [n // 4, n - n // 4]),
+        "bipartite_graph([n/2, n/4], [n/4, 3n/4])",
     ),
 }
