@@ -5,7 +5,10 @@
 See docs/math.md for the equations and docs/api.md for the public contract.
 """
 
+from . import analysis, plot
+from .analysis import attention_flow, attention_rollout
 from .biases import ALiBi, EdgeFeatureBias, RelativePositionBias, ScoreBias
+from .export import from_networkx, layered_graph, to_networkx, write_graph
 from .graph import TokenGraph, as_token_graph, complete_graph, from_mask
 from .interop import GraphMultiheadAttention, GraphTransformerEncoderLayer, convert
 from .layer import Attention, GraphAttention
@@ -40,7 +43,10 @@ __all__ = [
     "ScoreFunction",
     "TokenGraph",
     "__version__",
+    "analysis",
     "as_token_graph",
+    "attention_flow",
+    "attention_rollout",
     "bigbird_graph",
     "bipartite_graph",
     "block_graph",
@@ -49,14 +55,19 @@ __all__ = [
     "convert",
     "fixed_graph",
     "from_mask",
+    "from_networkx",
     "from_padding_mask",
     "global_graph",
     "knn_graph",
+    "layered_graph",
     "make_score",
     "neighbourhood_softmax",
+    "plot",
     "radius_graph",
     "register_score",
     "star_graph",
     "strided_graph",
+    "to_networkx",
     "window_graph",
+    "write_graph",
 ]
