@@ -1,0 +1,394 @@
+"""GraphMultiheadAttention and GraphTransformerEncoderLayer equal torch's modules (docs/interop.md).
+
+Weights are copied from nn.MultiheadAttention / nn.TransformerEncoderLayer; outputs, returned
+weights and gradients (inputs and every parameter) are compared, in eval mode (dropout off).
+Sizes are pairwise distinct: B=2, L=5, S=7, H=3, D=4 (C=12), kdim=9, vdim=11.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+import gatattn as ga
+from gatattn.interop import AttnMaskBias
+from gatattn.scores import Edges
+
+B, L, S, H, C = 2, 5, 7, 3, 12
+TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
+
+
+def mha_param_grads(mha: nn.MultiheadAttention) -> list[Tensor]:
+    """torch's parameter gradients in GraphAttention's order (q, k, v, out; weight, bias)."""
+    if mha._qkv_same_embed_dim:
+        ws = list(mha.in_proj_weight.grad.chunk(3))
+    else:
+        ws = [mha.q_proj_weight.grad, mha.k_proj_weight.grad, mha.v_proj_weight.grad]
+    bs = list(mha.in_proj_bias.grad.chunk(3)) if mha.in_proj_bias is not None else []
+    out: list[Tensor] = []
+    for i, w in enumerate(ws):
+        out += [w, bs[i]] if bs else [w]
+    out.append(mha.out_proj.weight.grad)
+    if mha.out_proj.bias is not None:
+        out.append(mha.out_proj.bias.grad)
+    return out
+
+
+def kpm_bool(batch: int, length: int) -> Tensor:
+    """Padding mask [B, S] (True = pad) with a different length per sequence, none empty."""
+    lens = torch.tensor([length - 2, length][:batch])
+    return torch.arange(length)[None, :] >= lens[:, None]
+
+
+def to_float(mask: Tensor) -> Tensor:
+    return torch.zeros(mask.shape, dtype=torch.float64).masked_fill(mask, float("-inf"))
+
+
+def make_masks(kind: str, tgt: int, src: int) -> dict[str, object]:
+    """Mask arguments for nn.MultiheadAttention; every query keeps >= 1 allowed key."""
+    g = torch.Generator().manual_seed(1)
+    banned = torch.rand(tgt, src, generator=g) < 0.4  # True = not allowed
+    banned[:, 0] = False
+    banned_h = torch.rand(B * H, tgt, src, generator=g) < 0.4
+    banned_h[..., 0] = False
+    kpm = kpm_bool(B, src)
+    causal = torch.ones(tgt, src, dtype=torch.bool).triu(1)
+    bias = torch.randn(tgt, src, generator=g, dtype=torch.float64)
+    bias_h = torch.randn(B * H, tgt, src, generator=g, dtype=torch.float64)
+    return {
+        "none": {},
+        "kpm_bool": {"key_padding_mask": kpm},
+        "kpm_float": {"key_padding_mask": to_float(kpm)},
+        "attn_bool": {"attn_mask": banned},
+        "attn_float": {"attn_mask": bias.masked_fill(banned, float("-inf"))},
+        "attn_bool_heads": {"attn_mask": banned_h},
+        "attn_float_heads": {"attn_mask": bias_h},
+        "attn_bool+kpm_bool": {"attn_mask": banned, "key_padding_mask": kpm},
+        "attn_float+kpm_float": {"attn_mask": bias, "key_padding_mask": to_float(kpm)},
+        "heads_bool+kpm_bool": {"attn_mask": banned_h, "key_padding_mask": kpm},
+        "causal": {"attn_mask": causal, "is_causal": True},
+        "causal+kpm": {"attn_mask": causal, "is_causal": True, "key_padding_mask": kpm},
+    }[kind]
+
+
+MASKS = [
+    "none",
+    "kpm_bool",
+    "kpm_float",
+    "attn_bool",
+    "attn_float",
+    "attn_bool_heads",
+    "attn_float_heads",
+    "attn_bool+kpm_bool",
+    "attn_float+kpm_float",
+    "heads_bool+kpm_bool",
+    "causal",
+    "causal+kpm",
+]
+
+
+def cast(masks: dict[str, object], dtype: torch.dtype) -> dict[str, object]:
+    return {
+        k: v.to(dtype) if isinstance(v, Tensor) and v.is_floating_point() else v
+        for k, v in masks.items()
+    }
+
+
+def run_pair(
+    dtype: torch.dtype,
+    batch_first: bool,
+    cross: bool,
+    masks: dict[str, object],
+    average: bool,
+) -> None:
+    kdim, vdim = (9, 11) if cross else (None, None)
+    tgt, src = L, (S if cross else L)
+    mha = nn.MultiheadAttention(C, H, kdim=kdim, vdim=vdim, batch_first=batch_first)
+    mha = mha.to(dtype).eval()
+    twin = ga.GraphMultiheadAttention.from_torch(mha)
+
+    def shaped(n: int, c: int) -> Tensor:
+        return torch.randn((B, n, c) if batch_first else (n, B, c), dtype=dtype)
+
+    q = shaped(tgt, C)
+    k = shaped(src, kdim or C) if cross else q
+    v = shaped(src, vdim or C) if cross else q
+    masks = cast(masks, dtype)
+    results = []
+    for model in (mha, twin):
+        qq, kk, vv = (t.detach().clone().requires_grad_() for t in (q, k, v))
+        out, w = model(qq, kk, vv, need_weights=True, average_attn_weights=average, **masks)
+        loss = (out * torch.linspace(-1, 1, out.numel(), dtype=dtype).view(out.shape)).sum()
+        loss = loss + (w * torch.linspace(2, -1, w.numel(), dtype=dtype).view(w.shape)).sum()
+        loss.backward()
+        results.append((out, w, [qq.grad, kk.grad, vv.grad]))
+    tol = TOL[dtype]
+    (o1, w1, g1), (o2, w2, g2) = results
+    assert o2.shape == o1.shape and w2.shape == w1.shape
+    assert w1.shape == ((B, tgt, src) if average else (B, H, tgt, src))
+    torch.testing.assert_close(o2, o1, atol=tol, rtol=0)
+    torch.testing.assert_close(w2, w1, atol=tol, rtol=0)
+    for a, b in zip(g2, g1):
+        torch.testing.assert_close(a, b, atol=tol, rtol=0)
+    for a, b in zip([p.grad for p in twin.parameters()], mha_param_grads(mha), strict=True):
+        torch.testing.assert_close(a, b, atol=tol, rtol=0)
+
+
+SELF_CASES = [(m, bf) for m in MASKS for bf in (False, True)]
+# Cross-attention (L=5 keys of width kdim=9 and values of width vdim=11, S=7): every non-causal
+# mask, in alternating layouts.
+CROSS_CASES = [(m, i % 2 == 0) for i, m in enumerate(x for x in MASKS if "causal" not in x)]
+
+
+@pytest.mark.parametrize(("mask", "batch_first"), SELF_CASES)
+def test_mha_self_attention_equals_torch_fp64(mask: str, batch_first: bool) -> None:
+    run_pair(torch.float64, batch_first, False, make_masks(mask, L, L), average=batch_first)
+
+
+@pytest.mark.parametrize(("mask", "batch_first"), CROSS_CASES)
+def test_mha_cross_attention_kdim_vdim_equals_torch_fp64(mask: str, batch_first: bool) -> None:
+    run_pair(torch.float64, batch_first, True, make_masks(mask, L, S), average=not batch_first)
+
+
+@pytest.mark.parametrize("mask", ["none", "attn_float+kpm_float", "heads_bool+kpm_bool"])
+@pytest.mark.parametrize("average", [True, False])
+def test_mha_equals_torch_fp32(mask: str, average: bool) -> None:
+    run_pair(torch.float32, True, True, make_masks(mask, L, S), average=average)
+
+
+def test_mha_unbatched_equals_torch() -> None:
+    mha = nn.MultiheadAttention(C, H).double().eval()
+    twin = ga.GraphMultiheadAttention.from_torch(mha)
+    x = torch.randn(L, C, dtype=torch.float64)
+    kpm = torch.tensor([False, False, False, True, False])
+    am = torch.rand(H, L, L) < 0.3
+    am[..., 0] = False
+    for kw in ({}, {"key_padding_mask": kpm}, {"attn_mask": am}):
+        (o1, w1), (o2, w2) = mha(x, x, x, **kw), twin(x, x, x, **kw)
+        assert o2.shape == (L, C) and w2.shape == (L, L)
+        torch.testing.assert_close(o2, o1, atol=1e-10, rtol=0)
+        torch.testing.assert_close(w2, w1, atol=1e-10, rtol=0)
+
+
+def test_mha_need_weights_false_returns_none() -> None:
+    mha = nn.MultiheadAttention(C, H, batch_first=True).double().eval()
+    twin = ga.GraphMultiheadAttention.from_torch(mha)
+    x = torch.randn(B, L, C, dtype=torch.float64)
+    out, w = twin(x, x, x, need_weights=False)
+    assert w is None
+    torch.testing.assert_close(out, mha(x, x, x, need_weights=False)[0], atol=1e-10, rtol=0)
+
+
+def test_is_causal_without_mask_builds_the_causal_graph() -> None:
+    # torch needs the mask as well; the twin builds it (documented difference).
+    mha = nn.MultiheadAttention(C, H, batch_first=True).double().eval()
+    twin = ga.GraphMultiheadAttention.from_torch(mha)
+    x = torch.randn(B, L, C, dtype=torch.float64)
+    causal = nn.Transformer.generate_square_subsequent_mask(L, dtype=torch.float64)
+    o1, w1 = mha(x, x, x, attn_mask=causal, is_causal=True)
+    o2, w2 = twin(x, x, x, is_causal=True)
+    torch.testing.assert_close(o2, o1, atol=1e-10, rtol=0)
+    torch.testing.assert_close(w2, w1, atol=1e-10, rtol=0)
+
+
+def test_fully_masked_query_gives_zero_attention_like_torch_sdpa_path() -> None:
+    mha = nn.MultiheadAttention(C, H, batch_first=True).double().eval()
+    nn.init.normal_(mha.out_proj.bias)  # so "zero attention" shows as out = out_proj.bias
+    twin = ga.GraphMultiheadAttention.from_torch(mha)
+    x = torch.randn(B, L, C, dtype=torch.float64, requires_grad=True)
+    banned = torch.zeros(L, L, dtype=torch.bool)
+    banned[2] = True  # query 2 may attend to nothing
+    ref = mha(x, x, x, attn_mask=banned, need_weights=False)[0]
+    assert torch.isnan(mha(x, x, x, attn_mask=banned)[1][:, 2]).all()  # torch's weights: NaN
+    out, w = twin(x, x, x, attn_mask=banned)
+    torch.testing.assert_close(out, ref, atol=1e-10, rtol=0)
+    torch.testing.assert_close(out[:, 2], mha.out_proj.bias.expand(B, C), atol=1e-12, rtol=0)
+    assert w is not None and (w[:, 2] == 0).all()
+    out.sum().backward()
+    assert torch.isfinite(x.grad).all()
+
+
+def test_dropout_is_applied_in_training_only() -> None:
+    twin = ga.GraphMultiheadAttention(C, H, dropout=0.5, batch_first=True).double()
+    x = torch.randn(B, L, C, dtype=torch.float64)
+    twin.eval()
+    o_eval, w_eval = twin(x, x, x)
+    twin.train()
+    torch.manual_seed(3)
+    o_a, w_a = twin(x, x, x)
+    torch.manual_seed(3)
+    o_b, _ = twin(x, x, x)
+    o_c, _ = twin(x, x, x)
+    assert (o_a - o_eval).abs().max() > 1e-3  # dropout changed the output
+    torch.testing.assert_close(o_a, o_b)  # ... reproducibly under the same seed
+    assert (o_a - o_c).abs().max() > 1e-3  # ... and randomly otherwise
+    torch.testing.assert_close(w_a, w_eval)  # returned weights are before dropout
+
+
+def test_mha_to_torch_round_trip() -> None:
+    twin = ga.GraphMultiheadAttention(C, H, kdim=9, vdim=11, batch_first=True).double().eval()
+    back = twin.to_torch()
+    assert isinstance(back, nn.MultiheadAttention) and back.batch_first
+    q = torch.randn(B, L, C, dtype=torch.float64)
+    k, v = torch.randn(B, S, 9, dtype=torch.float64), torch.randn(B, S, 11, dtype=torch.float64)
+    torch.testing.assert_close(twin(q, k, v)[0], back(q, k, v)[0], atol=1e-10, rtol=0)
+
+
+def test_mha_attributes_match_torch() -> None:
+    twin = ga.GraphMultiheadAttention(C, H, dropout=0.25, kdim=9, vdim=11, batch_first=True)
+    assert (twin.embed_dim, twin.num_heads, twin.head_dim) == (C, H, C // H)
+    assert (twin.kdim, twin.vdim, twin.dropout, twin.batch_first) == (9, 11, 0.25, True)
+    assert twin.out_proj is twin.attn.out_proj
+    assert not twin._qkv_same_embed_dim and twin.in_proj_weight is None
+    assert "out_proj.weight" not in dict(twin.named_parameters())  # no duplicate registration
+
+
+# ---------------------------------------------------------------------- bad input
+def test_mha_rejects_bias_kv_and_zero_attn() -> None:
+    with pytest.raises(ValueError, match="add_bias_kv=True"):
+        ga.GraphMultiheadAttention(C, H, add_bias_kv=True)
+    with pytest.raises(ValueError, match="add_zero_attn=True"):
+        ga.GraphMultiheadAttention(C, H, add_zero_attn=True)
+    with pytest.raises(ValueError, match="add_bias_kv"):
+        ga.GraphMultiheadAttention.from_torch(nn.MultiheadAttention(C, H, add_bias_kv=True))
+    with pytest.raises(TypeError, match="nn.MultiheadAttention"):
+        ga.GraphMultiheadAttention.from_torch(nn.Linear(C, C))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "err", "match"),
+    [
+        ({"key_padding_mask": torch.zeros(B, L + 1, dtype=torch.bool)}, ValueError, r"\(2, 5\)"),
+        ({"key_padding_mask": torch.zeros(B, L, dtype=torch.long)}, TypeError, "torch.int64"),
+        ({"attn_mask": torch.zeros(L, L + 1, dtype=torch.bool)}, ValueError, r"got \(5, 6\)"),
+        ({"attn_mask": torch.zeros(H, L, L, dtype=torch.bool)}, ValueError, r"\(6, 5, 5\)"),
+        ({"attn_mask": torch.zeros(L, L, dtype=torch.int32)}, TypeError, "attn_mask.*int32"),
+        ({"attn_mask": [[True]]}, TypeError, "got list"),
+    ],
+)
+def test_mha_bad_masks(kwargs: dict[str, object], err: type[Exception], match: str) -> None:
+    twin = ga.GraphMultiheadAttention(C, H, batch_first=True)
+    x = torch.randn(B, L, C)
+    with pytest.raises(err, match=match):
+        twin(x, x, x, **kwargs)
+
+
+def test_mha_bad_inputs() -> None:
+    twin = ga.GraphMultiheadAttention(C, H, batch_first=True)
+    x = torch.randn(B, L, C)
+    with pytest.raises(ValueError, match="all be batched"):
+        twin(x, x[0], x[0])
+    with pytest.raises(ValueError, match="must share batch"):
+        twin(x, x, torch.randn(B, L + 1, C))
+    with pytest.raises(ValueError, match="must share batch"):
+        twin(x, torch.randn(B + 1, L, C), torch.randn(B + 1, L, C))
+    with pytest.raises(ValueError, match="channels"):
+        twin(torch.randn(B, L, C + 1), x, x)
+
+
+def test_attn_mask_bias_rejects_bad_edge_attr() -> None:
+    g = ga.complete_graph(3)
+    edges = Edges(g.edge_index[0], g.edge_index[1], g, torch.zeros(9))
+    with pytest.raises(ValueError, match=r"\[E, 1\] or \[E, H\], got \[9\]"):
+        AttnMaskBias()(edges)
+
+
+# ---------------------------------------------------------------------- encoder layer
+def encoder_param_grads(layer: nn.TransformerEncoderLayer) -> list[Tensor]:
+    rest = [p.grad for n, p in layer.named_parameters() if not n.startswith("self_attn.")]
+    return mha_param_grads(layer.self_attn) + rest
+
+
+@pytest.mark.parametrize(
+    ("activation", "norm_first", "batch_first", "bias", "mask"),
+    [
+        ("relu", False, False, True, "attn_bool+kpm_bool"),
+        ("gelu", True, True, True, "attn_float"),
+        (F.silu, False, True, False, "causal+kpm"),
+        (nn.GELU(approximate="tanh"), True, False, True, "none"),
+    ],
+)
+def test_encoder_layer_equals_torch(
+    activation: object, norm_first: bool, batch_first: bool, bias: bool, mask: str
+) -> None:
+    dtype = torch.float64
+    ref = nn.TransformerEncoderLayer(
+        C, H, 17, dropout=0.1, activation=activation, layer_norm_eps=1e-6,  # type: ignore[arg-type]
+        batch_first=batch_first, norm_first=norm_first, bias=bias, dtype=dtype,
+    ).eval()  # fmt: skip
+    twin = ga.GraphTransformerEncoderLayer.from_torch(ref)
+    assert twin.norm1.eps == 1e-6 and twin.batch_first == batch_first
+    masks = cast(make_masks(mask, L, L), dtype)
+    kw = {
+        "src_mask": masks.get("attn_mask"),
+        "src_key_padding_mask": masks.get("key_padding_mask"),
+        "is_causal": masks.get("is_causal", False),
+    }
+    x = torch.randn((B, L, C) if batch_first else (L, B, C), dtype=dtype)
+    outs, grads = [], []
+    for model in (ref, twin):
+        xx = x.clone().requires_grad_()
+        out = model(xx, **kw)
+        (out * torch.linspace(-1, 1, out.numel(), dtype=dtype).view(out.shape)).sum().backward()
+        outs.append(out)
+        grads.append(xx.grad)
+    torch.testing.assert_close(outs[1], outs[0], atol=1e-10, rtol=0)
+    torch.testing.assert_close(grads[1], grads[0], atol=1e-10, rtol=0)
+    mine = [p.grad for p in twin.parameters()]
+    for a, b in zip(mine, encoder_param_grads(ref), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=0)
+
+
+def test_encoder_layer_equals_torch_fused_fast_path_fp32() -> None:
+    # eval + no_grad + batch_first + even heads: torch runs its fused kernel; compare like for like.
+    ref = nn.TransformerEncoderLayer(C, 2, 19, batch_first=True).eval()
+    twin = ga.GraphTransformerEncoderLayer.from_torch(ref)
+    x = torch.randn(B, L, C)
+    with torch.no_grad():
+        torch.testing.assert_close(twin(x), ref(x), atol=1e-5, rtol=0)
+
+
+def test_encoder_layer_gnn_form_equals_padded_dense() -> None:
+    # [N, C] node features of two sequences (lengths 5 and 3) on a block-diagonal complete graph
+    # equal torch's layer on the padded batch, at the real tokens.
+    ref = nn.TransformerEncoderLayer(C, H, 17, batch_first=True, dtype=torch.float64).eval()
+    twin = ga.GraphTransformerEncoderLayer.from_torch(ref)
+    lengths = [5, 3]
+    x = torch.randn(B, L, C, dtype=torch.float64)
+    kpm = torch.arange(L)[None, :] >= torch.tensor(lengths)[:, None]
+    dense = ref(x, src_key_padding_mask=kpm)  # [B, L, C]
+    nodes = x[~kpm]  # [N, C]
+    out = twin(nodes, graph=ga.complete_graph(lengths=lengths))  # [N, C]
+    torch.testing.assert_close(out, dense[~kpm], atol=1e-10, rtol=0)
+
+
+def test_encoder_layer_gnn_form_sparse_graph_equals_masked_dense() -> None:
+    ref = nn.TransformerEncoderLayer(C, H, 17, dtype=torch.float64).eval()
+    twin = ga.GraphTransformerEncoderLayer.from_torch(ref)
+    allowed = (torch.arange(L)[:, None] - torch.arange(L)[None, :]).abs() <= 1  # window 1
+    x = torch.randn(L, C, dtype=torch.float64)
+    dense = ref(x.unsqueeze(1), src_mask=~allowed).squeeze(1)  # torch: True = not allowed
+    out = twin(x, graph=ga.from_mask(allowed))
+    torch.testing.assert_close(out, dense, atol=1e-10, rtol=0)
+
+
+def test_encoder_layer_dropout_in_training() -> None:
+    layer = ga.GraphTransformerEncoderLayer(C, H, 17, dropout=0.3).double()
+    x = torch.randn(L, B, C, dtype=torch.float64)
+    ev = layer.eval()(x)
+    tr = layer.train()(x)
+    assert (tr - ev).abs().max() > 1e-3
+
+
+def test_encoder_layer_bad_input() -> None:
+    with pytest.raises(ValueError, match="'swish'"):
+        ga.GraphTransformerEncoderLayer(C, H, activation="swish")
+    with pytest.raises(TypeError, match="a string or a callable, got 3"):
+        ga.GraphTransformerEncoderLayer(C, H, activation=3)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="nn.TransformerEncoderLayer"):
+        ga.GraphTransformerEncoderLayer.from_torch(nn.Linear(2, 2))  # type: ignore[arg-type]
+    layer = ga.GraphTransformerEncoderLayer(C, H, 17)
+    with pytest.raises(ValueError, match="the graph is the mask"):
+        layer(torch.randn(L, C), torch.zeros(L, L, dtype=torch.bool), graph=ga.complete_graph(L))
