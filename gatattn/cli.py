@@ -18,6 +18,7 @@ __all__ = ["COMMANDS", "main"]
 COMMANDS: dict[str, tuple[str, str]] = {
     "verify": ("gatattn.verify", "prove graph attention equals PyTorch's attention (main job)"),
     "patterns": ("gatattn.patterns_cli", "draw attention patterns (sparse masks) as PNG files"),
+    "export": ("gatattn.export_cli", "attention graphs of a sentence: GraphML/GEXF/JSON + PNG"),
 }
 
 
