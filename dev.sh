@@ -32,6 +32,7 @@ case "$cmd" in
         setup
         export MPLBACKEND=Agg
         "$VENV/bin/gatattn" verify
+        "$VENV/bin/gatattn" export --text "the cat sat on the mat" --out out/
         ;;
     test)
         setup
