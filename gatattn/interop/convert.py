@@ -36,7 +36,7 @@ def convert(model: nn.Module, *, backend: str = "auto") -> nn.Module:
     new = copy.deepcopy(model)
     twins: dict[int, GraphMultiheadAttention] = {}
     for parent in list(new.modules()):
-        for name, child in list(parent.named_children()):
+        for name, child in list(parent._modules.items()):  # named_children() skips repeats
             if isinstance(child, nn.MultiheadAttention):
                 if id(child) not in twins:
                     twins[id(child)] = GraphMultiheadAttention.from_torch(child, backend=backend)
