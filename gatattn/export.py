@@ -204,7 +204,8 @@ def from_networkx(G: nx.DiGraph) -> EdgeArrays:
     H is the number of ``weight_h<k>`` attributes when the graph was exported with
     ``head="all"``, else 1 (the ``score``/``weight`` attributes). Nodes are ordered by their
     ``index`` attribute (files read back from GraphML/GEXF have string ids), or must be the
-    integers 0..N-1.
+    integers 0..N-1. Edges come out sorted by target, then source (the order of
+    ``ga.complete_graph``), whatever order NetworkX holds them in.
 
     Shapes:
         G with N nodes, E edges -> edge_index [2, E], scores [E, H], weights [E, H].
@@ -239,8 +240,10 @@ def from_networkx(G: nx.DiGraph) -> EdgeArrays:
     src = [order[u] for u, _, _ in edges]
     dst = [order[v] for _, v, _ in edges]
     edge_index = torch.tensor([src, dst], dtype=torch.long).view(2, -1)  # [2, E]
-    t = torch.from_numpy(table)  # [E, 2H]
     n = len(order)
+    perm = torch.argsort(edge_index[1] * n + edge_index[0])  # [E] by target, then source
+    edge_index = edge_index[:, perm]  # [2, E]
+    t = torch.from_numpy(table)[perm]  # [E, 2H]
     sequence = [0] * n
     for node, seq in G.nodes(data="sequence"):
         sequence[order[node]] = int(seq or 0)
