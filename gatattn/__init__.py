@@ -26,6 +26,7 @@ from .patterns import (
     strided_graph,
     window_graph,
 )
+from .pyg import GraphTransformerBlock
 from .scores import ScoreFunction, make_score, register_score
 from .softmax import neighbourhood_softmax
 
@@ -37,6 +38,7 @@ __all__ = [
     "EdgeFeatureBias",
     "GraphAttention",
     "GraphMultiheadAttention",
+    "GraphTransformerBlock",
     "GraphTransformerEncoderLayer",
     "RelativePositionBias",
     "ScoreBias",
