@@ -5,7 +5,7 @@
 See docs/math.md for the equations and docs/api.md for the public contract.
 """
 
-from . import analysis, plot
+from . import analysis, plot, pretrained
 from .analysis import attention_flow, attention_rollout
 from .biases import ALiBi, EdgeFeatureBias, RelativePositionBias, ScoreBias
 from .export import from_networkx, layered_graph, to_networkx, write_graph
@@ -65,6 +65,7 @@ __all__ = [
     "make_score",
     "neighbourhood_softmax",
     "plot",
+    "pretrained",
     "radius_graph",
     "register_score",
     "star_graph",

