@@ -163,7 +163,7 @@ def block_attention(
         -> out [N_t, H, D]; scores and weights are None (the layer recovers them per edge).
     """
     parts = _supported_biases(score)
-    if parts is None:
+    if parts is None or "block" not in score.backends:
         raise ValueError(f"block backend cannot run score {score.name!r}")
     base, biases = parts
     lay = layout if layout is not None else block_layout(graph)

@@ -28,7 +28,7 @@ from .types import BackendOutput
 
 __all__ = ["dense_attention_sdpa", "dense_unsupported"]
 
-_STRUCTURES = ("complete", "causal")
+_STRUCTURES = ("complete", "causal", "bipartite")
 
 
 def _score_parts(score: ScoreFunction) -> tuple[float | None, list] | None:
@@ -50,6 +50,8 @@ def _score_parts(score: ScoreFunction) -> tuple[float | None, list] | None:
 
 def dense_unsupported(score: ScoreFunction, graph: TokenGraph) -> str | None:
     """Why the dense backend cannot run ``score`` on ``graph``, or None when it can."""
+    from ..biases import Biased
+
     if "dense" not in score.backends or _score_parts(score) is None:
         return (
             f"score {score.name!r} has no SDPA form (dense runs scaled_dot and dot, "
@@ -57,26 +59,33 @@ def dense_unsupported(score: ScoreFunction, graph: TokenGraph) -> str | None:
         )
     if graph.structure not in _STRUCTURES:
         tag = graph.structure or "none (a raw edge_index)"
-        return f"graph structure tag is {tag!r}, not 'complete' or 'causal'"
-    if graph.num_src != graph.num_dst:
+        return f"graph structure tag is {tag!r}, not 'complete', 'causal' or 'bipartite'"
+    if graph.structure != "bipartite" and graph.num_src != graph.num_dst:
         return f"graph is bipartite (num_src={graph.num_src}, num_dst={graph.num_dst})"
+    if graph.structure == "bipartite" and isinstance(score, Biased):
+        return "position biases are not defined between query and key sets of a bipartite graph"
     return None
 
 
-def _layout(
-    graph: TokenGraph, device: torch.device
-) -> tuple[int, int, Tensor | None, Tensor | None]:
-    """(B, L_max, flat index [N] into B·L_max or None, key-valid mask [B, L_max] or None)."""
-    lengths = graph.lengths or (graph.num_dst,)
-    B, L = len(lengths), max(lengths)
-    if all(n == L for n in lengths):
-        return B, L, None, None  # equal lengths: a plain view, no padding
+def _side(lengths: tuple[int, ...], n: int, device: torch.device) -> tuple[int, Tensor | None]:
+    """(L_max, flat index [n] into B·L_max, or None when all lengths are equal: a plain view)."""
+    L = max(lengths)
+    if all(m == L for m in lengths):
+        return L, None
     lens = torch.tensor(lengths, device=device)  # [B]
-    seq = torch.arange(B, device=device).repeat_interleave(lens)  # [N]
+    seq = torch.arange(len(lengths), device=device).repeat_interleave(lens)  # [n]
     starts = torch.cumsum(lens, 0) - lens  # [B]
-    pos = torch.arange(graph.num_dst, device=device) - starts.repeat_interleave(lens)  # [N]
-    valid = torch.arange(L, device=device) < lens[:, None]  # [B, L_max]
-    return B, L, seq * L + pos, valid
+    pos = torch.arange(n, device=device) - starts.repeat_interleave(lens)  # [n]
+    return L, seq * L + pos
+
+
+def _lengths(graph: TokenGraph) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Per-sequence (query lengths, key lengths) of a complete, causal or bipartite graph."""
+    q_len = graph.lengths or (graph.num_dst,)
+    if graph.structure == "bipartite":
+        kv = graph.params.get("kv_lengths")
+        return q_len, tuple(kv) if kv else (graph.num_src,)
+    return q_len, q_len
 
 
 def dense_attention_sdpa(
@@ -110,12 +119,15 @@ def dense_attention_sdpa(
         raise ValueError(f"dense backend cannot run score {score.name!r}")
     scale, biases = parts
     H, D = q.size(1), q.size(2)
-    B, L, index, valid = _layout(graph, q.device)
+    q_len, k_len = _lengths(graph)
+    B = len(q_len)
+    Lq, q_index = _side(q_len, graph.num_dst, q.device)
+    L, k_index = _side(k_len, graph.num_src, q.device)
 
-    def pad(t: Tensor) -> Tensor:  # [N, H, D] -> [B, H, L, D]
+    def pad(t: Tensor, index: Tensor | None, n: int) -> Tensor:  # [N, H, D] -> [B, H, n, D]
         if index is not None:
-            t = t.new_zeros(B * L, H, D).index_copy(0, index, t)  # [B·L, H, D]
-        return t.view(B, L, H, D).transpose(1, 2)
+            t = t.new_zeros(B * n, H, D).index_copy(0, index, t)  # [B·n, H, D]
+        return t.view(B, n, H, D).transpose(1, 2)
 
     causal = graph.structure == "causal"
     self_loops = bool(graph.params.get("self_loops", True))
@@ -124,8 +136,9 @@ def dense_attention_sdpa(
         allowed = torch.ones(L, L, dtype=torch.bool, device=q.device).tril(0 if self_loops else -1)
     elif not self_loops:
         allowed = ~torch.eye(L, dtype=torch.bool, device=q.device)
-    if valid is not None and not causal:  # right padding: causal rows never see padded keys
-        keys = valid[:, None, None, :]  # [B, 1, 1, L]
+    if k_index is not None and not causal:  # right padding: causal rows never see padded keys
+        lens = torch.tensor(k_len, device=q.device)  # [B]
+        keys = (torch.arange(L, device=q.device) < lens[:, None])[:, None, None, :]  # [B, 1, 1, L]
         allowed = keys if allowed is None else allowed & keys
     mask: Tensor | None = allowed
     if biases:
@@ -134,15 +147,15 @@ def dense_attention_sdpa(
         bias = sum(b.dense(ctx) for b in biases).to(q.dtype)  # [H, L, L]
         mask = bias if allowed is None else bias.masked_fill(~allowed, float("-inf"))
     out = F.scaled_dot_product_attention(
-        pad(q),
-        pad(k),
-        pad(v),
+        pad(q, q_index, Lq),
+        pad(k, k_index, L),
+        pad(v, k_index, L),
         attn_mask=mask,
         dropout_p=dropout if training else 0.0,
         is_causal=causal and allowed is None,
         scale=scale if scale is not None else 1.0 / math.sqrt(D),
     )  # [B, H, L, D]
-    out = out.transpose(1, 2).reshape(B * L, H, D)  # [B·L, H, D]
-    if index is not None:
-        out = out.index_select(0, index)  # [N, H, D]
+    out = out.transpose(1, 2).reshape(B * Lq, H, D)  # [B·L_q, H, D]
+    if q_index is not None:
+        out = out.index_select(0, q_index)  # [N_t, H, D]
     return BackendOutput(out, None, None)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 
+import torch
 from torch import Tensor
 
 from ..graph import TokenGraph
@@ -95,7 +96,7 @@ def select_backend(
         name, reason = requested, f"forced by backend={requested!r}"
     else:
         name, reason = _auto(score, graph, q, dropout_active)
-    if log.isEnabledFor(logging.DEBUG):
+    if not torch.compiler.is_compiling() and log.isEnabledFor(logging.DEBUG):
         log.debug("backend %s for score %r on %s: %s", name, score.name, _describe(graph), reason)
     return name, reason
 
