@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "verify": ("gatattn.verify", "prove graph attention equals PyTorch's attention (main job)"),
     "patterns": ("gatattn.patterns_cli", "draw attention patterns (sparse masks) as PNG files"),
     "export": ("gatattn.export_cli", "attention graphs of a sentence: GraphML/GEXF/JSON + PNG"),
+    "demo": ("gatattn.demo", "watch W_q, W_k, W_v learned from random init (toy task, PNGs)"),
 }
 
 
