@@ -10,7 +10,8 @@ the outputs and the gradients with respect to the input and every parameter:
   target).
 
 fp64 and fp32 cases use absolute bounds (1e-10, 1e-5). fp16/bf16 cases are compared with the fp64
-golden, relative to the golden's magnitude.
+golden, relative to its magnitude; their bound is the larger of a fixed floor (3e-2 bf16, 5e-3 fp16)
+and twice the error of the PyTorch reference itself run in the same dtype.
 """
 
 from __future__ import annotations
@@ -114,6 +115,23 @@ def _dense_formula(graph: TokenGraph) -> Runner:
     return lambda layer, x: dense_reference(layer, x, graph).out
 
 
+def _errors(want: list[Tensor | None], got: list[Tensor | None], relative: bool) -> float:
+    """Max abs difference over paired tensors (relative to the golden's magnitude if asked)."""
+    err = 0.0
+    for w, g in zip(want, got):
+        if w is None or g is None:
+            if (w is None) != (g is None):
+                return float("nan")
+            continue
+        diff = float((g.detach().double() - w.detach().double()).abs().max())
+        if relative:
+            diff /= max(1.0, float(w.detach().abs().max()))
+        if diff != diff:
+            return diff
+        err = max(err, diff)
+    return err
+
+
 def _compare(
     layer64: GraphAttention,
     graph: TokenGraph,
@@ -121,8 +139,14 @@ def _compare(
     golden: Runner,
     x64: Tensor,
     grad64: Tensor,
-) -> float:
-    """Max error over output, input gradient and parameter gradients (relative for half)."""
+) -> tuple[float, float]:
+    """(error, tolerance) over output, input gradient and parameter gradients.
+
+    fp64/fp32: absolute error against the reference, with the fixed bounds in TOLERANCE.
+    fp16/bf16: error relative to the fp64 golden. The bound is the larger of TOLERANCE and twice
+    the error that the PyTorch reference itself makes in the same dtype (its own rounding sets
+    the floor: cosine scores, for example, reach |α| = τ = 10, where bf16 keeps ~2 digits).
+    """
 
     def run(layer: GraphAttention, x: Tensor, fn: Runner) -> list[Tensor | None]:
         x = x.clone().requires_grad_(True)
@@ -130,23 +154,15 @@ def _compare(
         out.backward(grad64.to(out.dtype))
         return [out, x.grad, *(p.grad for p in layer.parameters())]
 
-    ref_layer = copy.deepcopy(layer64)
-    want = run(ref_layer, x64, golden)
+    want = run(copy.deepcopy(layer64), x64, golden)
     cand = copy.deepcopy(layer64).to(dtype)
     got = run(cand, x64.to(dtype), lambda m, x: m(x, graph))
-    err = 0.0
-    for w, g in zip(want, got):
-        if w is None or g is None:
-            if (w is None) != (g is None):
-                return float("nan")
-            continue
-        diff = float((g.detach().double() - w.detach()).abs().max())
-        if dtype in RELATIVE:
-            diff /= max(1.0, float(w.detach().abs().max()))
-        err = max(err, diff) if diff == diff else float("nan")
-        if err != err:
-            return err
-    return err
+    relative = dtype in RELATIVE
+    tol = TOLERANCE[dtype]
+    if relative:
+        torch_low = run(copy.deepcopy(layer64).to(dtype), x64.to(dtype), golden)
+        tol = max(tol, 2 * _errors(want, torch_low, relative=True))
+    return _errors(want, got, relative), tol
 
 
 def run_matrix(quick: bool = False, progress: bool = False, seed: int = 0) -> list[Case]:
@@ -184,9 +200,9 @@ def run_matrix(quick: bool = False, progress: bool = False, seed: int = 0) -> li
                     p.normal_(0, 0.1, generator=gen)
         x = torch.randn(n, C, dtype=torch.float64, generator=gen)
         grad = torch.randn(n, C, dtype=torch.float64, generator=gen)
-        err = _compare(layer, graph, dtype, golden, x, grad)
+        err, tol = _compare(layer, graph, dtype, golden, x, grad)
         name = f"{score:<28} {ref:<16} {str(dtype).replace('torch.', ''):<9}"
-        cases.append(Case(name, err, TOLERANCE[dtype]))
+        cases.append(Case(name, err, tol))
     return cases
 
 
@@ -207,7 +223,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"{'case':<56} {'max abs err':>12} {'tolerance':>10}  result")
     for c in cases:
         print(
-            f"{c.name:<56} {c.error:>12.3e} {c.tolerance:>10.0e}  {'pass' if c.passed else 'FAIL'}"
+            f"{c.name:<56} {c.error:>12.3e} {c.tolerance:>10.1e}  {'pass' if c.passed else 'FAIL'}"
         )
     failed = sum(not c.passed for c in cases)
     print(
