@@ -20,12 +20,8 @@ def test_quick_matrix_passes_and_prints_a_table(capsys: pytest.CaptureFixture[st
     assert len(lines) >= 30 and all(line.endswith("pass") for line in lines)
     assert any("sdpa" in line for line in lines) and any("mha+padding" in line for line in lines)
     assert "cases passed" in out
-
-
-def test_every_case_compares_something_real() -> None:
-    cases = verify.run_matrix(quick=True)
-    assert all(0.0 <= c.error <= c.tolerance for c in cases)
-    assert any(c.error > 0 for c in cases)  # fp32 cases cannot be bit-exact: errors are measured
+    errors = [float(line.split()[-3]) for line in lines]
+    assert any(e > 0 for e in errors)  # fp32 cases cannot be bit-exact: errors are measured
 
 
 def test_a_failure_exits_1(
