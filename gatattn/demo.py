@@ -158,11 +158,12 @@ def train_demo(
     batch: int = 32,
     lr: float = 3e-3,
     progress: bool = True,
+    draw: bool = True,
 ) -> DemoResult:
     """Train the tiny transformer on "copy the previous token" and measure what changed.
 
     Returns a ``DemoResult``; writes ``attention_before.png`` and ``attention_after.png`` to
-    ``out_dir``. Raises ValueError for a non-positive ``steps``.
+    ``out_dir`` unless ``draw=False``. Raises ValueError for a non-positive ``steps``.
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
@@ -172,7 +173,7 @@ def train_demo(
     torch.set_num_threads(1)
     try:
         return _train(
-            steps, seed, Path(out_dir), vocab, length, dim, heads, layers, batch, lr, progress
+            steps, seed, Path(out_dir), vocab, length, dim, heads, layers, batch, lr, progress, draw
         )
     finally:
         torch.set_num_threads(threads)
@@ -190,6 +191,7 @@ def _train(
     batch: int,
     lr: float,
     progress: bool,
+    draw: bool,
 ) -> DemoResult:
     from tqdm.auto import tqdm
 
@@ -225,10 +227,12 @@ def _train(
     after = _projections(model)
     moved = {k: float((after[k] - before[k]).norm() / before[k].norm()) for k in before}
     maps_after = model.attention(probe, probe_graph)
-    pngs = [
-        draw_attention(maps_before, probe, out / "attention_before.png", "before training"),
-        draw_attention(maps_after, probe, out / "attention_after.png", "after training"),
-    ]
+    pngs = []
+    if draw:
+        pngs = [
+            draw_attention(maps_before, probe, out / "attention_before.png", "before training"),
+            draw_attention(maps_after, probe, out / "attention_after.png", "after training"),
+        ]
     return DemoResult(
         losses,
         accuracy,
