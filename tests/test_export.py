@@ -248,3 +248,21 @@ def test_not_an_attention_or_bipartite() -> None:
         ga.to_networkx(res)
     with pytest.raises(ValueError, match=r"graph has 3 edges but the attention result has 4"):
         ga.to_networkx(res, graph=ga.TokenGraph(torch.tensor([[0, 1, 1], [0, 0, 1]]), 2, 2))
+
+
+def test_bulk_insertion_equals_add_edges_from() -> None:
+    """The hand-written bulk path builds the same graph as NetworkX's own add_edges_from."""
+    rng = np.random.default_rng(0)
+    keys = rng.permutation(7 * 7)[:30]  # unique (src, dst) pairs, shuffled; some nodes isolated
+    src, dst = keys % 7, keys // 7
+    attrs = [{"weight": float(w), "count": 1} for w in rng.random(30)]
+    fast, slow = nx.DiGraph(), nx.DiGraph()
+    for G in (fast, slow):
+        G.add_nodes_from(range(7))
+    export._add_edges_in_bulk(fast, src, dst, attrs)
+    slow.add_edges_from(zip(src.tolist(), dst.tolist(), attrs))
+    assert nx.utils.graphs_equal(fast, slow)
+    assert all(fast._succ[u][v] is fast._pred[v][u] for u, v in fast.edges)  # one dict per edge
+    assert sorted(fast.in_degree()) == sorted(slow.in_degree())
+    fast.remove_edge(int(src[0]), int(dst[0]))  # still a valid NetworkX graph
+    assert fast.number_of_edges() == 29
