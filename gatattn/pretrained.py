@@ -187,6 +187,14 @@ class BertGraphEncoder(nn.Module):
         """
         sentences = [text] if isinstance(text, str) else list(text)
         ids, toks = self._tokenize(sentences)
+        hidden, emb, attentions = self._run(ids, return_attention, graph_fn)
+        tokens = [t for seq_toks in toks for t in seq_toks]
+        return EncoderOutput(tokens, hidden, [len(i) for i in ids], emb, attentions)
+
+    def _run(
+        self, ids: list[list[int]], return_attention: bool, graph_fn: GraphFn | None
+    ) -> tuple[Tensor, Tensor, list[Attention]]:
+        """Token ids of B sentences -> hidden [N, C], embeddings [B, C], attentions."""
         lengths = [len(i) for i in ids]
         dev = self.word.weight.device
         flat = torch.tensor([t for seq in ids for t in seq], device=dev)  # [N]
@@ -201,9 +209,10 @@ class BertGraphEncoder(nn.Module):
             )
         x = self.word(flat) + self.position(pos) + self.token_type(torch.zeros_like(flat))
         x = self.embed_norm(x)  # [N, C]
+        graph = graph.to(dev)
         attentions: list[Attention] = []
         for layer in self.layers:
-            x, att = layer(x, graph.to(dev), return_attention)
+            x, att = layer(x, graph, return_attention)
             if att is not None:
                 attentions.append(att)
         seq = torch.arange(len(lengths), device=dev).repeat_interleave(
@@ -211,9 +220,7 @@ class BertGraphEncoder(nn.Module):
         )  # [N] sentence of each token
         sums = x.new_zeros(len(lengths), x.size(1)).index_add_(0, seq, x)  # [B, C]
         mean = sums / torch.tensor(lengths, device=dev, dtype=x.dtype).unsqueeze(1)  # [B, C]
-        emb = F.normalize(mean, p=2, dim=1)  # [B, C]
-        tokens = [t for seq_toks in toks for t in seq_toks]
-        return EncoderOutput(tokens, x, lengths, emb, attentions)
+        return x, F.normalize(mean, p=2, dim=1), attentions  # [N, C], [B, C]
 
     @torch.no_grad()
     def encode(
@@ -233,13 +240,15 @@ class BertGraphEncoder(nn.Module):
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         items = [sentences] if isinstance(sentences, str) else list(sentences)
-        parts = [
-            self(items[s : s + batch_size], graph_fn=graph_fn).embeddings
-            for s in range(0, len(items), batch_size)
-        ]
-        if not parts:
-            raise ValueError("sentences is empty: give at least one sentence")
-        return torch.cat(parts)  # [B, C]
+        ids, _ = self._tokenize(items)
+        # Longest first, as sentence-transformers does: sentences of similar length share a
+        # batch, so a dense backend pads little. The order does not change any embedding.
+        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+        out = self.word.weight.new_empty(len(ids), self.word.weight.size(1))  # [B, C]
+        for s in range(0, len(order), batch_size):
+            part = order[s : s + batch_size]
+            out[part] = self._run([ids[i] for i in part], False, graph_fn)[1]
+        return out  # [B, C]
 
     def tokenize(self, text: str) -> list[str]:
         """The word pieces of ``text``, with [CLS] and [SEP]."""
