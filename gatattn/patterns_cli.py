@@ -46,6 +46,6 @@ def run(args: argparse.Namespace) -> int:
         build, caption = GALLERY[name]
         graph = build(args.n)
         path = out / f"{args.prefix}{name}.png"
-        show(graph, path, title=f"{caption}  (n={args.n}, E={graph.num_edges})")
+        show(graph, path, title=f"{caption}\nn={args.n}, E={graph.num_edges}")
         print(f"{path}  {graph!r}")
     return 0

@@ -68,7 +68,7 @@ def show(graph: TokenGraph, path: str | Path | None = None, *, title: str | None
     if title is None:
         params = ", ".join(f"{k}={v}" for k, v in graph.params.items() if v is not None)
         title = f"{graph.structure or 'graph'}({params})  E={graph.num_edges}"
-    ax.set_title(title, fontsize=9)
+    ax.set_title(title, fontsize=8)
     if path is not None:
         fig.savefig(path, dpi=100)
     return fig
@@ -92,8 +92,8 @@ GALLERY: dict[str, tuple[Callable[[int], TokenGraph], str]] = {
         "global_graph(n, [0, n // 2], window=2)",
     ),
     "bigbird": (
-        lambda n: bigbird_graph(n, block_size=max(1, n // 8), random_blocks=1, seed=0),
-        "bigbird_graph(n, block_size=n // 8, random_blocks=1, seed=0)",
+        lambda n: bigbird_graph(n, block_size=max(1, n // 16), random_blocks=1, seed=0),
+        "bigbird_graph(n, block_size=n//16, random_blocks=1, seed=0)",
     ),
     "block": (lambda n: block_graph(n, max(1, n // 4)), "block_graph(n, n // 4)"),
     "strided": (lambda n: strided_graph(n, 4), "strided_graph(n, 4)"),
