@@ -13,8 +13,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import gatattn as ga
+from gatattn.backends import select_backend
 from gatattn.interop import AttnMaskBias
-from gatattn.scores import Edges
+from gatattn.interop.masks import attention_graph
+from gatattn.scores import Edges, ScaledDot
 
 B, L, S, H, C = 2, 5, 7, 3, 12
 TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
@@ -243,6 +245,39 @@ def test_mha_attributes_match_torch() -> None:
     assert twin.out_proj is twin.attn.out_proj
     assert not twin._qkv_same_embed_dim and twin.in_proj_weight is None
     assert "out_proj.weight" not in dict(twin.named_parameters())  # no duplicate registration
+
+
+@pytest.mark.parametrize(
+    ("tgt", "src", "is_causal", "tag"),
+    [(L, L, False, "complete"), (L, S, False, "bipartite"), (L, L, True, "causal")],
+)
+def test_unmasked_calls_get_tagged_graphs_for_the_dense_backend(
+    tgt: int, src: int, is_causal: bool, tag: str
+) -> None:
+    graph, bias = attention_graph(
+        B, H, tgt, src, key_padding_mask=None, attn_mask=None, is_causal=is_causal,
+        dtype=torch.float32, device=torch.device("cpu"),
+    )  # fmt: skip
+    assert graph.structure == tag and bias is None
+    assert (graph.num_dst, graph.num_src) == (B * tgt, B * src)
+    name, why = select_backend("auto", ScaledDot(), graph, torch.zeros(B * tgt, H, C // H))
+    assert name == "dense", why
+
+
+def test_bool_masks_need_no_bias_but_float_and_per_head_masks_do() -> None:
+    kw = {"is_causal": False, "dtype": torch.float64, "device": torch.device("cpu")}
+    for masks, has_bias in (
+        (make_masks("attn_bool+kpm_bool", L, S), False),
+        (make_masks("attn_float", L, S), True),
+        (make_masks("attn_bool_heads", L, S), True),
+    ):
+        graph, bias = attention_graph(
+            B, H, L, S, key_padding_mask=masks.get("key_padding_mask"),  # type: ignore[arg-type]
+            attn_mask=masks.get("attn_mask"), **kw,  # type: ignore[arg-type]
+        )  # fmt: skip
+        assert (bias is not None) == has_bias
+        if bias is not None:
+            assert bias.shape[0] == graph.num_edges
 
 
 # ---------------------------------------------------------------------- bad input

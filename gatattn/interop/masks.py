@@ -17,9 +17,10 @@ from torch import Tensor
 
 from ..biases import ScoreBias
 from ..graph import TokenGraph, complete_graph
+from ..patterns import bipartite_graph, causal_graph
 from ..scores import DenseContext, Edges
 
-__all__ = ["AttnMaskBias", "additive_mask", "mask_graph"]
+__all__ = ["AttnMaskBias", "additive_mask", "attention_graph", "mask_graph"]
 
 
 class AttnMaskBias(ScoreBias):
@@ -137,13 +138,12 @@ def mask_graph(
         merged [B, 1 | H, L, S] -> edge_index [2, E] (sorted by target, then source),
         bias [E, 1 | H] or None.
     """
-    if merged is None:
-        if tgt_len == src_len:  # tagged "complete": backends may run it densely
+    if merged is None:  # tagged graphs: the dense backend runs them with one SDPA call
+        if tgt_len == src_len:
             return complete_graph(lengths=[tgt_len] * batch, device=device), None
-        allowed = torch.ones(batch, tgt_len, src_len, dtype=torch.bool, device=device)
-    else:
-        merged = merged.expand(batch, -1, tgt_len, src_len)  # [B, 1 | H, L, S]
-        allowed = torch.isfinite(merged).any(1)  # [B, L, S]; NaN or -inf in all heads: no edge
+        return bipartite_graph([tgt_len] * batch, [src_len] * batch, device=device), None
+    merged = merged.expand(batch, -1, tgt_len, src_len)  # [B, 1 | H, L, S]
+    allowed = torch.isfinite(merged).any(1)  # [B, L, S]; NaN or -inf in all heads: no edge
     b, i, j = allowed.nonzero(as_tuple=True)  # [E] each, sorted by (b, i, j)
     edge_index = torch.stack([b * src_len + j, b * tgt_len + i])  # [2, E] (source, target)
     graph = TokenGraph(
@@ -154,6 +154,46 @@ def mask_graph(
         validate=False,
     )
     bias = None
-    if merged is not None and (has_float or merged.size(1) > 1):
+    if has_float or merged.size(1) > 1:
         bias = merged.permute(0, 2, 3, 1)[b, i, j]  # [E, 1 | H]
     return graph, bias
+
+
+def attention_graph(
+    batch: int,
+    num_heads: int,
+    tgt_len: int,
+    src_len: int,
+    *,
+    key_padding_mask: Tensor | None,
+    attn_mask: Tensor | None,
+    is_causal: bool,
+    dtype: torch.dtype,
+    device: torch.device,
+) -> tuple[TokenGraph, Tensor | None]:
+    """nn.MultiheadAttention's masks -> (graph over B·S sources and B·L targets, bias or None).
+
+    Without masks the graph is tagged (complete, bipartite, or causal for ``is_causal`` alone),
+    so a fast backend can run it; otherwise it is built from the merged mask (``mask_graph``).
+
+    Shapes:
+        key_padding_mask [B, S], attn_mask [L, S] or [B·H, L, S] -> edge_index [2, E],
+        bias [E, 1 | H] or None.
+    """
+    if is_causal and attn_mask is None and key_padding_mask is None and tgt_len == src_len:
+        return causal_graph(lengths=[tgt_len] * batch, device=device), None
+    merged = additive_mask(
+        batch,
+        num_heads,
+        tgt_len,
+        src_len,
+        key_padding_mask=key_padding_mask,
+        attn_mask=attn_mask,
+        is_causal=is_causal,
+        dtype=dtype,
+        device=device,
+    )  # [B, 1 | H, L, S] or None
+    has_float = any(
+        isinstance(m, Tensor) and m.is_floating_point() for m in (key_padding_mask, attn_mask)
+    )
+    return mask_graph(batch, tgt_len, src_len, merged, has_float=has_float, device=device)

@@ -12,9 +12,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..backends import run_backend
+from ..graph import TokenGraph
 from ..layer import Attention, GraphAttention
 from ..scores import ScaledDot
-from .masks import AttnMaskBias, additive_mask, mask_graph
+from .masks import AttnMaskBias, attention_graph
 
 __all__ = ["GraphMultiheadAttention"]
 
@@ -79,13 +81,15 @@ class GraphMultiheadAttention(nn.Module):
         self.attn = GraphAttention(
             embed_dim,
             num_heads,
-            score=ScaledDot() + AttnMaskBias(),
+            score="scaled_dot",
             dropout=dropout,
             bias=bias,
             kdim=kdim,
             vdim=vdim,
             backend=backend,
         ).to(device=device, dtype=dtype)
+        # α_ij = <q_i, k_j>/√D + M_ij for float and per-head masks (no parameters of its own)
+        self._masked_score = ScaledDot() + AttnMaskBias()
 
     # nn.MultiheadAttention's attributes, read by torch's transformer layers.
     @property
@@ -148,17 +152,7 @@ class GraphMultiheadAttention(nn.Module):
 
     def to_torch(self) -> nn.MultiheadAttention:
         """An ``nn.MultiheadAttention`` with copies of this module's weights."""
-        a = self.attn
-        plain = GraphAttention(
-            a.embed_dim,
-            a.num_heads,
-            dropout=a.dropout,
-            bias=a.q_proj.bias is not None,
-            kdim=a.kdim,
-            vdim=a.vdim,
-        ).to(a.out_proj.weight)
-        plain.load_state_dict(a.state_dict())
-        return plain.to_torch(batch_first=self.batch_first).train(self.training)
+        return self.attn.to_torch(batch_first=self.batch_first).train(self.training)
 
     # ------------------------------------------------------------------ forward
     def forward(
@@ -203,7 +197,7 @@ class GraphMultiheadAttention(nn.Module):
                 f"key {list(key.shape)} and value {list(value.shape)} must share batch and "
                 f"length, and match the batch of query {list(query.shape)}"
             )
-        merged = additive_mask(
+        graph, bias = attention_graph(
             B,
             H,
             L,
@@ -213,18 +207,13 @@ class GraphMultiheadAttention(nn.Module):
             is_causal=is_causal,
             dtype=q.dtype,
             device=q.device,
-        )  # [B, 1 | H, L, S] or None
-        has_float = any(
-            m is not None and m.is_floating_point() for m in (key_padding_mask, attn_mask)
-        )
-        graph, bias = mask_graph(B, L, S, merged, has_float=has_float, device=q.device)
-        res = self.attn(
-            q.reshape(B * L, -1),  # [B·L, C]
-            graph,
-            x_src=(k.reshape(B * S, -1), v.reshape(B * S, -1)),  # [B·S, kdim], [B·S, vdim]
-            edge_attr=bias,  # [E, 1 | H] or None
-            return_attention=need_weights,
-        )
+        )  # bias [E, 1 | H] or None
+        xq = q.reshape(B * L, -1)  # [B·L, C]
+        xk, xv = k.reshape(B * S, -1), v.reshape(B * S, -1)  # [B·S, kdim], [B·S, vdim]
+        if bias is None:  # scaled_dot on the graph: dispatch may pick a fast backend
+            res = self.attn(xq, graph, x_src=(xk, xv), return_attention=need_weights)
+        else:
+            res = self._attend_biased(xq, xk, xv, graph, bias, need_weights)
         out = (res.out if isinstance(res, Attention) else res).view(B, L, -1)  # [B, L, C]
         if not batched:
             out = out.squeeze(0)  # [L, C]
@@ -239,6 +228,36 @@ class GraphMultiheadAttention(nn.Module):
         if average_attn_weights:
             weights = weights.mean(1)  # [B, L, S]
         return out, weights if batched else weights.squeeze(0)
+
+    def _attend_biased(
+        self, xq: Tensor, xk: Tensor, xv: Tensor, graph: TokenGraph, bias: Tensor, need: bool
+    ) -> Tensor | Attention:
+        """GraphAttention's projections with the score ⟨q_i, k_j⟩/√D + M_ij, on the edge backend.
+
+        The same as ``self.attn(...)`` with ``score=scaled_dot + attn_mask``; kept apart so that
+        the module's own score stays plain scaled_dot, which the fast backends can run.
+        """
+        a, H, D = self.attn, self.num_heads, self.head_dim
+        q = a.q_proj(xq).view(-1, H, D)  # [N_t, H, D]
+        k = a.k_proj(xk).view(-1, H, D)  # [N_s, H, D]
+        v = a.v_proj(xv).view(-1, H, D)  # [N_s, H, D]
+        res = run_backend(
+            "edge",
+            q,
+            k,
+            v,
+            graph,
+            self._masked_score,
+            edge_attr=bias,
+            dropout=a.dropout,
+            training=self.training,
+            need_weights=need,
+        )
+        out = a.out_proj(res.out.reshape(-1, a.embed_dim))  # [N_t, C]
+        if not need:
+            return out
+        assert res.scores is not None and res.weights is not None
+        return Attention(out, graph.edge_index, res.scores, res.weights, graph)
 
     def extra_repr(self) -> str:
         return f"batch_first={self.batch_first}"
