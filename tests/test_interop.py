@@ -16,7 +16,7 @@ import gatattn as ga
 from gatattn.backends import select_backend
 from gatattn.interop import AttnMaskBias
 from gatattn.interop.masks import attention_graph
-from gatattn.scores import Edges, ScaledDot
+from gatattn.scores import DenseContext, Edges, ScaledDot
 
 B, L, S, H, C = 2, 5, 7, 3, 12
 TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
@@ -321,6 +321,26 @@ def test_mha_bad_inputs() -> None:
         twin(x, torch.randn(B + 1, L, C), torch.randn(B + 1, L, C))
     with pytest.raises(ValueError, match="channels"):
         twin(torch.randn(B, L, C + 1), x, x)
+
+
+def test_attn_mask_bias_edge_and_dense_forms_agree() -> None:
+    # α = <q_i, k_j>/√D + M_ij per edge equals the dense formula with M as [L_q, L_k, H].
+    n, d = 4, 5
+    g = ga.complete_graph(n)
+    q, k = torch.randn(n, H, d, dtype=torch.float64), torch.randn(n, H, d, dtype=torch.float64)
+    m = torch.randn(n, n, H, dtype=torch.float64)  # [i, j, h]
+    score = ScaledDot() + AttnMaskBias()
+    attr = m[g.edge_index[1], g.edge_index[0]]  # [E, H]
+    per_edge = score.edge_scores(q, k, Edges(g.edge_index[0], g.edge_index[1], g, attr))
+    pos = torch.arange(n)
+    dense = score.dense(q.transpose(0, 1), k.transpose(0, 1), DenseContext(pos, pos, m))
+    torch.testing.assert_close(per_edge, dense.permute(1, 2, 0).reshape(-1, H), atol=1e-12, rtol=0)
+    plain = score.edge_scores(q, k, Edges(g.edge_index[0], g.edge_index[1], g))  # no attr: + 0
+    torch.testing.assert_close(plain, ScaledDot().edge_scores(q, k, Edges(*g.edge_index, g)))
+    no_attr = score.dense(q.transpose(0, 1), k.transpose(0, 1), DenseContext(pos, pos))
+    torch.testing.assert_close(
+        no_attr, ScaledDot().dense(q.transpose(0, 1), k.transpose(0, 1), None)
+    )
 
 
 def test_attn_mask_bias_rejects_bad_edge_attr() -> None:
