@@ -447,3 +447,18 @@ def test_encoder_layer_bad_input() -> None:
     layer = ga.GraphTransformerEncoderLayer(C, H, 17)
     with pytest.raises(ValueError, match="the graph is the mask"):
         layer(torch.randn(L, C), torch.zeros(L, L, dtype=torch.bool), graph=ga.complete_graph(L))
+
+
+def test_encoder_layer_inside_torch_transformer_encoder_and_unbatched() -> None:
+    ref_layer = nn.TransformerEncoderLayer(C, H, 17, dtype=torch.float64)
+    ref = nn.TransformerEncoder(ref_layer, 2, enable_nested_tensor=False).eval()
+    twin_layer = ga.GraphTransformerEncoderLayer.from_torch(ref_layer)
+    twin = nn.TransformerEncoder(twin_layer, 2, enable_nested_tensor=False).eval()
+    twin.load_state_dict(ga.convert(ref).state_dict())  # same names: self_attn.attn.*, linear1...
+    x = torch.randn(L, B, C, dtype=torch.float64)
+    kpm = kpm_bool(B, L)
+    torch.testing.assert_close(
+        twin(x, src_key_padding_mask=kpm), ref(x, src_key_padding_mask=kpm), atol=1e-10, rtol=0
+    )
+    one = torch.randn(L, C, dtype=torch.float64)  # unbatched [L, C] without a graph
+    torch.testing.assert_close(twin.layers[0](one), ref.layers[0](one), atol=1e-10, rtol=0)
