@@ -37,7 +37,7 @@ class GraphTransformerEncoderLayer(nn.Module):
         d_model, nhead, dim_feedforward, dropout, activation (``"relu"``, ``"gelu"`` or a
             callable), layer_norm_eps, batch_first, norm_first, bias, device, dtype: as
             ``nn.TransformerEncoderLayer``.
-        backend: GraphAttention backend (``"auto"`` or ``"edge"``).
+        backend: GraphAttention backend name (default ``"auto"``: dispatch picks one).
 
     Shapes:
         dense: src [L, B, C] ([B, L, C] if batch_first, [L, C] unbatched), src_mask [L, S] or

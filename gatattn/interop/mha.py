@@ -1,7 +1,9 @@
 """GraphMultiheadAttention: nn.MultiheadAttention's interface, computed as graph attention.
 
-    masks -> graph G and per-edge bias M (interop/masks.py)
-    out = GraphAttention(x_q, G, x_src=(x_k, x_v), edge_attr=M)          (docs/math.md, eqs. 0-3)
+    masks -> graph G, plus a per-edge bias M for float or per-head masks (interop/masks.py)
+    out = GraphAttention(x_q, G, x_src=(x_k, x_v))          no bias: scaled_dot, any backend
+    out = the same projections with α_ij = <q_i, k_j>/√D + M_ij on the edge backend   (bias)
+                                                            (docs/math.md, eqs. 0-3)
 
 Equal to ``nn.MultiheadAttention`` with the same weights: outputs, returned weights and gradients,
 for every mask combination, batch_first or not, self- and cross-attention (tests/test_interop.py).
@@ -35,7 +37,7 @@ class GraphMultiheadAttention(nn.Module):
         embed_dim, num_heads, dropout, bias, kdim, vdim, batch_first, device, dtype: as
             ``nn.MultiheadAttention``.
         add_bias_kv, add_zero_attn: accepted for signature compatibility; must be False.
-        backend: GraphAttention backend (``"auto"`` or ``"edge"``).
+        backend: GraphAttention backend name (default ``"auto"``: dispatch picks one).
 
     Shapes:
         query [L, B, C] ([B, L, C] if batch_first, [L, C] unbatched), key [S, B, kdim],
