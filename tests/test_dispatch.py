@@ -1,0 +1,178 @@
+"""Dispatch picks the intended backend for each builder's graph, and explains why.
+
+Sizes are realistic (N = 1024) because the choice depends on the tile density and edge count;
+only graphs are built here, nothing is run through attention except where stated.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import pytest
+import torch
+
+import gatattn as ga
+from gatattn.backends import BACKENDS, run_backend, select_backend
+from gatattn.backends.dispatch import MIN_BLOCK_EDGES, backend_unsupported
+
+N = 1024
+
+
+def _points() -> torch.Tensor:
+    return torch.rand(N, 3, generator=torch.Generator().manual_seed(0))  # [N, 3]
+
+
+def _raw_window() -> ga.TokenGraph:
+    """A window graph given as a raw edge_index: no tag, so only its tile density counts."""
+    return ga.TokenGraph(ga.window_graph(N, 32).edge_index, N, N)
+
+
+def _raw_random() -> ga.TokenGraph:
+    g = torch.Generator().manual_seed(1)
+    return ga.TokenGraph(torch.randint(0, N, (2, 40_000), generator=g), N, N)
+
+
+#: builder -> intended backend on CPU for the scaled_dot score.
+INTENDED: dict[str, tuple[Callable[[], ga.TokenGraph], str]] = {
+    "complete": (lambda: ga.complete_graph(N), "dense"),
+    "complete_batch": (lambda: ga.complete_graph(lengths=[300, 724]), "dense"),
+    "causal": (lambda: ga.causal_graph(N), "dense"),
+    "causal_batch": (lambda: ga.causal_graph(lengths=[1000, 24]), "dense"),
+    "bipartite": (lambda: ga.bipartite_graph(100, N), "dense"),
+    "window": (lambda: ga.window_graph(N, 32), "block"),
+    "window_dilated": (lambda: ga.window_graph(N, 16, dilation=2), "block"),
+    "window_causal": (lambda: ga.window_graph(N, 32, causal=True), "block"),
+    "global": (lambda: ga.global_graph(N, [0, 1], window=32), "block"),
+    "bigbird": (lambda: ga.bigbird_graph(N, block_size=64, seed=0), "block"),
+    "block": (lambda: ga.block_graph(N, 64), "block"),
+    "strided": (lambda: ga.strided_graph(N, 32), "block"),
+    "fixed": (lambda: ga.fixed_graph(N, 32), "block"),
+    "star": (lambda: ga.star_graph(N), "edge"),  # E = 5116, tile density 0.06
+    "knn": (lambda: ga.knn_graph(_points(), 16), "edge"),
+    "radius": (lambda: ga.radius_graph(_points(), 0.2), "edge"),
+    "raw_window": (_raw_window, "block"),
+    "raw_random": (_raw_random, "edge"),
+    "small_window": (lambda: ga.window_graph(64, 4), "edge"),  # E < MIN_BLOCK_EDGES
+}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Small index ops: one thread avoids spin-wait contention on a busy 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _explain(score: str, g: ga.TokenGraph | torch.Tensor, backend: str = "auto") -> str:
+    layer = ga.GraphAttention(24, 3, score=score, backend=backend)
+    n = g.num_dst if isinstance(g, ga.TokenGraph) else int(g.max()) + 1
+    return layer.explain_backend(torch.zeros(n, 24), g)
+
+
+@pytest.mark.parametrize("name", list(INTENDED))
+def test_auto_picks_the_intended_backend(name: str) -> None:
+    build, want = INTENDED[name]
+    g = build()
+    q = torch.empty(0, 3, 8)  # [0, H, D]: dispatch reads device, dtype and D
+    got, reason = select_backend("auto", ga.make_score("scaled_dot", 3, 8), g, q)
+    assert got == want, reason
+    if g.structure != "bipartite":  # explain_backend takes self-attention input
+        assert _explain("scaled_dot", g).startswith(f"{want}: ")
+
+
+def test_raw_edge_index_is_never_dense() -> None:
+    """A complete graph given as a raw edge_index has no tag, so it takes the block path."""
+    ei = ga.complete_graph(300).edge_index
+    assert _explain("scaled_dot", ei).startswith("block: ")
+    with pytest.raises(ValueError, match=r"backend='dense' cannot run .* not 'complete'"):
+        _explain("scaled_dot", ei, backend="dense")
+
+
+@pytest.mark.parametrize(
+    ("score", "graph", "want"),
+    [
+        ("additive", "complete", "block"),  # no SDPA form, but a block form
+        ("cosine", "window", "block"),
+        ("gatv2", "window", "edge"),  # no block form: edge
+        ("gatv2", "complete", "edge"),
+        ("scaled_dot+alibi", "causal", "dense"),  # position biases go in as an SDPA float mask
+        ("dot+relative_position", "window", "block"),
+    ],
+)
+def test_auto_follows_the_score(score: str, graph: str, want: str) -> None:
+    assert _explain(score, INTENDED[graph][0]()).startswith(f"{want}: ")
+
+
+def test_edge_feature_bias_stays_on_the_edge_backend() -> None:
+    g = ga.window_graph(N, 32)
+    score = ga.make_score("scaled_dot", 3, 8) + ga.EdgeFeatureBias(4, 3)
+    assert backend_unsupported("block", score, g, torch.empty(0, 3, 8)) is not None
+    got, reason = select_backend("auto", score, g, torch.empty(0, 3, 8))
+    assert got == "edge" and "edge_features" in reason
+
+
+def test_flex_is_cuda_only() -> None:
+    g = ga.window_graph(N, 32)
+    why = backend_unsupported("flex", ga.make_score("scaled_dot", 3, 16), g, torch.empty(0, 3, 16))
+    assert why is not None and "needs CUDA" in why
+    with pytest.raises(ValueError, match=r"backend='flex' cannot run score 'scaled_dot'.*CUDA"):
+        _explain("scaled_dot", g, backend="flex")
+
+
+@pytest.mark.gpu
+def test_auto_picks_flex_on_cuda() -> None:
+    g = ga.window_graph(N, 32).to("cuda")
+    q = torch.empty(0, 4, 16, device="cuda")
+    assert select_backend("auto", ga.make_score("scaled_dot", 4, 16), g, q)[0] == "flex"
+    assert select_backend("auto", ga.make_score("cosine", 4, 16), g, q)[0] == "block"
+    assert select_backend("auto", ga.make_score("scaled_dot", 4, 16), g, q.double())[0] == "block"
+    dropout = select_backend("auto", ga.make_score("dot", 4, 16), g, q, dropout_active=True)
+    assert dropout[0] == "block"
+
+
+def test_forced_backends_are_reported() -> None:
+    g = ga.window_graph(N, 32)
+    for name in ("edge", "block"):
+        assert _explain("scaled_dot", g, backend=name) == f"{name}: forced by backend={name!r}"
+
+
+def test_unknown_backend_names_raise() -> None:
+    assert BACKENDS == ("auto", "edge", "dense", "block", "flex")
+    q = torch.empty(0, 3, 8)
+    score, g = ga.make_score("dot", 3, 8), ga.complete_graph(5)
+    with pytest.raises(ValueError, match="unknown backend 'fast'"):
+        ga.GraphAttention(24, 3, backend="fast")
+    with pytest.raises(ValueError, match="unknown backend 'fast'"):
+        select_backend("fast", score, g, q)
+    with pytest.raises(ValueError, match="unknown backend 'fast'"):
+        backend_unsupported("fast", score, g, q)
+    with pytest.raises(ValueError, match="unknown backend 'fast'"):
+        run_backend(
+            "fast",
+            q,
+            q,
+            q,
+            g,
+            score,
+            edge_attr=None,
+            dropout=0.0,
+            training=False,
+            need_weights=False,
+        )
+
+
+def test_decision_is_logged_at_debug_level(caplog: pytest.LogCaptureFixture) -> None:
+    g = ga.complete_graph(7)
+    layer = ga.GraphAttention(24, 3)
+    with caplog.at_level(logging.DEBUG, logger="gatattn.dispatch"):
+        layer(torch.randn(7, 24), g)
+    assert any("backend dense for score 'scaled_dot'" in r.getMessage() for r in caplog.records)
+
+
+def test_small_graphs_stay_on_the_edge_backend() -> None:
+    g = ga.window_graph(64, 4)
+    assert g.num_edges < MIN_BLOCK_EDGES
+    assert "small graph" in _explain("scaled_dot", g)
