@@ -29,7 +29,7 @@ def test_node_classification_short(capsys: pytest.CaptureFixture[str]) -> None:
         assert set(models) == set(mod.CONVS)
         for name, (run,) in models.items():
             assert run.last_loss < run.first_loss, name  # every model learns under the same loop
-            assert 0.0 <= run.accuracy <= 1.0 and run.epoch_seconds > 0
+            assert 0.0 <= run.accuracy <= 1.0
     out = capsys.readouterr().out
     assert out.count("| KarateClub |") == 5 and out.count("| SBM (4 × 60) |") == 5
 
