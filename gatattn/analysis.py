@@ -292,12 +292,11 @@ def check_weights_sum(graph: Attention | nx.DiGraph, *, atol: float = 1e-6) -> f
         sums = scatter(graph.weights.detach().double(), dst, 0, dim_size=num_dst)  # [N_t, H]
         live = scatter(torch.isfinite(graph.scores).double(), dst, 0, dim_size=num_dst) > 0
         err = torch.where(live, (sums - 1).abs(), torch.zeros_like(sums))  # [N_t, H]
+        if err.numel() == 0:  # no targets
+            return 0.0
         worst = int(err.argmax())
         node, h = divmod(worst, sums.size(1))
-        value, total = (
-            float(err.max()) if err.numel() else 0.0,
-            float(sums.view(-1)[worst]) if err.numel() else 1.0,
-        )
+        value, total = float(err.view(-1)[worst]), float(sums.view(-1)[worst])
         where = f"target {node} (head {h})"
     elif isinstance(graph, nx.DiGraph):
         value, total, where = 0.0, 1.0, ""
