@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "patterns": ("gatattn.patterns_cli", "draw attention patterns (sparse masks) as PNG files"),
     "export": ("gatattn.export_cli", "attention graphs of a sentence: GraphML/GEXF/JSON + PNG"),
     "demo": ("gatattn.demo", "watch W_q, W_k, W_v learned from random init (toy task, PNGs)"),
+    "bench": ("gatattn.bench", "time and memory against SDPA, MHA, PyG and FlexAttention"),
 }
 
 
