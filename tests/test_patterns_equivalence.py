@@ -130,8 +130,10 @@ def _assert_same(
             assert (a - b).abs().max().item() <= tol
 
 
-def _check(builder: str, score: str, dtype: torch.dtype, backend: str = "edge") -> None:
-    g = BUILDERS[builder]()
+def _check(
+    build: Callable[[], ga.TokenGraph], score: str, dtype: torch.dtype, backend: str = "edge"
+) -> None:
+    g = build()
     layer = _layer(score, dtype, backend)
     x, x_src = _inputs(g, dtype)
     ours = layer(x, g, x_src=x_src)  # [N_t, C]
@@ -146,13 +148,13 @@ def _check(builder: str, score: str, dtype: torch.dtype, backend: str = "edge") 
 @pytest.mark.parametrize("score", SCORES)
 @pytest.mark.parametrize("builder", list(BUILDERS))
 def test_builder_equals_dense_fp64(builder: str, score: str) -> None:
-    _check(builder, score, torch.float64)
+    _check(BUILDERS[builder], score, torch.float64)
 
 
 @pytest.mark.parametrize("score", ["scaled_dot", "gatv2", "scaled_dot+alibi"])
 @pytest.mark.parametrize("builder", list(BUILDERS))
 def test_builder_equals_dense_fp32(builder: str, score: str) -> None:
-    _check(builder, score, torch.float32)
+    _check(BUILDERS[builder], score, torch.float32)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
@@ -161,7 +163,25 @@ def test_builder_equals_dense_fp32(builder: str, score: str) -> None:
 )
 def test_auto_backend_equals_sdpa(builder: str, dtype: torch.dtype) -> None:
     """The backend that dispatch picks from the structure tag (dense for causal) equals SDPA."""
-    _check(builder, "scaled_dot", dtype, backend="auto")
+    _check(BUILDERS[builder], "scaled_dot", dtype, backend="auto")
+
+
+LARGER: dict[str, Callable[[], ga.TokenGraph]] = {  # E >= 4096: dispatch may pick a fast backend
+    "window": lambda: ga.window_graph(window=8, lengths=[200, 301]),
+    "bigbird": lambda: ga.bigbird_graph(lengths=[150, 111], block_size=16, seed=1),
+    "block": lambda: ga.block_graph(300, 32),
+    "strided": lambda: ga.strided_graph(300, 12),
+    "global": lambda: ga.global_graph(400, [0, 7], window=6),
+}
+
+
+@pytest.mark.parametrize("score", ["scaled_dot", "scaled_dot+alibi"])
+@pytest.mark.parametrize("builder", list(LARGER))
+def test_auto_backend_on_larger_graphs_fp64(builder: str, score: str) -> None:
+    """Graphs big enough for the block-sparse backend (which reads the tags) equal SDPA / the
+    dense formula in fp64. (fp32 is left to the small cases: parameter gradients summed over
+    hundreds of tokens exceed an absolute 1e-5 bound in any fp32 implementation, SDPA's too.)"""
+    _check(LARGER[builder], score, torch.float64, backend="auto")
 
 
 def test_padding_mask_graph_equals_multihead_attention() -> None:
