@@ -266,3 +266,17 @@ def test_bulk_insertion_equals_add_edges_from() -> None:
     assert sorted(fast.in_degree()) == sorted(slow.in_degree())
     fast.remove_edge(int(src[0]), int(dst[0]))  # still a valid NetworkX graph
     assert fast.number_of_edges() == 29
+
+
+def test_graph_without_edges_and_causal_tag() -> None:
+    layer = _layer()
+    g = ga.TokenGraph(torch.zeros(2, 0, dtype=torch.long), 4, 4)
+    G = ga.to_networkx(layer(torch.randn(4, C, dtype=torch.float64), g, return_attention=True))
+    assert (G.number_of_nodes(), G.number_of_edges()) == (4, 0)
+    back = ga.from_networkx(G)
+    assert back.edge_index.shape == (2, 0) and back.weights.shape == (0, 1)
+    res = layer(torch.randn(4, C, dtype=torch.float64), ga.causal_graph(4), return_attention=True)
+    G = ga.to_networkx(res)
+    assert G.graph["pattern"] == "causal" and sorted(G.edges) == [
+        (j, i) for j in range(4) for i in range(j, 4)
+    ]
