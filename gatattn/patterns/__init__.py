@@ -23,6 +23,7 @@ tag            params                                                           
 ``knn``        ``k``                                                                  knn_graph
 ``radius``     ``r``                                                                  radius_graph
 ``bipartite``  ``kv_lengths`` (tuple of key lengths of a batch, or None)              bipartite_graph
+``complete``   ``self_loops``                                                         complete_graph (core)
 ``None``       (irregular)                                                            from_padding_mask, from_mask
 =============  =====================================================================  ==================
 
@@ -33,7 +34,7 @@ Edge cap: a builder that would create more than ``MAX_EDGES`` (50 million) edges
 ValueError naming the count; pass ``max_edges=<int>`` or ``max_edges=None`` to allow it.
 """
 
-from ..graph import from_mask
+from ..graph import complete_graph, from_mask
 from ._common import MAX_EDGES
 from .bigbird import bigbird_block_mask, bigbird_graph
 from .draw import GALLERY, show
@@ -57,6 +58,7 @@ __all__ = [
     "bipartite_graph",
     "block_graph",
     "causal_graph",
+    "complete_graph",
     "fixed_graph",
     "from_mask",
     "from_padding_mask",

@@ -108,7 +108,7 @@ def knn_graph(
     check_edge_cap(n * (k + int(self_loops)), max_edges, "knn_graph")
     srcs = []
     for start, rows, dist in _row_blocks(pos, seq or (n,), positive_int(chunk_size, "chunk_size")):
-        dist[torch.arange(rows.numel()), rows] = float("inf")  # exclude i itself
+        dist[torch.arange(rows.numel(), device=pos.device), rows] = float("inf")  # exclude i itself
         nbr = dist.topk(k, dim=1, largest=False).indices  # [c, k]
         if self_loops:
             nbr = torch.cat([nbr, rows[:, None]], dim=1)  # [c, k + 1]
@@ -153,7 +153,7 @@ def radius_graph(
     for start, rows, dist in _row_blocks(pos, seq or (n,), positive_int(chunk_size, "chunk_size")):
         near = dist <= r  # [c, L]
         if not self_loops:
-            near[torch.arange(rows.numel()), rows] = False
+            near[torch.arange(rows.numel(), device=pos.device), rows] = False
         tgt, src = near.nonzero(as_tuple=True)  # row-major: by target, then source
         total += tgt.numel()
         check_edge_cap(total, max_edges, "radius_graph")
