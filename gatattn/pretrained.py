@@ -97,6 +97,13 @@ class BertGraphEncoder(nn.Module):
     Build it with ``BertGraphEncoder.from_folder(path)`` (a sentence-transformers folder with
     config.json, model.safetensors and tokenizer.json) or ``ga.pretrained.minilm()``.
 
+    Args:
+        config: a Hugging Face BERT config (hidden_size, num_attention_heads, num_hidden_layers,
+            intermediate_size, max_position_embeddings, vocab_size, type_vocab_size,
+            layer_norm_eps; hidden_act must be "gelu").
+        tokenizer: a ``tokenizers.Tokenizer`` without padding or truncation.
+        backend: the GraphAttention backend of every layer (default "auto").
+
     Shapes:
         ``encode(sentences)`` -> [B, C];  ``model(text)`` -> EncoderOutput with hidden [N, C].
     """
@@ -153,8 +160,12 @@ class BertGraphEncoder(nn.Module):
 
     # ------------------------------------------------------------------ forward
     def _tokenize(self, sentences: Sequence[str]) -> tuple[list[list[int]], list[list[str]]]:
-        if isinstance(sentences, str) or not all(isinstance(s, str) for s in sentences):
-            raise TypeError("sentences must be a sequence of str")
+        bad = next((s for s in sentences if not isinstance(s, str)), None)
+        if bad is not None:
+            raise TypeError(
+                f"sentences must be a sequence of str, got an item {bad!r} of type "
+                f"{type(bad).__name__}"
+            )
         if len(sentences) == 0:
             raise ValueError("sentences is empty: give at least one sentence")
         encs = self.tokenizer.encode_batch(list(sentences))

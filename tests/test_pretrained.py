@@ -131,7 +131,7 @@ def test_bad_inputs(model: ga.pretrained.BertGraphEncoder) -> None:
         model.encode([])
     with pytest.raises(ValueError, match="batch_size must be a positive int, got 0"):
         model.encode(["x"], batch_size=0)
-    with pytest.raises(TypeError, match="sequence of str"):
+    with pytest.raises(TypeError, match="sequence of str, got an item 1 of type int"):
         model.encode([1, 2])  # type: ignore[list-item]
     with pytest.raises(ValueError, match=r"TokenGraph on 3 nodes \(lengths=\[3\]\)"):
         model.encode(["x"], graph_fn=lambda lens: ga.complete_graph(5))
