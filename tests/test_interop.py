@@ -10,6 +10,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given
+from hypothesis import strategies as st
 from torch import Tensor, nn
 
 import gatattn as ga
@@ -462,3 +464,45 @@ def test_encoder_layer_inside_torch_transformer_encoder_and_unbatched() -> None:
     )
     one = torch.randn(L, C, dtype=torch.float64)  # unbatched [L, C] without a graph
     torch.testing.assert_close(twin.layers[0](one), ref.layers[0](one), atol=1e-10, rtol=0)
+
+
+@given(
+    batch=st.integers(1, 3),
+    tgt=st.integers(1, 6),
+    src=st.integers(1, 6),
+    heads=st.sampled_from([1, 2, 3]),
+    kinds=st.sets(st.sampled_from(["kpm", "attn", "heads", "float"])),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_mha_random_masks_equal_torch(
+    batch: int, tgt: int, src: int, heads: int, kinds: set[str], seed: int
+) -> None:
+    # Random sizes and masks, fully masked queries included: outputs equal torch's SDPA path
+    # (need_weights=False); weights equal torch's wherever torch's are not NaN.
+    g = torch.Generator().manual_seed(seed)
+    c = 2 * heads
+    mha = nn.MultiheadAttention(c, heads, kdim=5, vdim=3, batch_first=True).double().eval()
+    twin = ga.GraphMultiheadAttention.from_torch(mha)
+    q = torch.randn(batch, tgt, c, generator=g, dtype=torch.float64)
+    k = torch.randn(batch, src, 5, generator=g, dtype=torch.float64)
+    v = torch.randn(batch, src, 3, generator=g, dtype=torch.float64)
+    kw: dict[str, Tensor] = {}
+    if "kpm" in kinds:
+        kw["key_padding_mask"] = torch.rand(batch, src, generator=g) < 0.3
+    if "attn" in kinds or "heads" in kinds:
+        shape = (batch * heads, tgt, src) if "heads" in kinds else (tgt, src)
+        kw["attn_mask"] = torch.rand(*shape, generator=g) < 0.3
+    if "float" in kinds:  # the same masks as additive floats, plus a random bias
+        kw = {name: to_float(m) for name, m in kw.items()}
+        if "attn_mask" in kw:
+            kw["attn_mask"] = kw["attn_mask"] + torch.randn(
+                kw["attn_mask"].shape, generator=g, dtype=torch.float64
+            )
+    ref = mha(q, k, v, need_weights=False, **kw)[0]
+    _, ref_w = mha(q, k, v, average_attn_weights=False, **kw)
+    out, w = twin(q, k, v, average_attn_weights=False, **kw)
+    torch.testing.assert_close(out, ref, atol=1e-10, rtol=0)
+    assert w is not None and torch.isfinite(w).all()
+    ok = ~torch.isnan(ref_w)
+    torch.testing.assert_close(w[ok], ref_w[ok], atol=1e-10, rtol=0)
+    assert (w[~ok] == 0).all()
