@@ -151,7 +151,7 @@ def test_builder_equals_dense_fp64(builder: str, score: str) -> None:
     _check(BUILDERS[builder], score, torch.float64)
 
 
-@pytest.mark.parametrize("score", ["scaled_dot", "gatv2", "scaled_dot+alibi"])
+@pytest.mark.parametrize("score", SCORES)
 @pytest.mark.parametrize("builder", list(BUILDERS))
 def test_builder_equals_dense_fp32(builder: str, score: str) -> None:
     _check(BUILDERS[builder], score, torch.float32)
