@@ -159,11 +159,19 @@ class TokenGraph:
 
         ``side`` is ``"dst"`` (targets/queries) or ``"src"`` (sources/keys). For a batch
         (``lengths`` set) positions restart at 0 in every sequence; otherwise they are arange(N).
+        A bipartite batch keeps its key lengths in ``params["kv_lengths"]``.
         """
+        if side not in ("dst", "src"):
+            raise ValueError(f"side must be 'dst' or 'src', got {side!r}")
         n = self.num_dst if side == "dst" else self.num_src
-        if self.lengths is None or n != sum(self.lengths):
+        seq = self.lengths
+        if side == "src" and self.params.get("kv_lengths") is not None:
+            seq = tuple(self.params["kv_lengths"])
+        elif side == "src" and self.num_src != self.num_dst:
+            seq = None  # key lengths unknown: positions are arange
+        if seq is None or n != sum(seq):
             return torch.arange(n, device=self.device)
-        lengths = torch.tensor(self.lengths, device=self.device)
+        lengths = torch.tensor(seq, device=self.device)
         starts = torch.cumsum(lengths, 0) - lengths  # [B]
         return torch.arange(n, device=self.device) - starts.repeat_interleave(lengths)
 

@@ -154,3 +154,11 @@ def test_to_device_and_repr() -> None:
     g = ga.complete_graph(lengths=[2, 2])
     assert g.to("cpu") is g
     assert "structure='complete'" in repr(g) and "lengths=[2, 2]" in repr(g)
+
+
+def test_positions_of_a_bipartite_batch_use_the_key_lengths() -> None:
+    g = ga.bipartite_graph([2, 3], [3, 2])
+    assert g.positions("dst").tolist() == [0, 1, 0, 1, 2]
+    assert g.positions("src").tolist() == [0, 1, 2, 0, 1]
+    with pytest.raises(ValueError, match="side must be 'dst' or 'src', got 'keys'"):
+        g.positions("keys")
