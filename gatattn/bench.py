@@ -115,31 +115,6 @@ def peak_memory_mib(fn: Callable[[], Any], device: str) -> float | None:
         return None
 
 
-def time_ms(
-    fn: Callable[[], Any], device: str, repeat: int, *, first: float | None = None
-) -> float:
-    """Median wall time of ``fn()`` in ms over ``repeat`` runs after a warm-up run.
-
-    ``first`` is the time of a warm-up already done (seconds); a method slower than 5 s per run
-    is not repeated: its warm-up time is the measurement.
-    """
-    if first is None:
-        _sync(device)
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        first = time.perf_counter() - t0
-    if first > 5.0:
-        return 1e3 * first
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times)
-
-
 # ---------------------------------------------------------------------------- methods
 class Projected(nn.Module):
     """Q/K/V/O projections around an attention kernel ``attn(q, k, v) -> [N, H, D]``."""
@@ -241,32 +216,60 @@ def _methods(cfg: Config, case: str, graph: Any, dtype: torch.dtype) -> list[tup
 
 
 def _measure(cfg: Config, case: str, graph: Any, dtype_name: str) -> None:
+    """Time and measure every method; the timed rounds interleave the methods, so that a change
+    in background load hits them all alike."""
     dtype = DTYPES[dtype_name]
     gen = torch.Generator().manual_seed(0)
     x0 = torch.randn(graph.num_dst, cfg.channels, generator=gen).to(cfg.device, dtype)
+    x = x0.clone().requires_grad_()
+    runs: list[tuple[Row, Callable[[], None], Callable[[], None]]] = []
+    first: dict[int, list[float]] = {}
+    k0 = len(cfg.rows)
     for name, fn in _methods(cfg, case, graph, dtype):
         row = Row(case, name, dtype_name)
-        x = x0.clone().requires_grad_()
 
         def fwd(fn: Any = fn) -> None:
             with torch.no_grad():
                 fn(x0)
 
-        def fwdbwd(fn: Any = fn, x: Tensor = x) -> None:
+        def fwdbwd(fn: Any = fn) -> None:
             fn(x).float().square().mean().backward()
             x.grad = None
 
         try:
-            row.fwd_ms = time_ms(fwd, cfg.device, cfg.repeat)
-            if "compile" in name or "Flex" in name:
+            compiled = "compile" in name or "Flex" in name
+            if compiled:
+                fwd()  # compiles the no-grad graph: not part of the time
+            t_fwd = _timed(fwd, cfg.device)  # warm-up
+            if compiled:
                 fwdbwd()  # compiles the backward; not part of the memory or the time
             t0 = time.perf_counter()
             row.peak_mib = peak_memory_mib(fwdbwd, cfg.device)  # also the warm-up run
-            row.fwdbwd_ms = time_ms(fwdbwd, cfg.device, cfg.repeat, first=time.perf_counter() - t0)
+            _sync(cfg.device)
+            first[id(row)] = [t_fwd, time.perf_counter() - t0]
+            runs.append((row, fwd, fwdbwd))
         except (RuntimeError, torch.OutOfMemoryError) as err:  # a peer that cannot run here
             row.note = f"failed: {type(err).__name__}: {str(err).splitlines()[0][:80]}"
         cfg.rows.append(row)
+    samples: dict[int, list[list[float]]] = {id(r): [[], []] for r, _, _ in runs}
+    for _ in range(cfg.repeat):
+        for row, run_fwd, run_fwdbwd in runs:
+            for k, f in enumerate((run_fwd, run_fwdbwd)):
+                if first[id(row)][k] <= 5.0:  # slower methods: the warm-up is the measurement
+                    samples[id(row)][k].append(_timed(f, cfg.device))
+    for row, _, _ in runs:
+        fwd_s, fb_s = (s or [first[id(row)][k]] for k, s in enumerate(samples[id(row)]))
+        row.fwd_ms, row.fwdbwd_ms = 1e3 * statistics.median(fwd_s), 1e3 * statistics.median(fb_s)
+    for row in cfg.rows[k0:]:
         print(_format_row(row), flush=True)
+
+
+def _timed(fn: Callable[[], Any], device: str) -> float:
+    _sync(device)
+    t0 = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - t0
 
 
 # ---------------------------------------------------------------------------- cases

@@ -216,6 +216,23 @@ def test_block_layout_counts_duplicate_edges() -> None:
     assert has_duplicates(g) and not has_duplicates(ga.window_graph(37, 3))
 
 
+def test_block_generic_path_equals_slab_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """scaled_dot on a banded graph takes the SDPA slab path; with the slab path switched off
+    (MAX_SLAB_PADDING = 0) the generic tile softmax must give the same outputs and gradients."""
+    import gatattn.backends.block as block
+
+    g = ga.TokenGraph(_duplicates().edge_index, 37, 37)  # fresh object: no cached slabs
+    layer = _layer("scaled_dot", "block", torch.float64, D)
+    x, _ = _inputs(g, H * D, torch.float64)
+    assert block._slabs(block.block_layout(g)) is not None
+    slab = _run(layer, x, None, g)
+    monkeypatch.setattr(block, "MAX_SLAB_PADDING", 0.0)
+    g2 = ga.TokenGraph(g.edge_index, 37, 37)
+    assert block._slabs(block.block_layout(g2)) is None
+    for a, b in zip(_run(layer, x, None, g2), slab):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
+
+
 def test_block_layout_of_empty_graph_raises() -> None:
     g = ga.TokenGraph(torch.zeros(2, 0, dtype=torch.long), 5, 5)
     with pytest.raises(ValueError, match=r"no edges \(E=0\)"):

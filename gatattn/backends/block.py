@@ -13,12 +13,19 @@ as separate edges exactly as in the edge backend. The layout is derived from ``e
 (never from the structure tag) and cached per graph. Memory is O(nb·S²·H + nb·S·H·D), i.e.
 O(E·H / density): dispatch picks this backend only when the tiles are dense enough.
 
+Fast path for scaled_dot / dot: when every row-block has about the same number of active tiles
+(banded graphs), the tiles of row-block r are gathered into one key/value slab of W·S columns and
+a single batched ``F.scaled_dot_product_attention`` call runs all row-blocks, with the
+multiplicities as an additive mask log C (log 1 = 0, log 0 = −∞): exp(α + log c) = c·exp(α), so
+duplicates stay exact and SDPA's fused kernel does the softmax and its backward.
+
 Hand-written because no torch / PyG op does block-sparse softmax attention with a custom score on
 CPU (FlexAttention has no CPU backward and no multiplicities).
 """
 
 from __future__ import annotations
 
+import math
 import weakref
 from dataclasses import dataclass
 
@@ -29,7 +36,7 @@ from torch_geometric.utils import scatter
 
 from ..graph import TokenGraph
 from ..ops import CHUNK_ELEMENTS
-from ..scores import DenseContext, Edges, NegDistance, ScoreFunction
+from ..scores import DenseContext, Dot, Edges, NegDistance, ScaledDot, ScoreFunction
 from .types import BackendOutput
 
 __all__ = ["BlockLayout", "block_attention", "block_layout", "block_unsupported"]
@@ -44,7 +51,7 @@ _HALF = (torch.float16, torch.bfloat16)
 _PAIRWISE = (NegDistance,)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # identity hash: a cache key
 class BlockLayout:
     """Active tiles of a graph's adjacency.
 
@@ -143,6 +150,60 @@ def block_unsupported(score: ScoreFunction, graph: TokenGraph) -> str | None:
     return None
 
 
+#: The SDPA slab path runs when padding every row-block to W tiles costs at most this factor.
+MAX_SLAB_PADDING = 1.5
+_SLABS: weakref.WeakKeyDictionary[BlockLayout, tuple[Tensor, Tensor]] = weakref.WeakKeyDictionary()
+
+
+def _slabs(lay: BlockLayout) -> tuple[Tensor, Tensor] | None:
+    """(column tile of each slot [nr, W] (num_col_blocks = an empty tile), log-count mask
+    [nr, 1, S, W·S]) for the SDPA path, or None when the rows are too uneven (cached)."""
+    if lay in _SLABS:
+        return _SLABS[lay]
+    nr, S = lay.num_row_blocks, lay.size
+    per_row = torch.bincount(lay.rows, minlength=nr)  # [nr]
+    W = int(per_row.max())
+    if nr * W > MAX_SLAB_PADDING * lay.num_blocks:
+        return None
+    slot = torch.arange(lay.num_blocks, device=lay.rows.device) - (
+        torch.cumsum(per_row, 0) - per_row
+    ).index_select(0, lay.rows)  # [nb] position of each tile within its row-block
+    table = torch.full((nr, W), lay.num_col_blocks, dtype=torch.long, device=lay.rows.device)
+    table[lay.rows, slot] = lay.cols  # [nr, W]
+    cnt = torch.zeros(nr, W, S, S, dtype=torch.float64, device=lay.rows.device)
+    cnt[lay.rows, slot] = lay.counts.double()  # [nr, W, S, S]; fp64 so log 2, 3.. are exact
+    mask = cnt.log().permute(0, 2, 1, 3).reshape(nr, 1, S, W * S)  # [nr, 1, S, W·S]
+    _SLABS[lay] = (table, mask)
+    return table, mask
+
+
+def _slab_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    graph: TokenGraph,
+    lay: BlockLayout,
+    scale: float,
+    slabs: tuple[Tensor, Tensor],
+    dropout: float,
+) -> Tensor:
+    """One batched SDPA over row-blocks; q [N_t, H, D], k, v [N_s, H, D] -> [N_t, H, D]."""
+    table, mask = slabs
+    S, H, D = lay.size, q.size(1), q.size(2)
+    nr, nc, W = lay.num_row_blocks, lay.num_col_blocks, table.size(1)
+
+    def slab(t: Tensor) -> Tensor:  # [N_s, H, D] -> [nr, H, W·S, D]
+        t = F.pad(t, (0, 0, 0, 0, 0, (nc + 1) * S - t.size(0)))  # + one empty tile
+        t = t.view(nc + 1, S, H, D).index_select(0, table.view(-1))  # [nr·W, S, H, D]
+        return t.view(nr, W * S, H, D).transpose(1, 2)
+
+    qt = F.pad(q, (0, 0, 0, 0, 0, nr * S - q.size(0))).view(nr, S, H, D).transpose(1, 2)
+    out = F.scaled_dot_product_attention(
+        qt, slab(k), slab(v), attn_mask=mask.to(q.dtype), dropout_p=dropout, scale=scale
+    )  # [nr, H, S, D]
+    return out.transpose(1, 2).reshape(nr * S, H, D)[: graph.num_dst]
+
+
 def block_attention(
     q: Tensor,
     k: Tensor,
@@ -173,6 +234,13 @@ def block_attention(
     lay = layout if layout is not None else block_layout(graph)
     S, nb = lay.size, lay.num_blocks
     H, D = q.size(1), q.size(2)
+    if not biases and type(base) in (ScaledDot, Dot):
+        slabs = _slabs(lay)
+        if slabs is not None:
+            scale = 1.0 if type(base) is Dot else 1.0 / math.sqrt(D)
+            drop = dropout if training else 0.0
+            out = _slab_attention(q, k, v, graph, lay, scale, slabs, drop)  # [N_t, H, D]
+            return BackendOutput(out, None, None)
 
     def tiles(t: Tensor, n_blocks: int, idx: Tensor) -> Tensor:  # [N, H, D] -> [nb, H, S, D]
         t = F.pad(t, (0, 0, 0, 0, 0, n_blocks * S - t.size(0)))  # [n_blocks·S, H, D]
