@@ -92,10 +92,16 @@ def cases(quick: bool) -> dict[str, dict[str, Callable[[], Builder]]]:
         },
         f"knn_graph([{n_pts}, 3], 16)": {
             "gatattn": lambda: (lambda p: lambda: ga.knn_graph(p, 16))(_points(n_pts)),
+            "brute": lambda: (lambda p: lambda: ga.knn_graph(p, 16, method="brute"))(
+                _points(n_pts)
+            ),
             "kdtree": lambda: (lambda p: lambda: _kdtree_knn(p, 16))(_points(n_pts)),
         },
         f"radius_graph([{n_pts}, 3], {r:.3f})": {
             "gatattn": lambda: (lambda p: lambda: ga.radius_graph(p, r))(_points(n_pts)),
+            "brute": lambda: (lambda p: lambda: ga.radius_graph(p, r, method="brute"))(
+                _points(n_pts)
+            ),
             "kdtree": lambda: (lambda p: lambda: _kdtree_radius(p, r))(_points(n_pts)),
         },
     }

@@ -401,3 +401,44 @@ def test_patterns_command(tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> 
             cli_main(["patterns", *argv, "--out", str(tmp_path)])
         assert exit_info.value.code == 2
         assert match in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- knn / radius: cKDTree path
+@pytest.mark.parametrize("self_loops", [False, True])
+def test_kdtree_and_brute_force_give_the_same_graph(self_loops: bool) -> None:
+    gen = torch.Generator().manual_seed(7)
+    pos = torch.rand(300, 3, generator=gen)
+    lengths = [120, 180]
+    for k in (1, 4):
+        a = ga.knn_graph(pos, k, lengths=lengths, self_loops=self_loops, method="brute")
+        b = ga.knn_graph(pos, k, lengths=lengths, self_loops=self_loops, method="kdtree")
+        assert torch.equal(a.edge_index, b.edge_index)
+        assert (b.structure, b.params, b.lengths) == ("knn", {"k": k}, (120, 180))
+    for r in (0.1, 0.3):
+        a = ga.radius_graph(pos, r, lengths=lengths, self_loops=self_loops, method="brute")
+        b = ga.radius_graph(pos, r, lengths=lengths, self_loops=self_loops, method="kdtree")
+        assert torch.equal(a.edge_index, b.edge_index)
+
+
+def test_kdtree_handles_duplicate_points() -> None:
+    pos = torch.zeros(6, 2)  # every point at the same place: self may hide among the ties
+    g = ga.knn_graph(pos, 2, method="kdtree")
+    assert g.num_edges == 12 and not (g.edge_index[0] == g.edge_index[1]).any()
+    assert torch.equal(g.in_degree(), torch.full((6,), 2))
+
+
+def test_auto_method_picks_the_tree_for_long_sequences() -> None:
+    from gatattn.patterns import spatial
+
+    pos = torch.rand(spatial.KDTREE_MIN, 2, generator=torch.Generator().manual_seed(3))
+    assert spatial._use_kdtree("auto", pos, (spatial.KDTREE_MIN,), "knn_graph")
+    assert not spatial._use_kdtree("auto", pos[:100], (100,), "knn_graph")
+    auto = ga.knn_graph(pos, 3)
+    assert torch.equal(auto.edge_index, ga.knn_graph(pos, 3, method="brute").edge_index)
+
+
+def test_bad_spatial_method() -> None:
+    with pytest.raises(ValueError, match=r"knn_graph: method must be one of \['auto', 'brute', 'kdtree'\], got 'ball'"):
+        ga.knn_graph(torch.randn(5, 2), 1, method="ball")
+    with pytest.raises(ValueError, match="radius_graph: method='kdtree' runs on the CPU; pos is on meta"):
+        ga.radius_graph(torch.randn(5, 2, device="meta"), 1.0, method="kdtree")
