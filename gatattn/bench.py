@@ -70,7 +70,8 @@ class Config:
     max_pyg_edges: int = 1_100_000
     max_sdpa_nodes: int = 8192
     p4_nodes: int = 4096
-    p4_sizes: tuple[int, ...] = (16, 32, 64, 128)  # in-degrees (edge) and windows (block)
+    p4_sizes: tuple[int, ...] = (32, 64, 128, 256)  # in-degrees (edge); windows are half
+    p4_subprocess: bool = True  # CPU: one fresh process per P4 point
     rows: list[Row] = field(default_factory=list)
 
 
@@ -291,47 +292,71 @@ def _graphs(cfg: Config, case: str) -> list[tuple[str, Any]]:
     raise UsageError(f"unknown case {case!r}; choose from P1, P2, P3, P4")
 
 
-def _p4(cfg: Config) -> None:
-    """Peak forward+backward memory of the edge and block backends as E grows (fp32)."""
+def _p4_graph(backend: str, n: int, size: int, device: str) -> Any:
+    """P4's graph: random in-degree ``size`` (edge backend) or a ±size/2 window (block)."""
     import gatattn as ga
 
+    if backend == "block":
+        return ga.window_graph(n, size // 2, device=device)
+    gen = torch.Generator().manual_seed(size)
+    src = torch.randint(0, n, (n * size,), generator=gen)  # [E]
+    dst = torch.arange(n).repeat_interleave(size)  # [E]
+    return ga.TokenGraph(torch.stack([src, dst]).to(device), n, n)
+
+
+def p4_point(
+    backend: str, n: int, size: int, c: int, h: int, device: str
+) -> tuple[int, float | None]:
+    """(E, peak MiB) of one forward+backward of a fresh layer (run in a fresh process on CPU)."""
+    import gatattn as ga
+
+    g = _p4_graph(backend, n, size, device)
+    x = torch.randn(n, c, device=device).requires_grad_()
+    layer = ga.GraphAttention(c, h, backend=backend).to(device)
+
+    def step() -> None:
+        layer(x, g).square().mean().backward()
+        x.grad = None
+
+    if device == "cuda":
+        step()  # warm-up: CUDA context and kernels are not part of the peak
+    return g.num_edges, peak_memory_mib(step, device)
+
+
+def _p4(cfg: Config) -> None:
+    """Peak forward+backward memory of the edge and block backends as E grows (fp32).
+
+    On CPU every point runs in a fresh Python process, so that no allocator state of an earlier
+    point hides or inflates its peak resident set.
+    """
+    import subprocess
+    import sys
+
     n, c, h = cfg.p4_nodes, cfg.channels, cfg.heads
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(n, c, generator=gen).to(cfg.device).requires_grad_()
-    sweeps = {
-        "edge": [
-            ga.TokenGraph(
-                torch.stack(
-                    [
-                        torch.randint(0, n, (n * d,), generator=gen),
-                        torch.arange(n).repeat_interleave(d),
-                    ]
-                ).to(cfg.device),
-                n,
-                n,
-            )
-            for d in cfg.p4_sizes
-        ],
-        "block": [ga.window_graph(n, w, device=cfg.device) for w in cfg.p4_sizes],
-    }
-    for backend, graphs in sweeps.items():
-        layer = ga.GraphAttention(c, h, backend=backend).to(cfg.device)
+    for backend in ("edge", "block"):
         pts = []
-        for g in graphs:
-
-            def step(g: Any = g, layer: nn.Module = layer) -> None:
-                layer(x, g).square().mean().backward()
-                x.grad = None
-
-            step()
-            mib = peak_memory_mib(step, cfg.device)
-            ehd = g.num_edges * c * 4 / 2**20  # one fp32 [E, H, D] tensor
-            note = f"E={g.num_edges}; one [E,H,D] fp32 tensor = {ehd:.0f} MiB"
+        for size in cfg.p4_sizes:
+            args = (backend, n, size, c, h, cfg.device)
+            if cfg.device == "cpu" and cfg.p4_subprocess:
+                code = (
+                    "import sys, torch; from gatattn.bench import p4_point; "
+                    f"torch.set_num_threads({torch.get_num_threads()}); print(p4_point{args!r})"
+                )
+                res = subprocess.run(
+                    [sys.executable, "-c", code], capture_output=True, text=True, check=True
+                )
+                e, mib = eval(
+                    res.stdout.strip().splitlines()[-1]
+                )  # a (int, float) tuple we printed
+            else:
+                e, mib = p4_point(*args)
+            ehd = e * c * 4 / 2**20  # one fp32 [E, H, D] tensor
+            note = f"E={e}; one [E,H,D] fp32 tensor = {ehd:.0f} MiB"
             row = Row("P4 memory vs E", f"gatattn {backend}", "fp32", peak_mib=mib, note=note)
             cfg.rows.append(row)
             print(_format_row(row), flush=True)
             if mib is not None:
-                pts.append((g.num_edges, mib))
+                pts.append((e, mib))
         if len(pts) >= 3:
             cfg.rows.append(Row("P4 memory vs E", f"gatattn {backend} fit", "fp32", note=_fit(pts)))
             print(f"  {backend}: {cfg.rows[-1].note}", flush=True)
@@ -475,7 +500,7 @@ def _config(args: argparse.Namespace) -> Config:
         max_pyg_edges=args.max_pyg_edges or (50_000_000 if cuda else 1_100_000),
         max_sdpa_nodes=16384 if cuda else 8192,
         p4_nodes=512 if quick else 4096,
-        p4_sizes=(8, 16, 32, 64) if quick else (16, 32, 64, 128),
+        p4_sizes=(8, 16, 32, 64) if quick else (32, 64, 128, 256),
     )
     for name in ("n1", "n2", "window", "n3", "degree", "repeat"):
         if getattr(cfg, name) < 1:

@@ -26,6 +26,7 @@ def test_tiny_run_covers_every_case_and_method(tmp_path) -> None:
         _args("--quick", "--device", "cpu", "--n1", "24", "--n2", "40", "--window", "3")
     )
     cfg.n3, cfg.degree, cfg.p4_nodes, cfg.p4_sizes = 48, 5, 64, (2, 4, 8)
+    cfg.p4_subprocess = False  # in-process here; the subprocess path has its own test
     rows = bench.run_cases(cfg)
     methods = {(r.case.split()[0], r.method.split(" (")[0]) for r in rows}
     for case in ("P1", "P2", "P3"):
@@ -41,6 +42,14 @@ def test_tiny_run_covers_every_case_and_method(tmp_path) -> None:
         table.count("\n") == len(rows) + 1
         and "| P1 complete N=24 | fp32 | gatattn auto (dense) |" in table
     )
+
+
+@pytest.mark.slow
+def test_p4_points_run_in_fresh_processes() -> None:
+    cfg = bench.Config(channels=12, heads=3, p4_nodes=40, p4_sizes=(4,))
+    bench._p4(cfg)
+    assert [r.method for r in cfg.rows] == ["gatattn edge", "gatattn block"]
+    assert all(r.note.startswith("E=") for r in cfg.rows)
 
 
 def test_cli_writes_json_and_markdown(tmp_path) -> None:
