@@ -373,16 +373,19 @@ def _fit(pts: list[tuple[int, float]]) -> str:
     return f"linear fit: {slope * 2**20:.0f} bytes/edge, R²={1 - ss_res / ss_tot:.3f}"
 
 
-def run_cases(cfg: Config) -> list[Row]:
-    """Run the configured cases; rows are printed as they come and returned."""
+def run_cases(cfg: Config, on_case: Callable[[list[Row]], None] | None = None) -> list[Row]:
+    """Run the configured cases; rows are printed as they come and returned. ``on_case(rows)``
+    runs after each case (the CLI rewrites its output files, so a run cut short keeps them)."""
     for case in cfg.cases:
         if case == "P4":
             _p4(cfg)
-            continue
-        for title, graph in _graphs(cfg, case):
-            for dt in cfg.dtypes:
-                print(f"\n## {title}, C={cfg.channels}, H={cfg.heads}, {dt}", flush=True)
-                _measure(cfg, title, graph, dt)
+        else:
+            for title, graph in _graphs(cfg, case):
+                for dt in cfg.dtypes:
+                    print(f"\n## {title}, C={cfg.channels}, H={cfg.heads}, {dt}", flush=True)
+                    _measure(cfg, title, graph, dt)
+        if on_case is not None:
+            on_case(cfg.rows)
     return cfg.rows
 
 
@@ -516,13 +519,16 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     print(f"# gatattn bench on {machine()}", flush=True)
-    rows = run_cases(cfg)
-    table = markdown(rows)
-    print("\n" + table)
-    if args.markdown:
-        with open(args.markdown, "w") as f:
-            f.write(f"Machine: {machine()}\n\n{table}\n")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"machine": machine(), "rows": [asdict(r) for r in rows]}, f, indent=1)
+    where = machine()
+
+    def save(rows: list[Row]) -> None:
+        if args.markdown:
+            with open(args.markdown, "w") as f:
+                f.write(f"Machine: {where}\n\n{markdown(rows)}\n")
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"machine": where, "rows": [asdict(r) for r in rows]}, f, indent=1)
+
+    rows = run_cases(cfg, save)
+    print("\n" + markdown(rows))
     return 0

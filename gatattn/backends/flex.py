@@ -122,4 +122,17 @@ def flex_attention_graph(
         block_mask=bm,
         scale=scale,
     )  # [1, H, N_t, D]
-    return BackendOutput(out[0].transpose(0, 1), None, None)
+    out = out[0].transpose(0, 1)  # [N_t, H, D]
+    if _has_isolated(graph):  # a target with no edges outputs 0 (docs/math.md), whatever the kernel
+        deg = graph.in_degree().to(out.device)  # [N_t]
+        out = torch.where((deg > 0)[:, None, None], out, torch.zeros_like(out))
+    return BackendOutput(out, None, None)
+
+
+_ISOLATED: weakref.WeakKeyDictionary[TokenGraph, bool] = weakref.WeakKeyDictionary()
+
+
+def _has_isolated(graph: TokenGraph) -> bool:
+    if graph not in _ISOLATED:
+        _ISOLATED[graph] = bool((graph.in_degree() == 0).any())
+    return _ISOLATED[graph]
