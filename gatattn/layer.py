@@ -250,10 +250,7 @@ class GraphAttention(MessagePassing):
             raise ValueError(
                 f"edge_attr has {edge_attr.size(0)} rows but the graph has {g.num_edges} edges"
             )
-        H, D = self.num_heads, self.head_dim
-        q = self.q_proj(x).view(-1, H, D)  # [N_t, H, D]
-        k = self.k_proj(xk).view(-1, H, D)  # [N_s, H, D]
-        v = self.v_proj(xv).view(-1, H, D)  # [N_s, H, D]
+        q, k, v = self._project(x, xk, xv)  # [N_t, H, D], [N_s, H, D], [N_s, H, D]
         if self.edge_proj is not None or self._explaining():  # PyG path (docs/pyg.md)
             res = self._propagate_attention(q, k, v, g, edge_attr)
         else:
@@ -281,6 +278,26 @@ class GraphAttention(MessagePassing):
         if scores is None or weights is None:  # a fast backend: recover exact per-edge values
             scores, weights = edge_scores_and_weights(q, k, g, self.score, edge_attr)
         return Attention(out, g.edge_index, scores, weights, g)
+
+    def _project(self, x: Tensor, xk: Tensor, xv: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """q = W_q x, k = W_k x_k, v = W_v x_v (eq. 0), split into heads [N, H, D].
+
+        For self-attention the three projections run as one GEMM with the weights stacked
+        [3C, C], as nn.MultiheadAttention's packed in-projection does (same values, one pass
+        over x instead of three)."""
+        H, D = self.num_heads, self.head_dim
+        if xk is x and xv is x:
+            weight = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight])
+            bias = None
+            if self.q_proj.bias is not None:
+                assert self.k_proj.bias is not None and self.v_proj.bias is not None
+                bias = torch.cat([self.q_proj.bias, self.k_proj.bias, self.v_proj.bias])
+            q, k, v = F.linear(x, weight, bias).view(-1, 3, H, D).unbind(1)  # 3 x [N, H, D]
+            return q, k, v
+        q = self.q_proj(x).view(-1, H, D)  # [N_t, H, D]
+        k = self.k_proj(xk).view(-1, H, D)  # [N_s, H, D]
+        v = self.v_proj(xv).view(-1, H, D)  # [N_s, H, D]
+        return q, k, v
 
     def explain_backend(self, x: Tensor, graph: TokenGraph | Tensor) -> str:
         """Which backend ``forward(x, graph)`` would run, and why (docs/backends.md).

@@ -12,6 +12,7 @@ gathers chunk by chunk in backward, so memory stays O(E·H + N·H·D).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -36,8 +37,47 @@ def _dot_into(out: Tensor, a: Tensor, b: Tensor, ia: Tensor, ib: Tensor) -> None
         out[s:t] = (a.index_select(0, ia[s:t]) * b.index_select(0, ib[s:t])).sum(-1)  # [e, H]
 
 
+def _sparse_ok(w: Tensor, b: Tensor) -> bool:
+    """The CSR path runs in eager mode on fp32/fp64 CPU or CUDA tensors; compiled code keeps
+    the gather/index_add form, which inductor fuses."""
+    return (
+        not torch.compiler.is_compiling()
+        and b.dtype in (torch.float32, torch.float64)
+        and w.dtype == b.dtype
+        and b.device.type in ("cpu", "cuda")
+    )
+
+
+def _spmm_into(out: Tensor, w: Tensor, b: Tensor, i_out: Tensor, i_b: Tensor) -> None:
+    """out += A_h b_h per head, with A_h the sparse [M, N] matrix of the edges (row i_out[e],
+    column i_b[e], value w[e, h]). Parallel edges stay separate entries and add up.
+
+    Hand-written instead of ``index_add_``: a CSR matmul (torch.sparse) runs the same sum
+    ~3x faster on CPU (benchmarks P3), and its memory is O(E·H) for the sorted copy of w.
+    Autograd never sees the sparse tensor (the callers' backward is explicit), so torch's
+    merging of duplicate entries in sparse gradients does not apply.
+    """
+    m, n = out.size(0), b.size(0)
+    perm = torch.argsort(i_out, stable=True)  # [E] edges grouped by output row
+    rowptr = torch.zeros(m + 1, dtype=torch.long, device=out.device)
+    rowptr[1:] = torch.cumsum(torch.bincount(i_out, minlength=m), 0)
+    col = i_b.index_select(0, perm)  # [E]
+    wp = w.index_select(0, perm)  # [E, H]
+    with warnings.catch_warnings():  # "sparse CSR support is in beta" / invariant-check notes
+        warnings.simplefilter("ignore", UserWarning)
+        for h in range(w.size(1)):
+            a = torch.sparse_csr_tensor(rowptr, col, wp[:, h].contiguous(), size=(m, n))
+            out[:, h] += a @ b[:, h]  # [M, D]
+
+
 def _scatter_into(out: Tensor, w: Tensor, b: Tensor, i_out: Tensor, i_b: Tensor) -> None:
-    """out[i_out[e]] += w[e] · b[i_b[e]], chunked. w [E, H]; b [N, H, D]; out [M, H, D]."""
+    """out[i_out[e]] += w[e] · b[i_b[e]]. w [E, H]; b [N, H, D]; out [M, H, D].
+
+    CSR matmul per head where ``_sparse_ok``; otherwise chunked gather + index_add_.
+    """
+    if i_out.numel() and _sparse_ok(w, b):
+        _spmm_into(out, w, b, i_out, i_b)
+        return
     for s, t in chunk_bounds(i_out.numel(), b.size(1) * b.size(2)):
         msg = w[s:t].unsqueeze(-1) * b.index_select(0, i_b[s:t])  # [e, H, D]
         out.index_add_(0, i_out[s:t], msg)
