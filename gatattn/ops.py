@@ -32,7 +32,12 @@ def chunk_bounds(num_edges: int, per_edge: int) -> list[tuple[int, int]]:
 
 
 def _dot_into(out: Tensor, a: Tensor, b: Tensor, ia: Tensor, ib: Tensor) -> None:
-    """out[e] = <a[ia[e]], b[ib[e]]> over the last axis, chunked. a, b [N, H, D]; out [E, H]."""
+    """out[e] = <a[ia[e]], b[ib[e]]> over the last axis. a, b [N, H, D]; out [E, H].
+
+    Sampled dense-dense matmul (CSR) per head where ``_sparse_ok``; else chunked gathers.
+    """
+    if ia.numel() and _sparse_ok(a, b) and _sddmm_into(out, a, b, ia, ib):
+        return
     for s, t in chunk_bounds(ia.numel(), a.size(1) * a.size(2)):
         out[s:t] = (a.index_select(0, ia[s:t]) * b.index_select(0, ib[s:t])).sum(-1)  # [e, H]
 
@@ -48,6 +53,40 @@ def _sparse_ok(w: Tensor, b: Tensor) -> bool:
     )
 
 
+def _csr(rows: Tensor, num_rows: int, cols: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """(perm [E], rowptr [M + 1]): edges grouped by ``rows`` (stable; by ``cols`` within a row
+    when given), and the CSR row pointer."""
+    keys = rows if cols is None else rows * (int(cols.max()) + 1) + cols  # [E]
+    perm = torch.argsort(keys, stable=True)
+    rowptr = torch.zeros(num_rows + 1, dtype=torch.long, device=rows.device)
+    rowptr[1:] = torch.cumsum(torch.bincount(rows, minlength=num_rows), 0)
+    return perm, rowptr
+
+
+def _sddmm_into(out: Tensor, a: Tensor, b: Tensor, ia: Tensor, ib: Tensor) -> bool:
+    """out[e, h] = <a[ia[e], h], b[ib[e], h]> as ``torch.sparse.sampled_addmm`` per head.
+    Returns False (and writes nothing) for parallel edges, which sampled_addmm would merge.
+
+    Hand-written instead of gathering [e, H, D] chunks: the sampled matmul reads each row of a
+    and b once per row block instead of once per edge (~4x faster on CPU for P3's graph).
+    """
+    perm, rowptr = _csr(ia, a.size(0), ib)
+    col = ib.index_select(0, perm)  # [E], ascending within each row
+    same_row = ia.index_select(0, perm[1:]) == ia.index_select(0, perm[:-1])
+    if bool((same_row & (col[1:] == col[:-1])).any()):
+        return False  # each parallel edge keeps its own score: the caller gathers instead
+    pattern = a.new_zeros(perm.numel())  # values of the sampling mask; beta=0 ignores them
+    with warnings.catch_warnings():  # "sparse CSR support is in beta" / invariant-check notes
+        warnings.simplefilter("ignore", UserWarning)
+        mask = torch.sparse_csr_tensor(rowptr, col, pattern, size=(a.size(0), b.size(0)))
+        for h in range(a.size(1)):
+            prod = torch.sparse.sampled_addmm(
+                mask, a[:, h].contiguous(), b[:, h].transpose(0, 1).contiguous(), beta=0.0
+            )
+            out[:, h].index_copy_(0, perm, prod.values())  # back to edge order
+    return True
+
+
 def _spmm_into(out: Tensor, w: Tensor, b: Tensor, i_out: Tensor, i_b: Tensor) -> None:
     """out += A_h b_h per head, with A_h the sparse [M, N] matrix of the edges (row i_out[e],
     column i_b[e], value w[e, h]). Parallel edges stay separate entries and add up.
@@ -58,9 +97,7 @@ def _spmm_into(out: Tensor, w: Tensor, b: Tensor, i_out: Tensor, i_b: Tensor) ->
     merging of duplicate entries in sparse gradients does not apply.
     """
     m, n = out.size(0), b.size(0)
-    perm = torch.argsort(i_out, stable=True)  # [E] edges grouped by output row
-    rowptr = torch.zeros(m + 1, dtype=torch.long, device=out.device)
-    rowptr[1:] = torch.cumsum(torch.bincount(i_out, minlength=m), 0)
+    perm, rowptr = _csr(i_out, m)  # edges grouped by output row
     col = i_b.index_select(0, perm)  # [E]
     wp = w.index_select(0, perm)  # [E, H]
     with warnings.catch_warnings():  # "sparse CSR support is in beta" / invariant-check notes

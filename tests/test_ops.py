@@ -1,0 +1,62 @@
+"""The chunked edge primitives (gatattn/ops.py): the CSR fast path equals the plain gather path."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gatattn import ops
+
+N_T, N_S, H, D = 7, 11, 3, 5
+
+
+def _edges(duplicates: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(5)
+    src = torch.randint(0, N_S, (40,), generator=gen)
+    dst = torch.randint(0, N_T, (40,), generator=gen)  # unsorted, some targets empty
+    if duplicates:
+        src, dst = torch.cat([src, src[:6]]), torch.cat([dst, dst[:6]])
+    else:
+        key = torch.unique(dst * N_S + src)
+        src, dst = key % N_S, key // N_S
+        perm = torch.randperm(src.numel(), generator=gen)
+        src, dst = src[perm], dst[perm]
+    return src, dst
+
+
+def _run(src: torch.Tensor, dst: torch.Tensor) -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(6)
+    q = torch.randn(N_T, H, D, dtype=torch.float64, generator=gen, requires_grad=True)
+    k = torch.randn(N_S, H, D, dtype=torch.float64, generator=gen, requires_grad=True)
+    v = torch.randn(N_S, H, D, dtype=torch.float64, generator=gen, requires_grad=True)
+    s = ops.edge_dot(q, k, src, dst)  # [E, H]
+    out = ops.edge_aggregate(s.tanh(), v, src, dst, N_T)  # [N_t, H, D]
+    out.backward(torch.randn(out.shape, dtype=torch.float64, generator=gen))
+    return [s, out, q.grad, k.grad, v.grad]  # type: ignore[list-item]
+
+
+@pytest.mark.parametrize("duplicates", [False, True])
+def test_sparse_path_equals_gather_path(duplicates: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    src, dst = _edges(duplicates)
+    fast = _run(src, dst)
+    monkeypatch.setattr(ops, "_sparse_ok", lambda *a: False)
+    plain = _run(src, dst)
+    for a, b in zip(fast, plain):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
+
+
+def test_sampled_matmul_declines_parallel_edges() -> None:
+    a, b = torch.randn(3, 2, 4), torch.randn(3, 2, 4)
+    out = torch.zeros(3, 2)
+    assert not ops._sddmm_into(out, a, b, torch.tensor([0, 0, 1]), torch.tensor([2, 2, 0]))
+    assert ops._sddmm_into(out, a, b, torch.tensor([0, 0, 1]), torch.tensor([2, 1, 0]))
+    torch.testing.assert_close(
+        out[:, 0], torch.stack([a[0, 0] @ b[2, 0], a[0, 0] @ b[1, 0], a[1, 0] @ b[0, 0]])
+    )
+
+
+def test_fast_path_only_in_eager_fp32_fp64() -> None:
+    x = torch.zeros(2, 1, 1)
+    assert ops._sparse_ok(x.squeeze(-1), x)
+    assert not ops._sparse_ok(x.squeeze(-1).half(), x.half())
+    assert not ops._sparse_ok(x.squeeze(-1).float(), x.double())
