@@ -45,14 +45,13 @@ def test_sparse_path_equals_gather_path(duplicates: bool, monkeypatch: pytest.Mo
         torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
 
 
-def test_sampled_matmul_declines_parallel_edges() -> None:
+def test_sampled_matmul_gives_parallel_edges_their_own_copy() -> None:
     a, b = torch.randn(3, 2, 4), torch.randn(3, 2, 4)
-    out = torch.zeros(3, 2)
-    assert not ops._sddmm_into(out, a, b, torch.tensor([0, 0, 1]), torch.tensor([2, 2, 0]))
-    assert ops._sddmm_into(out, a, b, torch.tensor([0, 0, 1]), torch.tensor([2, 1, 0]))
-    torch.testing.assert_close(
-        out[:, 0], torch.stack([a[0, 0] @ b[2, 0], a[0, 0] @ b[1, 0], a[1, 0] @ b[0, 0]])
-    )
+    out = torch.zeros(4, 2)
+    ia, ib = torch.tensor([0, 1, 0, 0]), torch.tensor([2, 0, 2, 1])  # edge 0 and 2 are parallel
+    ops._sddmm_into(out, a, b, ia, ib)
+    want = torch.stack([(a[i] * b[j]).sum(-1) for i, j in zip(ia.tolist(), ib.tolist())])
+    torch.testing.assert_close(out, want)
 
 
 def test_fast_path_only_in_eager_fp32_fp64() -> None:
