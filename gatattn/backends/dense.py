@@ -121,8 +121,11 @@ def dense_attention_sdpa(
     H, D = q.size(1), q.size(2)
     q_len, k_len = _lengths(graph)
     B = len(q_len)
-    Lq, q_index = _side(q_len, graph.num_dst, q.device)
-    L, k_index = _side(k_len, graph.num_src, q.device)
+    # padding indices depend only on the graph: computed once per graph, reused by every layer
+    memo = graph.__dict__.setdefault("_dense_sides", {})
+    if q.device not in memo:
+        memo[q.device] = (_side(q_len, graph.num_dst, q.device), _side(k_len, graph.num_src, q.device))
+    (Lq, q_index), (L, k_index) = memo[q.device]
 
     def pad(t: Tensor, index: Tensor | None, n: int) -> Tensor:  # [N, H, D] -> [B, H, n, D]
         if index is not None:
