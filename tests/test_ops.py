@@ -38,6 +38,7 @@ def _run(src: torch.Tensor, dst: torch.Tensor) -> list[torch.Tensor]:
 @pytest.mark.parametrize("duplicates", [False, True])
 def test_sparse_path_equals_gather_path(duplicates: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     src, dst = _edges(duplicates)
+    monkeypatch.setattr(ops, "SPARSE_MIN_EDGES", 1)  # take the CSR path on this small graph
     fast = _run(src, dst)
     monkeypatch.setattr(ops, "_sparse_ok", lambda *a: False)
     plain = _run(src, dst)
@@ -54,8 +55,34 @@ def test_sampled_matmul_gives_parallel_edges_their_own_copy() -> None:
     torch.testing.assert_close(out, want)
 
 
-def test_fast_path_only_in_eager_fp32_fp64() -> None:
+def test_fast_path_only_in_eager_fp32_fp64_on_large_graphs() -> None:
     x = torch.zeros(2, 1, 1)
-    assert ops._sparse_ok(x.squeeze(-1), x)
-    assert not ops._sparse_ok(x.squeeze(-1).half(), x.half())
-    assert not ops._sparse_ok(x.squeeze(-1).float(), x.double())
+    big = ops.SPARSE_MIN_EDGES
+    assert ops._sparse_ok(x.squeeze(-1), x, big)
+    assert not ops._sparse_ok(x.squeeze(-1), x, big - 1)
+    assert not ops._sparse_ok(x.squeeze(-1).half(), x.half(), big)
+    assert not ops._sparse_ok(x.squeeze(-1).float(), x.double(), big)
+
+
+@pytest.mark.parametrize(
+    "score", ["scaled_dot", "cosine", "bilinear", "neg_distance", "gatv2+alibi"]
+)
+def test_layer_on_the_csr_path_equals_the_dense_formula(
+    score: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gatattn as ga
+    from gatattn.reference import dense_reference
+
+    monkeypatch.setattr(ops, "SPARSE_MIN_EDGES", 1)
+    src, dst = _edges(duplicates=True)
+    graph = ga.TokenGraph(torch.stack([src, dst]), N_S, N_S)  # N_T < N_S: some isolated targets
+    layer = ga.GraphAttention(12, 3, score=score, backend="edge").double()
+    x = torch.randn(N_S, 12, dtype=torch.float64, requires_grad=True)
+    res = layer(x, graph, return_attention=True)
+    ref = dense_reference(layer, x, graph)
+    torch.testing.assert_close(res.out, ref.out, atol=1e-10, rtol=0)
+    torch.testing.assert_close(res.weights, ref.weights, atol=1e-10, rtol=0)
+    grads = torch.autograd.grad(res.out.sum(), [x, *layer.parameters()])
+    want = torch.autograd.grad(ref.out.sum(), [x, *layer.parameters()])
+    for a, b in zip(grads, want):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=0)
