@@ -201,7 +201,7 @@ class EdgeFeatureBias(ScoreBias):
         self.edge_dim = edge_dim
         self.proj = nn.Linear(edge_dim, num_heads, bias=bias)  # W_e [H, F]
 
-    def _check(self, edge_attr: Tensor | None, rows: int) -> Tensor:
+    def _check(self, edge_attr: Tensor | None) -> Tensor:
         if edge_attr is None:
             raise ValueError(
                 "EdgeFeatureBias needs edge_attr [E, F]; pass forward(..., edge_attr=...)"
@@ -216,11 +216,11 @@ class EdgeFeatureBias(ScoreBias):
         return edge_attr
 
     def forward(self, edges: Edges) -> Tensor:
-        attr = self._check(edges.edge_attr, len(edges))
+        attr = self._check(edges.edge_attr)
         return self.proj(attr.to(self.proj.weight.dtype))  # [e, H]
 
     def dense(self, ctx: DenseContext) -> Tensor:
-        attr = self._check(ctx.edge_attr, 0)  # [L_q, L_k, F]
+        attr = self._check(ctx.edge_attr)  # [L_q, L_k, F]
         return self.proj(attr.to(self.proj.weight.dtype)).permute(2, 0, 1)  # [H, L_q, L_k]
 
 

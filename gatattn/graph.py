@@ -116,6 +116,9 @@ class TokenGraph:
             )
         self.params: dict[str, Any] = dict(params or {})
         self._csr: tuple[Tensor, Tensor] | None = None
+        self._memo: dict[
+            Any, Any
+        ] = {}  # per-graph values that backends derive once (dense padding)
 
     # ------------------------------------------------------------------ basic properties
     @property

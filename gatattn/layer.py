@@ -315,9 +315,7 @@ class GraphAttention(MessagePassing):
             return "edge: edge_dim is set, so keys and values are per-edge (PyG propagate path)"
         q = x.new_empty(0, self.num_heads, self.head_dim)  # [0, H, D]: device, dtype and D only
         dropout_active = self.training and self.dropout > 0
-        name, reason = select_backend(
-            self.backend, self.score, g, q, dropout_active=dropout_active
-        )
+        name, reason = select_backend(self.backend, self.score, g, q, dropout_active=dropout_active)
         return f"{name}: {reason}"
 
     def message(self, v_j: Tensor, alpha: Tensor) -> Tensor:
@@ -369,7 +367,7 @@ class GraphAttention(MessagePassing):
                 k_ij = k.index_select(0, part.src) + proj(attr[s:t]).view(-1, H, D)  # [e, H, D]
                 return self.score(q.index_select(0, part.dst), k_ij, part)  # [e, H]
 
-            alpha = chunked_edge_map(chunk, g.num_edges, H * D, H, q)  # [E, H]
+            alpha = chunked_edge_map(chunk, g.num_edges, H * D)  # [E, H]
             weights = neighbourhood_softmax(alpha, dst, g.num_dst)  # [E, H]
         w = F.dropout(weights, self.dropout, self.training) if self.dropout > 0 else weights
         if self._explaining():

@@ -211,10 +211,8 @@ def edge_aggregate(w: Tensor, v: Tensor, src: Tensor, dst: Tensor, num_dst: int)
     return _EdgeAggregate.apply(w, v, src, dst, num_dst)
 
 
-def chunked_edge_map(
-    fn: Callable[[int, int], Tensor], num_edges: int, per_edge: int, out_cols: int, like: Tensor
-) -> Tensor:
-    """Apply ``fn(start, stop) -> [e, out_cols]`` over edge chunks and concatenate to [E, out_cols].
+def chunked_edge_map(fn: Callable[[int, int], Tensor], num_edges: int, per_edge: int) -> Tensor:
+    """Apply ``fn(start, stop) -> [e, K]`` over edge chunks and concatenate to [E, K].
 
     When gradients are needed and there is more than one chunk, each chunk runs under
     activation checkpointing so that autograd keeps no gathered [e, H, D] tensors alive.
@@ -222,12 +220,8 @@ def chunked_edge_map(
     bounds = chunk_bounds(num_edges, per_edge)
     if len(bounds) <= 1:
         return fn(0, num_edges)
-    parts = []
-    for s, t in bounds:
-        if torch.is_grad_enabled():
-            from torch.utils.checkpoint import checkpoint
+    if not torch.is_grad_enabled():
+        return torch.cat([fn(s, t) for s, t in bounds])
+    from torch.utils.checkpoint import checkpoint
 
-            parts.append(checkpoint(fn, s, t, use_reentrant=False))
-        else:
-            parts.append(fn(s, t))
-    return torch.cat(parts) if parts else like.new_zeros(0, out_cols)
+    return torch.cat([checkpoint(fn, s, t, use_reentrant=False) for s, t in bounds])

@@ -32,13 +32,11 @@ class DenseResult(NamedTuple):
     weights: Tensor
 
 
-def dense_attention(
-    q: Tensor, k: Tensor, v: Tensor, logits: Tensor, counts: Tensor
-) -> tuple[Tensor, Tensor]:
+def dense_attention(v: Tensor, logits: Tensor, counts: Tensor) -> tuple[Tensor, Tensor]:
     """Masked softmax attention with edge multiplicities.
 
     Args:
-        q, k, v: [H, N_t, D], [H, N_s, D], [H, N_s, D] (q is used only for its shape).
+        v: values [H, N_s, D].
         logits: α [H, N_t, N_s].
         counts: edge multiplicities c_ij [N_t, N_s] (0 = masked).
 
@@ -85,7 +83,7 @@ def dense_reference(
         dense_attr[g.edge_index[1], g.edge_index[0]] = attr
     ctx = DenseContext(g.positions("dst"), g.positions("src"), dense_attr)
     logits = layer.score.dense(q, k, ctx)  # [H, N_t, N_s]
-    out, p = dense_attention(q, k, v, logits, g.edge_counts())
+    out, p = dense_attention(v, logits, g.edge_counts())
     y = layer.out_proj(out.transpose(0, 1).reshape(-1, layer.embed_dim))  # [N_t, C]
     src, dst = g.edge_index
     return DenseResult(y, logits[:, dst, src].T, p[:, dst, src].T)

@@ -128,7 +128,7 @@ class ScoreFunction(nn.Module):
             out = self(q.index_select(0, part.dst), k.index_select(0, part.src), part)
             return _check_scores(self, out, t - s, q.size(1), q)
 
-        return chunked_edge_map(chunk, len(edges), q.size(1) * q.size(2), q.size(1), q)
+        return chunked_edge_map(chunk, len(edges), q.size(1) * q.size(2))
 
     def __add__(self, bias: nn.Module) -> ScoreFunction:
         from .biases import Biased, ScoreBias

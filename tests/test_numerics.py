@@ -90,12 +90,15 @@ class _MaxNumel(torch.utils._python_dispatch.TorchDispatchMode):
         return out
 
 
+@pytest.mark.parametrize("path", ["gather", "csr"])
 @pytest.mark.parametrize("score", ["scaled_dot", "gatv2", "neg_distance", "additive", "bilinear"])
 def test_edge_backend_never_holds_an_E_H_D_tensor(
-    score: str, monkeypatch: pytest.MonkeyPatch
+    score: str, path: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Forward and backward on 24 nodes (E = 576): no op output reaches E·H·D elements."""
+    """Forward and backward on 24 nodes (E = 576): no op output reaches E·H·D elements, on the
+    chunked-gather path and on the CSR path (forced here below its size threshold)."""
     monkeypatch.setattr(ops, "CHUNK_ELEMENTS", 64 * H * D)  # 64 edges per chunk
+    monkeypatch.setattr(ops, "SPARSE_MIN_EDGES", 1 if path == "csr" else 10**9)
     n = 24
     layer = ga.GraphAttention(C, H, score=score, backend="edge")
     x = torch.randn(n, C, requires_grad=True)

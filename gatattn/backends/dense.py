@@ -122,10 +122,13 @@ def dense_attention_sdpa(
     q_len, k_len = _lengths(graph)
     B = len(q_len)
     # padding indices depend only on the graph: computed once per graph, reused by every layer
-    memo = graph.__dict__.setdefault("_dense_sides", {})
-    if q.device not in memo:
-        memo[q.device] = (_side(q_len, graph.num_dst, q.device), _side(k_len, graph.num_src, q.device))
-    (Lq, q_index), (L, k_index) = memo[q.device]
+    key = ("dense_sides", q.device)
+    if key not in graph._memo:
+        graph._memo[key] = (
+            _side(q_len, graph.num_dst, q.device),
+            _side(k_len, graph.num_src, q.device),
+        )
+    (Lq, q_index), (L, k_index) = graph._memo[key]
 
     def pad(t: Tensor, index: Tensor | None, n: int) -> Tensor:  # [N, H, D] -> [B, H, n, D]
         if index is not None:
