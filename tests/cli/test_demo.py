@@ -12,7 +12,7 @@ import torch
 from gatattn import cli
 from gatattn.demo import train_demo
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
