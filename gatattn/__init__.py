@@ -7,11 +7,11 @@ See docs/math.md for the equations and docs/api.md for the public contract.
 
 from . import analysis, plot, pretrained
 from .analysis import attention_flow, attention_rollout
-from .biases import ALiBi, EdgeFeatureBias, RelativePositionBias, ScoreBias
 from .export import from_networkx, layered_graph, to_networkx, write_graph
 from .graph import TokenGraph, as_token_graph, complete_graph, from_mask
 from .interop import GraphMultiheadAttention, GraphTransformerEncoderLayer, convert
-from .layer import Attention, GraphAttention
+from .kernels import neighbourhood_softmax
+from .nn import Attention, GraphAttention
 from .patterns import (
     bigbird_graph,
     bipartite_graph,
@@ -27,8 +27,15 @@ from .patterns import (
     window_graph,
 )
 from .pyg import GraphTransformerBlock
-from .scores import ScoreFunction, make_score, register_score
-from .softmax import neighbourhood_softmax
+from .scores import (
+    ALiBi,
+    EdgeFeatureBias,
+    RelativePositionBias,
+    ScoreBias,
+    ScoreFunction,
+    make_score,
+    register_score,
+)
 
 __version__ = "0.1.0"
 

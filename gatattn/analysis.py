@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .layer import Attention
+from .nn import Attention
 
 if TYPE_CHECKING:
     import networkx as nx

@@ -31,7 +31,7 @@ from torch import Tensor
 
 from .analysis import HeadSpec, _check_head, _merge_duplicates, adjusted_matrices
 from .graph import TokenGraph
-from .layer import Attention
+from .nn import Attention
 
 if TYPE_CHECKING:
     import networkx as nx

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from .cli import UsageError
 from .graph import complete_graph
-from .layer import Attention, GraphAttention
+from .nn import Attention, GraphAttention
 
 __all__ = ["TinyModel", "configure", "run"]
 

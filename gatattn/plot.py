@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from .analysis import HeadSpec, _check_head, attention_matrix
-from .layer import Attention
+from .nn import Attention
 
 if TYPE_CHECKING:
     import networkx as nx

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .graph import TokenGraph, complete_graph
-from .layer import Attention, GraphAttention
+from .nn import Attention, GraphAttention
 
 __all__ = ["BertGraphEncoder", "EncoderOutput", "GraphFn", "minilm"]
 

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .graph import TokenGraph
-from .layer import GraphAttention
+from .nn import GraphAttention
 from .scores import ScoreCallable, ScoreFunction
 
 __all__ = ["GraphTransformerBlock"]

@@ -19,7 +19,7 @@ from .graph import TokenGraph, as_token_graph
 from .scores import DenseContext
 
 if TYPE_CHECKING:
-    from .layer import GraphAttention
+    from .nn import GraphAttention
 
 __all__ = ["DenseResult", "dense_attention", "dense_reference"]
 

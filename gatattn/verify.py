@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .graph import TokenGraph, complete_graph
-from .layer import GraphAttention
+from .nn import GraphAttention
 from .reference import dense_reference
 
 __all__ = ["Case", "run_matrix"]

@@ -35,7 +35,7 @@ from torch import Tensor
 from torch_geometric.utils import scatter
 
 from ..graph import TokenGraph
-from ..ops import CHUNK_ELEMENTS
+from ..kernels import CHUNK_ELEMENTS
 from ..scores import DenseContext, Dot, Edges, NegDistance, ScaledDot, ScoreFunction
 from .types import BackendOutput
 
@@ -128,7 +128,7 @@ def block_layout(graph: TokenGraph, size: int | None = None) -> BlockLayout:
 
 
 def _supported_biases(score: ScoreFunction) -> tuple[ScoreFunction, list] | None:
-    from ..biases import ALiBi, Biased, RelativePositionBias
+    from ..scores import ALiBi, Biased, RelativePositionBias
 
     if isinstance(score, Biased):
         biases = score.biases_list()

@@ -33,7 +33,7 @@ _STRUCTURES = ("complete", "causal", "bipartite")
 
 def _score_parts(score: ScoreFunction) -> tuple[float | None, list] | None:
     """(SDPA scale, position biases) for a score SDPA can express, else None."""
-    from ..biases import ALiBi, Biased, RelativePositionBias
+    from ..scores import ALiBi, Biased, RelativePositionBias
 
     biases: list = []
     base = score
@@ -50,7 +50,7 @@ def _score_parts(score: ScoreFunction) -> tuple[float | None, list] | None:
 
 def dense_unsupported(score: ScoreFunction, graph: TokenGraph) -> str | None:
     """Why the dense backend cannot run ``score`` on ``graph``, or None when it can."""
-    from ..biases import Biased
+    from ..scores import Biased
 
     if "dense" not in score.backends or _score_parts(score) is None:
         return (

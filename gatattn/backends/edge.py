@@ -15,9 +15,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..graph import TokenGraph
-from ..ops import edge_aggregate
+from ..kernels import edge_aggregate, neighbourhood_softmax
 from ..scores import Edges, ScoreFunction
-from ..softmax import neighbourhood_softmax
 from .types import BackendOutput
 
 __all__ = ["edge_attention", "edge_scores_and_weights"]

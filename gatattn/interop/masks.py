@@ -15,10 +15,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..biases import ScoreBias
 from ..graph import TokenGraph, complete_graph
 from ..patterns import bipartite_graph, causal_graph
-from ..scores import DenseContext, Edges
+from ..scores import DenseContext, Edges, ScoreBias
 
 __all__ = ["AttnMaskBias", "additive_mask", "attention_graph", "mask_graph"]
 

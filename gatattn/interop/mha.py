@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from ..backends import run_backend
 from ..graph import TokenGraph
-from ..layer import Attention, GraphAttention
+from ..nn import Attention, GraphAttention
 from ..scores import ScaledDot
 from .masks import AttnMaskBias, attention_graph
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gatattn import ops
+from gatattn.kernels import ops
 
 N_T, N_S, H, D = 7, 11, 3, 5
 

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import gatattn as ga
-from gatattn import ops
+from gatattn.kernels import ops
 
 N, H, D = 5, 3, 7
 C = H * D

@@ -13,10 +13,9 @@ import torch
 import torch.nn.functional as F
 
 import gatattn as ga
-from gatattn import ops
-from gatattn.biases import alibi_slopes, t5_bucket
+from gatattn.kernels import ops
 from gatattn.reference import dense_reference
-from gatattn.scores import SCORES, DenseContext, Edges
+from gatattn.scores import SCORES, DenseContext, Edges, alibi_slopes, t5_bucket
 
 N, H, D = 5, 3, 7
 C = H * D

@@ -20,13 +20,12 @@ from torch.nn.utils import skip_init
 from torch_geometric.nn import MessagePassing
 from torch_geometric.utils import scatter
 
-from .backends import BACKENDS, run_backend, select_backend
-from .backends.edge import edge_scores_and_weights
-from .backends.types import BackendOutput
-from .graph import TokenGraph, as_token_graph
-from .ops import chunked_edge_map, edge_aggregate
-from .scores import Edges, ScaledDot, ScoreCallable, ScoreFunction, make_score
-from .softmax import neighbourhood_softmax
+from ..backends import BACKENDS, run_backend, select_backend
+from ..backends.edge import edge_scores_and_weights
+from ..backends.types import BackendOutput
+from ..graph import TokenGraph, as_token_graph
+from ..kernels import chunked_edge_map, edge_aggregate, neighbourhood_softmax
+from ..scores import Edges, ScaledDot, ScoreCallable, ScoreFunction, make_score
 
 __all__ = ["Attention", "GraphAttention"]
 

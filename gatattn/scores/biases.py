@@ -9,72 +9,13 @@ block-diagonal graph gets the same biases as each sequence alone.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
 
-from .scores import DenseContext, Edges, ScoreFunction
+from .base import DenseContext, Edges, ScoreBias
 
-__all__ = ["BIASES", "ALiBi", "Biased", "EdgeFeatureBias", "RelativePositionBias", "ScoreBias"]
-
-
-class ScoreBias(nn.Module):
-    """Base type of an additive bias b(i, j) [E, H] that does not look at q or k."""
-
-    name: str = "bias"
-
-    def forward(self, edges: Edges) -> Tensor:
-        """Per-edge bias on ``edges`` -> [e, H]."""
-        raise NotImplementedError
-
-    def dense(self, ctx: DenseContext) -> Tensor:
-        """Dense bias -> [H, L_q, L_k]."""
-        raise NotImplementedError
-
-
-class Biased(ScoreFunction):
-    """A score plus one or more biases: α_ij = w(i, j) + Σ_b b(i, j).
-
-    Built by ``score + bias`` or by a name such as ``"scaled_dot+alibi"``. It runs on the
-    backends that the base score supports, minus flex (biases need per-edge positions).
-    """
-
-    def __init__(self, score: ScoreFunction, *biases: ScoreBias) -> None:
-        super().__init__()
-        if isinstance(score, Biased):
-            biases = (*score.biases_list(), *biases)
-            score = score.score
-        self.score: ScoreFunction = score
-        self.biases = nn.ModuleList(biases)
-        self.name = "+".join([score.name, *(b.name for b in biases)])
-        self.backends = score.backends - {"flex"}  # type: ignore[misc]
-
-    def biases_list(self) -> list[ScoreBias]:
-        return [b for b in self.biases if isinstance(b, ScoreBias)]
-
-    def forward(self, q_i: Tensor, k_j: Tensor, edges: Edges) -> Tensor:
-        out = self.score(q_i, k_j, edges)
-        for b in self.biases_list():
-            out = out + b(edges)
-        return out
-
-    def edge_scores(self, q: Tensor, k: Tensor, edges: Edges) -> Tensor:
-        out = self.score.edge_scores(q, k, edges)  # [E, H]
-        for b in self.biases_list():
-            out = out + b(edges)
-        return out
-
-    def dense(self, q: Tensor, k: Tensor, ctx: DenseContext) -> Tensor:
-        out = self.score.dense(q, k, ctx)  # [..., H, L_q, L_k]
-        for b in self.biases_list():
-            out = out + b.dense(ctx)
-        return out
-
-    def __add__(self, bias: nn.Module) -> ScoreFunction:
-        if not isinstance(bias, ScoreBias):
-            raise TypeError(f"only a ScoreBias can be added to a score, got {type(bias).__name__}")
-        return Biased(self, bias)
+__all__ = ["ALiBi", "EdgeFeatureBias", "RelativePositionBias", "alibi_slopes", "t5_bucket"]
 
 
 def t5_bucket(rel: Tensor, bidirectional: bool, num_buckets: int, max_distance: int) -> Tensor:
@@ -114,6 +55,7 @@ class RelativePositionBias(ScoreBias):
         bidirectional: separate buckets for j > i and j < i (True for encoders).
     """
 
+    backends = frozenset({"edge", "dense", "block"})
     name = "relative_position"
 
     def __init__(
@@ -168,6 +110,7 @@ class ALiBi(ScoreBias):
     The slopes m_h are a fixed buffer, not parameters.
     """
 
+    backends = frozenset({"edge", "dense", "block"})
     name = "alibi"
 
     def __init__(self, num_heads: int) -> None:
@@ -222,10 +165,3 @@ class EdgeFeatureBias(ScoreBias):
     def dense(self, ctx: DenseContext) -> Tensor:
         attr = self._check(ctx.edge_attr)  # [L_q, L_k, F]
         return self.proj(attr.to(self.proj.weight.dtype)).permute(2, 0, 1)  # [H, L_q, L_k]
-
-
-#: name -> factory(num_heads) -> ScoreBias (edge_features needs edge_dim: build it directly)
-BIASES: dict[str, Callable[[int], ScoreBias]] = {
-    "relative_position": lambda h: RelativePositionBias(h),
-    "alibi": lambda h: ALiBi(h),
-}

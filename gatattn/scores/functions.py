@@ -1,141 +1,31 @@
-"""w(i, j): pluggable edge score functions (docs/math.md, eq. 1 and docs/scores.md).
+"""The built-in score functions w(i, j) (docs/scores.md): scaled_dot, dot, additive (GAT),
+gatv2, cosine, bilinear, neg_distance, and the adapter for plain callables.
 
-A score function maps node-level queries q [N_t, H, D] and keys k [N_s, H, D], plus the edges
-of the graph (and optional edge features and positions), to pre-softmax logits α [E, H].
-
-Every ScoreFunction has three views of the same formula:
-
-* ``forward(q_i, k_j, edges)``: the literal per-edge formula on gathered [e, H, D] vectors.
-* ``edge_scores(q, k, edges)``: the same on the whole graph without an [E, H, D] tensor. The
-  default runs ``forward`` over edge chunks; factorisable scores override it with node-level work.
-* ``dense(q, k, ctx)``: the same on the full L_q × L_k matrix, written plainly, for the dense
-  reference and for block backends.
+Each class gives the per-edge formula (``forward``), a node-factorised ``edge_scores`` where the
+formula allows it (no [E, H, D] tensor), and the ``dense`` formula.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .ops import chunked_edge_map, edge_dot
-
-if TYPE_CHECKING:
-    from .graph import TokenGraph
+from ..kernels import edge_dot
+from .base import DenseContext, Edges, ScoreCallable, ScoreFunction, check_scores
 
 __all__ = [
-    "SCORES",
     "Additive",
     "Bilinear",
     "CallableScore",
     "Cosine",
-    "DenseContext",
     "Dot",
-    "Edges",
     "GATv2",
     "NegDistance",
     "ScaledDot",
-    "ScoreFunction",
-    "make_score",
-    "register_score",
 ]
-
-#: The type users plug in: ``f(q_i [E, H, D], k_j [E, H, D]) -> α [E, H]``.
-ScoreCallable = Callable[[Tensor, Tensor], Tensor]
-
-
-@dataclass
-class Edges:
-    """The edges a score function is evaluated on (all of them, or one chunk).
-
-    ``src``/``dst`` are LongTensors [e]; ``edge_attr`` is [e, F] or None. Token positions of the
-    endpoints (within their sequence) come from ``pos_src()``/``pos_dst()``, gathered on demand.
-    """
-
-    src: Tensor
-    dst: Tensor
-    graph: TokenGraph
-    edge_attr: Tensor | None = None
-
-    def __len__(self) -> int:
-        return self.src.numel()
-
-    def slice(self, start: int, stop: int) -> Edges:
-        attr = None if self.edge_attr is None else self.edge_attr[start:stop]
-        return Edges(self.src[start:stop], self.dst[start:stop], self.graph, attr)
-
-    def pos_src(self) -> Tensor:
-        return self.graph.positions("src").index_select(0, self.src)  # [e]
-
-    def pos_dst(self) -> Tensor:
-        return self.graph.positions("dst").index_select(0, self.dst)  # [e]
-
-
-@dataclass
-class DenseContext:
-    """What a dense formula needs besides q and k: positions [L_q], [L_k], edge_attr [L_q, L_k, F]."""
-
-    pos_q: Tensor
-    pos_k: Tensor
-    edge_attr: Tensor | None = None
-
-
-def _check_scores(fn: object, out: object, num_edges: int, heads: int, like: Tensor) -> Tensor:
-    name = getattr(fn, "name", None) or type(fn).__name__
-    if not isinstance(out, Tensor):
-        raise TypeError(f"score function {name!r} returned {type(out).__name__}, expected a Tensor")
-    if tuple(out.shape) != (num_edges, heads):
-        raise ValueError(
-            f"score function {name!r} returned shape {tuple(out.shape)}; expected "
-            f"(E, H) = ({num_edges}, {heads})"
-        )
-    if not out.is_floating_point():
-        raise TypeError(
-            f"score function {name!r} returned dtype {out.dtype}, expected {like.dtype}"
-        )
-    return out.to(like.dtype)
-
-
-class ScoreFunction(nn.Module):
-    """Base type of w(i, j). Subclasses implement ``forward`` and ``dense``.
-
-    Attributes:
-        backends: names of the backends that can run this score (the edge backend runs all).
-        name: registry name, used in messages and tables.
-    """
-
-    backends: ClassVar[frozenset[str]] = frozenset({"edge"})
-    name: str = "score"
-
-    def forward(self, q_i: Tensor, k_j: Tensor, edges: Edges) -> Tensor:
-        """Literal per-edge formula. q_i, k_j [e, H, D] -> α [e, H]."""
-        raise NotImplementedError
-
-    def dense(self, q: Tensor, k: Tensor, ctx: DenseContext) -> Tensor:
-        """Dense formula. q [..., H, L_q, D], k [..., H, L_k, D] -> α [..., H, L_q, L_k]."""
-        raise NotImplementedError(f"score function {self.name!r} has no dense form")
-
-    def edge_scores(self, q: Tensor, k: Tensor, edges: Edges) -> Tensor:
-        """α on every edge without an [E, H, D] tensor. q [N_t, H, D], k [N_s, H, D] -> [E, H]."""
-
-        def chunk(s: int, t: int) -> Tensor:
-            part = edges.slice(s, t)
-            out = self(q.index_select(0, part.dst), k.index_select(0, part.src), part)
-            return _check_scores(self, out, t - s, q.size(1), q)
-
-        return chunked_edge_map(chunk, len(edges), q.size(1) * q.size(2))
-
-    def __add__(self, bias: nn.Module) -> ScoreFunction:
-        from .biases import Biased, ScoreBias
-
-        if not isinstance(bias, ScoreBias):
-            raise TypeError(f"only a ScoreBias can be added to a score, got {type(bias).__name__}")
-        return Biased(self, bias)
 
 
 class ScaledDot(ScoreFunction):
@@ -146,6 +36,9 @@ class ScaledDot(ScoreFunction):
 
     backends = frozenset({"edge", "dense", "block", "flex"})
     name = "scaled_dot"
+
+    def sdpa_scale(self, head_dim: int) -> float | None:
+        return 1.0 / math.sqrt(head_dim)
 
     def forward(self, q_i: Tensor, k_j: Tensor, edges: Edges) -> Tensor:
         return (q_i * k_j).sum(-1) / math.sqrt(q_i.size(-1))  # [e, H]
@@ -165,6 +58,9 @@ class Dot(ScoreFunction):
 
     backends = frozenset({"edge", "dense", "block", "flex"})
     name = "dot"
+
+    def sdpa_scale(self, head_dim: int) -> float | None:
+        return 1.0
 
     def forward(self, q_i: Tensor, k_j: Tensor, edges: Edges) -> Tensor:
         return (q_i * k_j).sum(-1)
@@ -347,56 +243,5 @@ class CallableScore(ScoreFunction):
         kj = k.unsqueeze(-3).expand(*k.shape[:-2], lq, lk, k.size(-1))  # [..., H, Lq, Lk, D]
         qi = qi.movedim(-4, -2).reshape(-1, q.size(-3), q.size(-1))  # [(..Lq Lk), H, D]
         kj = kj.movedim(-4, -2).reshape(-1, q.size(-3), q.size(-1))
-        out = _check_scores(self, self.fn(qi, kj), qi.size(0), q.size(-3), q)  # [(.. Lq Lk), H]
+        out = check_scores(self, self.fn(qi, kj), qi.size(0), q.size(-3), q)  # [(.. Lq Lk), H]
         return out.reshape(*q.shape[:-3], lq, lk, q.size(-3)).movedim(-1, -3)
-
-
-#: name -> factory(num_heads, head_dim) -> ScoreFunction
-SCORES: dict[str, Callable[[int, int], ScoreFunction]] = {
-    "scaled_dot": lambda h, d: ScaledDot(),
-    "dot": lambda h, d: Dot(),
-    "additive": lambda h, d: Additive(h, d),
-    "gat": lambda h, d: Additive(h, d),
-    "gatv2": lambda h, d: GATv2(h, d),
-    "cosine": lambda h, d: Cosine(h),
-    "bilinear": lambda h, d: Bilinear(h, d),
-    "neg_distance": lambda h, d: NegDistance(),
-}
-
-
-def register_score(name: str, factory: Callable[[int, int], ScoreFunction]) -> None:
-    """Add ``factory(num_heads, head_dim) -> ScoreFunction`` to the registry under ``name``."""
-    if name in SCORES:
-        raise ValueError(f"score name {name!r} is already registered")
-    SCORES[name] = factory
-
-
-def make_score(
-    spec: str | ScoreFunction | ScoreCallable, num_heads: int, head_dim: int
-) -> ScoreFunction:
-    """Resolve a score spec: a registry name (``"scaled_dot"``, ``"gatv2+alibi"``), a
-    ScoreFunction instance (used as is), or a callable ``f(q_i, k_j) -> [E, H]`` (adapted)."""
-    if isinstance(spec, ScoreFunction):
-        return spec
-    if isinstance(spec, str):
-        from .biases import BIASES, Biased
-
-        name, *bias_names = [part.strip() for part in spec.split("+")]
-        if name not in SCORES:
-            raise ValueError(f"unknown score {name!r}; known scores: {sorted(SCORES)}")
-        score = SCORES[name](num_heads, head_dim)
-        for b in bias_names:
-            if b == "edge_features":
-                raise ValueError(
-                    "edge_features needs edge_dim: build it as "
-                    f"make_score({name!r}, ...) + gatattn.EdgeFeatureBias(edge_dim, num_heads)"
-                )
-            if b not in BIASES:
-                raise ValueError(
-                    f"unknown score bias {b!r} in {spec!r}; known biases: {sorted(BIASES)}"
-                )
-            score = Biased(score, BIASES[b](num_heads))
-        return score
-    if callable(spec):
-        return CallableScore(spec)
-    raise TypeError(f"score must be a name, a ScoreFunction or a callable, got {spec!r}")

@@ -1,0 +1,50 @@
+"""w(i, j): pluggable edge score functions (docs/math.md, eq. 1 and docs/scores.md).
+
+    base        ScoreFunction, ScoreBias, Biased (score + biases), Edges, DenseContext
+    functions   scaled_dot, dot, additive (GAT), gatv2, cosine, bilinear, neg_distance, callables
+    biases      relative position (T5), ALiBi, edge features
+    registry    names -> factories, ``make_score("gatv2+alibi", H, D)``
+
+Imports run one way: base <- functions, biases <- registry.
+"""
+
+from .base import Biased, DenseContext, Edges, ScoreBias, ScoreCallable, ScoreFunction, check_scores
+from .biases import ALiBi, EdgeFeatureBias, RelativePositionBias, alibi_slopes, t5_bucket
+from .functions import (
+    Additive,
+    Bilinear,
+    CallableScore,
+    Cosine,
+    Dot,
+    GATv2,
+    NegDistance,
+    ScaledDot,
+)
+from .registry import BIASES, SCORES, make_score, register_score
+
+__all__ = [
+    "BIASES",
+    "SCORES",
+    "ALiBi",
+    "Additive",
+    "Biased",
+    "Bilinear",
+    "CallableScore",
+    "Cosine",
+    "DenseContext",
+    "Dot",
+    "EdgeFeatureBias",
+    "Edges",
+    "GATv2",
+    "NegDistance",
+    "RelativePositionBias",
+    "ScaledDot",
+    "ScoreBias",
+    "ScoreCallable",
+    "ScoreFunction",
+    "alibi_slopes",
+    "check_scores",
+    "make_score",
+    "register_score",
+    "t5_bucket",
+]

@@ -1,0 +1,209 @@
+"""The types of w(i, j): ``ScoreFunction``, ``ScoreBias`` and their sum ``Biased``.
+
+A score function maps node-level queries q [N_t, H, D] and keys k [N_s, H, D], plus the edges
+of the graph (and optional edge features and positions), to pre-softmax logits α [E, H]
+(docs/math.md, eq. 1). Every ScoreFunction has three views of the same formula:
+
+* ``forward(q_i, k_j, edges)``: the literal per-edge formula on gathered [e, H, D] vectors.
+* ``edge_scores(q, k, edges)``: the same on the whole graph without an [E, H, D] tensor. The
+  default runs ``forward`` over edge chunks; factorisable scores override it with node-level work.
+* ``dense(q, k, ctx)``: the same on the full L_q × L_k matrix, written plainly, for the dense
+  reference and for block backends.
+
+What each backend can run is declared as data, never by isinstance lists in the backends:
+``backends`` (a frozenset of backend names) on every score and bias, and ``sdpa_scale(D)``, the
+scale s when the score is s·<q_i, k_j> (SDPA and FlexAttention compute exactly that).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+from torch import Tensor, nn
+
+from ..kernels import chunked_edge_map
+
+if TYPE_CHECKING:
+    from ..graph import TokenGraph
+
+__all__ = [
+    "Biased",
+    "DenseContext",
+    "Edges",
+    "ScoreBias",
+    "ScoreCallable",
+    "ScoreFunction",
+    "check_scores",
+]
+
+
+#: The type users plug in: ``f(q_i [E, H, D], k_j [E, H, D]) -> α [E, H]``.
+ScoreCallable = Callable[[Tensor, Tensor], Tensor]
+
+
+@dataclass
+class Edges:
+    """The edges a score function is evaluated on (all of them, or one chunk).
+
+    ``src``/``dst`` are LongTensors [e]; ``edge_attr`` is [e, F] or None. Token positions of the
+    endpoints (within their sequence) come from ``pos_src()``/``pos_dst()``, gathered on demand.
+    """
+
+    src: Tensor
+    dst: Tensor
+    graph: TokenGraph
+    edge_attr: Tensor | None = None
+
+    def __len__(self) -> int:
+        return self.src.numel()
+
+    def slice(self, start: int, stop: int) -> Edges:
+        attr = None if self.edge_attr is None else self.edge_attr[start:stop]
+        return Edges(self.src[start:stop], self.dst[start:stop], self.graph, attr)
+
+    def pos_src(self) -> Tensor:
+        return self.graph.positions("src").index_select(0, self.src)  # [e]
+
+    def pos_dst(self) -> Tensor:
+        return self.graph.positions("dst").index_select(0, self.dst)  # [e]
+
+
+@dataclass
+class DenseContext:
+    """What a dense formula needs besides q and k: positions [L_q], [L_k], edge_attr [L_q, L_k, F]."""
+
+    pos_q: Tensor
+    pos_k: Tensor
+    edge_attr: Tensor | None = None
+
+
+def check_scores(fn: object, out: object, num_edges: int, heads: int, like: Tensor) -> Tensor:
+    name = getattr(fn, "name", None) or type(fn).__name__
+    if not isinstance(out, Tensor):
+        raise TypeError(f"score function {name!r} returned {type(out).__name__}, expected a Tensor")
+    if tuple(out.shape) != (num_edges, heads):
+        raise ValueError(
+            f"score function {name!r} returned shape {tuple(out.shape)}; expected "
+            f"(E, H) = ({num_edges}, {heads})"
+        )
+    if not out.is_floating_point():
+        raise TypeError(
+            f"score function {name!r} returned dtype {out.dtype}, expected {like.dtype}"
+        )
+    return out.to(like.dtype)
+
+
+class ScoreFunction(nn.Module):
+    """Base type of w(i, j). Subclasses implement ``forward`` and ``dense``.
+
+    Attributes:
+        backends: names of the backends that can run this score (the edge backend runs all).
+            Declared as data; dispatch and the backends read nothing else.
+        name: registry name, used in messages and tables.
+    """
+
+    backends: ClassVar[frozenset[str]] = frozenset({"edge"})
+    name: str = "score"
+
+    def sdpa_scale(self, head_dim: int) -> float | None:
+        """s when w(i, j) = s·<q_i, k_j> (the form SDPA and FlexAttention compute), else None."""
+        return None
+
+    def parts(self) -> tuple[ScoreFunction, tuple[ScoreBias, ...]]:
+        """(base score, additive biases): ``(self, ())`` for a plain score."""
+        return self, ()
+
+    def forward(self, q_i: Tensor, k_j: Tensor, edges: Edges) -> Tensor:
+        """Literal per-edge formula. q_i, k_j [e, H, D] -> α [e, H]."""
+        raise NotImplementedError
+
+    def dense(self, q: Tensor, k: Tensor, ctx: DenseContext) -> Tensor:
+        """Dense formula. q [..., H, L_q, D], k [..., H, L_k, D] -> α [..., H, L_q, L_k]."""
+        raise NotImplementedError(f"score function {self.name!r} has no dense form")
+
+    def edge_scores(self, q: Tensor, k: Tensor, edges: Edges) -> Tensor:
+        """α on every edge without an [E, H, D] tensor. q [N_t, H, D], k [N_s, H, D] -> [E, H]."""
+
+        def chunk(s: int, t: int) -> Tensor:
+            part = edges.slice(s, t)
+            out = self(q.index_select(0, part.dst), k.index_select(0, part.src), part)
+            return check_scores(self, out, t - s, q.size(1), q)
+
+        return chunked_edge_map(chunk, len(edges), q.size(1) * q.size(2))
+
+    def __add__(self, bias: nn.Module) -> ScoreFunction:
+        if not isinstance(bias, ScoreBias):
+            raise TypeError(f"only a ScoreBias can be added to a score, got {type(bias).__name__}")
+        return Biased(self, bias)
+
+
+class ScoreBias(nn.Module):
+    """Base type of an additive bias b(i, j) [E, H] that does not look at q or k.
+
+    Attributes:
+        backends: the backends that can add this bias (``dense`` and ``block`` need ``dense``).
+        name: registry name.
+    """
+
+    backends: ClassVar[frozenset[str]] = frozenset({"edge"})
+    name: str = "bias"
+
+    def forward(self, edges: Edges) -> Tensor:
+        """Per-edge bias on ``edges`` -> [e, H]."""
+        raise NotImplementedError
+
+    def dense(self, ctx: DenseContext) -> Tensor:
+        """Dense bias -> [H, L_q, L_k]."""
+        raise NotImplementedError
+
+
+class Biased(ScoreFunction):
+    """A score plus one or more biases: α_ij = w(i, j) + Σ_b b(i, j).
+
+    Built by ``score + bias`` or by a name such as ``"scaled_dot+alibi"``. It runs on the
+    backends that the base score and every bias support (flex takes no biases).
+    """
+
+    def __init__(self, score: ScoreFunction, *biases: ScoreBias) -> None:
+        super().__init__()
+        if isinstance(score, Biased):
+            biases = (*score.biases_list(), *biases)
+            score = score.score
+        self.score: ScoreFunction = score
+        self.biases = nn.ModuleList(biases)
+        self.name = "+".join([score.name, *(b.name for b in biases)])
+        backends = score.backends - {"flex"}
+        for b in biases:
+            backends = backends & b.backends
+        self.backends = backends | {"edge"}  # type: ignore[misc]
+
+    def parts(self) -> tuple[ScoreFunction, tuple[ScoreBias, ...]]:
+        return self.score, tuple(self.biases_list())
+
+    def biases_list(self) -> list[ScoreBias]:
+        return [b for b in self.biases if isinstance(b, ScoreBias)]
+
+    def forward(self, q_i: Tensor, k_j: Tensor, edges: Edges) -> Tensor:
+        out = self.score(q_i, k_j, edges)
+        for b in self.biases_list():
+            out = out + b(edges)
+        return out
+
+    def edge_scores(self, q: Tensor, k: Tensor, edges: Edges) -> Tensor:
+        out = self.score.edge_scores(q, k, edges)  # [E, H]
+        for b in self.biases_list():
+            out = out + b(edges)
+        return out
+
+    def dense(self, q: Tensor, k: Tensor, ctx: DenseContext) -> Tensor:
+        out = self.score.dense(q, k, ctx)  # [..., H, L_q, L_k]
+        for b in self.biases_list():
+            out = out + b.dense(ctx)
+        return out
+
+    def __add__(self, bias: nn.Module) -> ScoreFunction:
+        if not isinstance(bias, ScoreBias):
+            raise TypeError(f"only a ScoreBias can be added to a score, got {type(bias).__name__}")
+        return Biased(self, bias)

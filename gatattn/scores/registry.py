@@ -1,0 +1,79 @@
+"""The score registry: names -> factories, and ``make_score`` (docs/scores.md).
+
+``make_score("gatv2+alibi", H, D)`` builds a score plus biases by name; a ScoreFunction is used as
+is, and a plain callable ``f(q_i, k_j) -> [E, H]`` is adapted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from .base import Biased, ScoreBias, ScoreCallable, ScoreFunction
+from .biases import ALiBi, RelativePositionBias
+from .functions import (
+    Additive,
+    Bilinear,
+    CallableScore,
+    Cosine,
+    Dot,
+    GATv2,
+    NegDistance,
+    ScaledDot,
+)
+
+__all__ = ["BIASES", "SCORES", "make_score", "register_score"]
+
+#: name -> factory(num_heads, head_dim) -> ScoreFunction
+SCORES: dict[str, Callable[[int, int], ScoreFunction]] = {
+    "scaled_dot": lambda h, d: ScaledDot(),
+    "dot": lambda h, d: Dot(),
+    "additive": lambda h, d: Additive(h, d),
+    "gat": lambda h, d: Additive(h, d),
+    "gatv2": lambda h, d: GATv2(h, d),
+    "cosine": lambda h, d: Cosine(h),
+    "bilinear": lambda h, d: Bilinear(h, d),
+    "neg_distance": lambda h, d: NegDistance(),
+}
+
+
+#: name -> factory(num_heads) -> ScoreBias (edge_features needs edge_dim: build it directly)
+BIASES: dict[str, Callable[[int], ScoreBias]] = {
+    "relative_position": lambda h: RelativePositionBias(h),
+    "alibi": lambda h: ALiBi(h),
+}
+
+
+def register_score(name: str, factory: Callable[[int, int], ScoreFunction]) -> None:
+    """Add ``factory(num_heads, head_dim) -> ScoreFunction`` to the registry under ``name``."""
+    if name in SCORES:
+        raise ValueError(f"score name {name!r} is already registered")
+    SCORES[name] = factory
+
+
+def make_score(
+    spec: str | ScoreFunction | ScoreCallable, num_heads: int, head_dim: int
+) -> ScoreFunction:
+    """Resolve a score spec: a registry name (``"scaled_dot"``, ``"gatv2+alibi"``), a
+    ScoreFunction instance (used as is), or a callable ``f(q_i, k_j) -> [E, H]`` (adapted)."""
+    if isinstance(spec, ScoreFunction):
+        return spec
+    if isinstance(spec, str):
+        name, *bias_names = [part.strip() for part in spec.split("+")]
+        if name not in SCORES:
+            raise ValueError(f"unknown score {name!r}; known scores: {sorted(SCORES)}")
+        score = SCORES[name](num_heads, head_dim)
+        for b in bias_names:
+            if b == "edge_features":
+                raise ValueError(
+                    "edge_features needs edge_dim: build it as "
+                    f"make_score({name!r}, ...) + gatattn.EdgeFeatureBias(edge_dim, num_heads)"
+                )
+            if b not in BIASES:
+                raise ValueError(
+                    f"unknown score bias {b!r} in {spec!r}; known biases: {sorted(BIASES)}"
+                )
+            score = Biased(score, BIASES[b](num_heads))
+        return score
+    if callable(spec):
+        return CallableScore(spec)
+    raise TypeError(f"score must be a name, a ScoreFunction or a callable, got {spec!r}")
