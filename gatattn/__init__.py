@@ -2,13 +2,13 @@
 
     α_ij = w(i, j)     Attn_ij = softmax_{j ∈ N(i)} α_ij     out_i = W_o ‖_h Σ_{j ∈ N(i)} Attn_ij v_j
 
-See docs/math.md for the equations and docs/api.md for the public contract.
+See docs/math.md for the equations and docs/architecture.md for the layers of the package.
 """
 
 from . import analysis, plot, pretrained
 from .analysis import attention_flow, attention_rollout
 from .export import from_networkx, layered_graph, to_networkx, write_graph
-from .graph import TokenGraph, as_token_graph, complete_graph, from_mask
+from .graph import TokenGraph, as_token_graph
 from .interop import GraphMultiheadAttention, GraphTransformerEncoderLayer, convert
 from .kernels import neighbourhood_softmax
 from .nn import Attention, GraphAttention
@@ -17,7 +17,9 @@ from .patterns import (
     bipartite_graph,
     block_graph,
     causal_graph,
+    complete_graph,
     fixed_graph,
+    from_mask,
     from_padding_mask,
     global_graph,
     knn_graph,

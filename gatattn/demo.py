@@ -29,7 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .graph import TokenGraph, complete_graph
+from .graph import TokenGraph
+from .patterns import complete_graph
 from .pyg import GraphTransformerBlock
 
 __all__ = ["DemoResult", "TinyTransformer", "configure", "run", "train_demo"]

@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .cli import UsageError
-from .graph import complete_graph
 from .nn import Attention, GraphAttention
+from .patterns import complete_graph
 
 __all__ = ["TinyModel", "configure", "run"]
 

@@ -1,6 +1,6 @@
 """TokenGraph: the neighbourhoods N(i) of attention, as a directed graph over tokens.
 
-Convention (docs/design.md, "Conventions"): ``edge_index`` is a LongTensor [2, E] in PyG's
+Convention (DESIGN.md, "Conventions"; docs/math.md): ``edge_index`` is a LongTensor [2, E] in PyG's
 source→target flow. Row 0 is the source j (key/value token), row 1 the target i (query token).
 The message travels j → i and the softmax runs over the incoming edges of each target, so
 
@@ -11,13 +11,21 @@ Dense masks follow torch SDPA: ``mask[i, j] = True`` means query i may attend to
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
 
-__all__ = ["TokenGraph", "as_token_graph", "complete_graph", "from_mask", "validate_edge_index"]
+from .validation import check_lengths, structure_holds, validate_edge_index
+
+__all__ = [
+    "VERIFIABLE",
+    "TokenGraph",
+    "as_token_graph",
+    "check_lengths",
+    "validate_edge_index",
+]
 
 # Structure tags set by the builders. Fast backends may use them; the edge backend ignores them.
 #   "complete"  every target attends to every source of its sequence (params: self_loops)
@@ -27,63 +35,46 @@ __all__ = ["TokenGraph", "as_token_graph", "complete_graph", "from_mask", "valid
 # ``lengths`` holds per-sequence node counts of a block-diagonal batch (None: one sequence).
 
 
-def validate_edge_index(edge_index: Any, num_src: int | None, num_dst: int | None) -> None:
-    """Check that ``edge_index`` is a LongTensor [2, E] with indices in range.
+#: Tags whose claim a backend relies on; ``trusted_structure`` verifies them against the edges.
+VERIFIABLE = ("complete", "causal", "bipartite")
 
-    Raises:
-        TypeError: not a tensor, or not an integer dtype.
-        ValueError: wrong shape, a negative index, or an index >= the node count.
-    """
-    if not isinstance(edge_index, Tensor):
-        raise TypeError(f"edge_index must be a torch.Tensor, got {type(edge_index).__name__}")
-    if edge_index.dtype != torch.long:
-        raise TypeError(
-            f"edge_index must have dtype torch.long (int64), got {edge_index.dtype}; "
-            "convert it with edge_index.long()"
-        )
-    if edge_index.dim() != 2 or edge_index.size(0) != 2:
-        raise ValueError(f"edge_index must have shape [2, E], got {list(edge_index.shape)}")
-    if edge_index.numel() == 0 or torch.compiler.is_compiling():
-        return
-    lo = int(edge_index.min())
-    if lo < 0:
-        raise ValueError(f"edge_index contains a negative node index ({lo})")
-    for row, name, n in ((0, "source", num_src), (1, "target", num_dst)):
-        if n is None:
-            continue
-        hi = int(edge_index[row].max())
-        if hi >= n:
-            raise ValueError(
-                f"edge_index has {name} index {hi} but there are only {n} {name} nodes "
-                f"(valid range 0..{n - 1})"
-            )
-
-
-def _lengths_tuple(lengths: Sequence[int] | Tensor) -> tuple[int, ...]:
-    out = tuple(int(n) for n in (lengths.tolist() if isinstance(lengths, Tensor) else lengths))
-    if len(out) == 0:
-        raise ValueError("lengths must name at least one sequence, got []")
-    bad = [n for n in out if n < 1]
-    if bad:
-        raise ValueError(f"every sequence length must be >= 1, got {bad[0]} in lengths={list(out)}")
-    return out
+T = TypeVar("T")
 
 
 class TokenGraph:
     """A directed attention graph: edge_index [2, E] plus node counts and a structure tag.
+
+    Graphs are immutable: their attributes cannot be set, and ``to()`` or the set operations
+    return new graphs. ``edge_index`` is a tensor that torch cannot freeze, so an in-place write
+    to it is detected through the tensor's version counter: it clears every cached value derived
+    from the graph and withdraws the trust in the structure tag (never a stale answer).
 
     Args:
         edge_index: LongTensor [2, E]; row 0 source j (key), row 1 target i (query).
         num_src: number of source (key/value) nodes N_s. Defaults to ``max(edge_index[0]) + 1``.
         num_dst: number of target (query) nodes N_t. Defaults to ``num_src`` (self-attention).
         structure: optional tag set by builders (``"complete"``, ``"causal"``, ``"window"``, ...).
+            A tag that a backend relies on (complete, causal, bipartite) is checked against the
+            edges before use (``trusted_structure``), unless ``verified`` says it holds.
         lengths: per-sequence node counts for a block-diagonal batch, or None for one sequence.
-        params: builder parameters that go with the tag (e.g. ``{"window": 4}``).
+        params: builder parameters that go with the tag (e.g. ``{"window": 4}``); read-only.
         validate: check dtype, shape and index range (default True).
+        verified: the caller guarantees that ``structure`` describes the edges exactly, as the
+            library's builders do by construction (default False: the claim is checked).
 
     Shapes:
         edge_index [2, E]; ``to_dense_mask()`` [N_t, N_s]; ``positions`` [N].
     """
+
+    _edge_index: Tensor
+    _num_src: int
+    _num_dst: int
+    _structure: str | None
+    _lengths: tuple[int, ...] | None
+    _params: dict[str, Any]
+    _cache: dict[tuple[Hashable, str], Any]
+    _version: int
+    _verified: bool
 
     def __init__(
         self,
@@ -93,8 +84,9 @@ class TokenGraph:
         *,
         structure: str | None = None,
         lengths: Sequence[int] | Tensor | None = None,
-        params: dict[str, Any] | None = None,
+        params: Mapping[str, Any] | None = None,
         validate: bool = True,
+        verified: bool = False,
     ) -> None:
         if validate:
             validate_edge_index(edge_index, num_src, num_dst)
@@ -104,23 +96,123 @@ class TokenGraph:
             num_dst = num_src
         if num_src < 0 or num_dst < 0:
             raise ValueError(f"node counts must be >= 0, got num_src={num_src}, num_dst={num_dst}")
-        self.edge_index = edge_index
-        self.num_src = int(num_src)
-        self.num_dst = int(num_dst)
-        self.structure = structure
-        self.lengths = None if lengths is None else _lengths_tuple(lengths)
-        if self.lengths is not None and sum(self.lengths) != self.num_dst:
+        seq = None if lengths is None else check_lengths(lengths)
+        if seq is not None and sum(seq) != num_dst:
             raise ValueError(
-                f"lengths={list(self.lengths)} sum to {sum(self.lengths)} but the graph has "
-                f"{self.num_dst} target nodes"
+                f"lengths={list(seq)} sum to {sum(seq)} but the graph has {num_dst} target nodes"
             )
-        self.params: dict[str, Any] = dict(params or {})
-        self._csr: tuple[Tensor, Tensor] | None = None
-        self._memo: dict[
-            Any, Any
-        ] = {}  # per-graph values that backends derive once (dense padding)
+        init = object.__setattr__
+        init(self, "_edge_index", edge_index)
+        init(self, "_num_src", int(num_src))
+        init(self, "_num_dst", int(num_dst))
+        init(self, "_structure", structure)
+        init(self, "_lengths", seq)
+        init(self, "_params", dict(params or {}))
+        # one cache of derived data (CSR, padding indices, block layouts...), keyed by
+        # (key, device); valid while edge_index keeps the version it had when filled
+        init(self, "_cache", {})
+        init(self, "_version", edge_index._version)
+        init(self, "_verified", bool(verified and structure is not None))
 
-    # ------------------------------------------------------------------ basic properties
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(
+            f"TokenGraph is immutable: cannot set {name!r}; build a new graph (e.g. "
+            "TokenGraph(new_edge_index, num_src, num_dst)) instead"
+        )
+
+    # ------------------------------------------------------------------ read-only attributes
+    @property
+    def edge_index(self) -> Tensor:
+        """LongTensor [2, E]: row 0 source j, row 1 target i."""
+        return self._edge_index
+
+    @property
+    def num_src(self) -> int:
+        """N_s, the number of source (key/value) nodes."""
+        return self._num_src
+
+    @property
+    def num_dst(self) -> int:
+        """N_t, the number of target (query) nodes."""
+        return self._num_dst
+
+    @property
+    def structure(self) -> str | None:
+        """The builder's tag (``"complete"``, ``"window"``...), or None. Not a verified claim:
+        backends use ``trusted_structure()``."""
+        return self._structure
+
+    @property
+    def lengths(self) -> tuple[int, ...] | None:
+        """Per-sequence target counts of a block-diagonal batch, or None for one sequence."""
+        return self._lengths
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The builder's parameters (a copy: the graph's own cannot be changed)."""
+        return dict(self._params)
+
+    # ------------------------------------------------------------------ derived data
+    def _sync(self) -> None:
+        """Drop every derived value if edge_index was written in place since it was cached.
+        (Not under torch.compile, which cannot read a version counter; compiled code reads the
+        cache as it was when tracing.)"""
+        if torch.compiler.is_compiling():
+            return
+        version = self._edge_index._version
+        if version != self._version:
+            self._cache.clear()
+            object.__setattr__(self, "_version", version)
+            object.__setattr__(self, "_verified", False)
+
+    def derived(self, key: Hashable, fn: Callable[[], T], device: torch.device | None = None) -> T:
+        """The value ``fn()`` derived from this graph, computed once per (key, device).
+
+        This is the graph's only cache; every backend keeps its per-graph data here (CSR,
+        padding indices, block layouts, masks). It is cleared when edge_index is modified in
+        place, so a cached value always describes the current edges.
+
+        Args:
+            key: any hashable name of the value (e.g. ``("block_layout", 32)``).
+            fn: computes the value from the graph.
+            device: the device the value lives on (default the graph's).
+        """
+        self._sync()
+        k = (key, str(self.device if device is None else device))
+        if k not in self._cache:
+            self._cache[k] = fn()
+        return self._cache[k]
+
+    def trusted_structure(self) -> str | None:
+        """The structure tag if it is known to describe the edges exactly, else None.
+
+        Only the tags that backends rely on (``VERIFIABLE``: complete, causal, bipartite) can be
+        trusted. A builder's graph is trusted by construction; any other claim is checked once
+        (cached) in O(E): the edge count equals the pattern's, the edges are sorted by (target,
+        source) without repeats, and every edge belongs to the pattern. Together these prove
+        the edge set equals the pattern. Under ``torch.compile`` an unverified claim is not
+        checked (that would need data-dependent control flow) and is not trusted.
+        """
+        tag = self._structure
+        if tag not in VERIFIABLE:
+            return None
+        self._sync()
+        if self._verified:
+            return tag
+        if torch.compiler.is_compiling():
+            return None
+        ok = self.derived(
+            "structure_holds",
+            lambda: structure_holds(
+                tag,
+                self.edge_index,
+                self.sequence_lengths("dst"),
+                self.sequence_lengths("src"),
+                bool(self.params.get("self_loops", True)),
+            ),
+        )
+        return tag if ok else None
+
     @property
     def num_edges(self) -> int:
         """E, the number of edges (duplicates count separately)."""
@@ -138,24 +230,36 @@ class TokenGraph:
 
     @property
     def device(self) -> torch.device:
+        """The device of edge_index."""
         return self.edge_index.device
 
     def to(self, device: torch.device | str) -> TokenGraph:
-        """The same graph with edge_index on ``device``."""
+        """The same graph with edge_index on ``device`` (a new graph unless already there)."""
         if self.edge_index.device == torch.device(device):
             return self
-        return self._replace(self.edge_index.to(device))
-
-    def _replace(self, edge_index: Tensor, structure: str | bool | None = True) -> TokenGraph:
         return TokenGraph(
-            edge_index,
+            self.edge_index.to(device),
             self.num_src,
             self.num_dst,
-            structure=self.structure if structure is True else structure or None,
+            structure=self.structure,
             lengths=self.lengths,
             params=self.params,
             validate=False,
+            verified=self._verified,
         )
+
+    def sequence_lengths(self, side: str = "dst") -> tuple[int, ...]:
+        """Per-sequence node counts of one side: ``lengths`` for targets; for sources the key
+        lengths of a bipartite batch (``params["kv_lengths"]``), else the target lengths of a
+        self-attention graph, else one sequence of all sources."""
+        if side == "dst":
+            return self.lengths or (self.num_dst,)
+        kv = self.params.get("kv_lengths")
+        if kv is not None:
+            return tuple(kv)
+        if self.num_src == self.num_dst and self.structure != "bipartite":
+            return self.lengths or (self.num_src,)
+        return (self.num_src,)
 
     def positions(self, side: str = "dst") -> Tensor:
         """Token position of each node within its sequence, LongTensor [N].
@@ -178,12 +282,10 @@ class TokenGraph:
         starts = torch.cumsum(lengths, 0) - lengths  # [B]
         return torch.arange(n, device=self.device) - starts.repeat_interleave(lengths)
 
-    def sequence(self) -> Tensor:
-        """Sequence id of each target node, LongTensor [N_t] (all zeros for one sequence)."""
-        if self.lengths is None:
-            return torch.zeros(self.num_dst, dtype=torch.long, device=self.device)
-        lengths = torch.tensor(self.lengths, device=self.device)
-        return torch.arange(len(self.lengths), device=self.device).repeat_interleave(lengths)
+    def sequence(self, side: str = "dst") -> Tensor:
+        """Sequence id of each node of ``side``, LongTensor [N] (all zeros for one sequence)."""
+        lengths = torch.tensor(self.sequence_lengths(side), device=self.device)
+        return torch.arange(lengths.numel(), device=self.device).repeat_interleave(lengths)
 
     def in_degree(self) -> Tensor:
         """|N(i)| for every target i, LongTensor [N_t] (duplicate edges count)."""
@@ -195,12 +297,14 @@ class TokenGraph:
         ``edge_index[:, perm]`` is sorted by target (stable, so sources keep their order), and
         the incoming edges of target i are ``perm[rowptr[i]:rowptr[i + 1]]``.
         """
-        if self._csr is None:
+
+        def build() -> tuple[Tensor, Tensor]:
             perm = torch.argsort(self.edge_index[1], stable=True)
             rowptr = torch.zeros(self.num_dst + 1, dtype=torch.long, device=self.device)
             rowptr[1:] = torch.cumsum(self.in_degree(), 0)
-            self._csr = (rowptr, perm)
-        return self._csr
+            return rowptr, perm
+
+        return self.derived("csr", build)
 
     # ------------------------------------------------------------------ dense views
     def to_dense_mask(self) -> Tensor:
@@ -273,95 +377,4 @@ def as_token_graph(
     raise TypeError(
         f"{name} must be a gatattn.TokenGraph or an edge_index LongTensor [2, E], "
         f"got {type(graph).__name__}"
-    )
-
-
-def complete_graph(
-    n: int | None = None,
-    *,
-    lengths: Sequence[int] | Tensor | None = None,
-    self_loops: bool = True,
-    device: torch.device | str | None = None,
-) -> TokenGraph:
-    """The complete token graph: every token attends to every token of its sequence.
-
-    .. math::
-        N(i) = \\{ j : \\mathrm{seq}(j) = \\mathrm{seq}(i) \\}  \\;(\\setminus \\{i\\}
-        \\text{ if } self\\_loops=False)
-
-    With ``lengths=[L_1, ..., L_B]`` the sequences are concatenated and the graph is
-    block-diagonal (no padding). With N(i) = all tokens, graph attention is exactly dense
-    self-attention (docs/math.md, eq. 4). Edges are sorted by target, then source, so
-    ``scores.view(n, n)[i, j]`` is α_ij for one sequence with self-loops.
-
-    Args:
-        n: number of tokens of a single sequence.
-        lengths: per-sequence token counts of a batch; give either ``n`` or ``lengths``.
-        self_loops: include the edge i → i (default True, as dense attention does).
-        device: where edge_index lives.
-
-    Shapes:
-        edge_index [2, E] with E = Σ_b L_b² (or Σ_b L_b (L_b − 1) without self-loops).
-    """
-    if (n is None) == (lengths is None):
-        raise ValueError("complete_graph takes either n or lengths=[...], not both and not neither")
-    if n is not None:
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"n must be a positive int, got {n!r}")
-        seq: tuple[int, ...] = (n,)
-    else:
-        assert lengths is not None
-        seq = _lengths_tuple(lengths)
-    lens = torch.tensor(seq, device=device)  # [B]
-    num = int(lens.sum())
-    starts = torch.cumsum(lens, 0) - lens  # [B]
-    node_len = lens.repeat_interleave(lens)  # [N] length of each node's sequence
-    node_start = starts.repeat_interleave(lens)  # [N]
-    dst = torch.arange(num, device=device).repeat_interleave(node_len)  # [E]
-    edge_start = torch.cumsum(node_len, 0) - node_len  # [N] first edge of each target
-    src = node_start[dst] + torch.arange(dst.numel(), device=device) - edge_start[dst]  # [E]
-    edge_index = torch.stack([src, dst])
-    if not self_loops:
-        edge_index = edge_index[:, src != dst]
-    return TokenGraph(
-        edge_index,
-        num,
-        num,
-        structure="complete",
-        lengths=seq if lengths is not None else None,
-        params={"self_loops": self_loops},
-        validate=False,
-    )
-
-
-def from_mask(mask: Tensor) -> TokenGraph:
-    """Build a TokenGraph from a boolean mask [N_t, N_s] in the SDPA convention.
-
-    .. math:: N(i) = \\{ j : mask[i, j] \\}
-
-    Edges come out sorted by target, then source. A full mask is tagged ``"complete"``.
-
-    Raises:
-        TypeError: the mask is not boolean (float masks are additive biases, not graphs).
-        ValueError: the mask is not 2-D.
-    """
-    if not isinstance(mask, Tensor):
-        raise TypeError(f"mask must be a torch.Tensor, got {type(mask).__name__}")
-    if mask.dtype != torch.bool:
-        raise TypeError(
-            f"mask must be boolean (True = may attend), got dtype {mask.dtype}; an additive "
-            "float mask is a score bias, not a graph"
-        )
-    if mask.dim() != 2:
-        raise ValueError(f"mask must have shape [N_t, N_s], got {list(mask.shape)}")
-    num_dst, num_src = mask.shape
-    dst, src = mask.nonzero(as_tuple=True)
-    full = bool(mask.all()) and num_dst == num_src and num_src > 0
-    return TokenGraph(
-        torch.stack([src, dst]),
-        num_src,
-        num_dst,
-        structure="complete" if full else None,
-        params={"self_loops": True} if full else None,
-        validate=False,
     )

@@ -27,8 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .graph import TokenGraph, complete_graph
+from .graph import TokenGraph
 from .nn import Attention, GraphAttention
+from .patterns import complete_graph
 
 __all__ = ["BertGraphEncoder", "EncoderOutput", "GraphFn", "minilm"]
 

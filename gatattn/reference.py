@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from .graph import TokenGraph, as_token_graph
+from .nn.inputs import split_sources
 from .scores import DenseContext
 
 if TYPE_CHECKING:
@@ -70,12 +71,9 @@ def dense_reference(
     Uses ``layer.score.dense`` on the full matrix, masks by the graph's edge multiplicities, and
     reads per-edge scores and weights back at the graph's edges.
     """
-    xk, xv = layer._sources(x, x_src)
+    xk, xv = split_sources(x, x_src, (layer.embed_dim, layer.kdim, layer.vdim))
     g = as_token_graph(graph, num_src=xk.size(0), num_dst=x.size(0))
-    H, D = layer.num_heads, layer.head_dim
-    q = layer.q_proj(x).view(-1, H, D).transpose(0, 1)  # [H, N_t, D]
-    k = layer.k_proj(xk).view(-1, H, D).transpose(0, 1)  # [H, N_s, D]
-    v = layer.v_proj(xv).view(-1, H, D).transpose(0, 1)  # [H, N_s, D]
+    q, k, v = (t.transpose(0, 1) for t in layer.project(x, xk, xv))  # [H, N, D] each
     dense_attr = None
     if edge_attr is not None:
         attr = edge_attr if edge_attr.dim() == 2 else edge_attr.unsqueeze(-1)

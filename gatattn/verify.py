@@ -29,8 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .graph import TokenGraph, complete_graph
+from .graph import TokenGraph
 from .nn import GraphAttention
+from .patterns import complete_graph
 from .reference import dense_reference
 
 __all__ = ["Case", "run_matrix"]

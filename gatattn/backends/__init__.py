@@ -1,10 +1,27 @@
 """Backends compute the same attention (docs/math.md, eqs. 1-3); ``dispatch`` picks one.
 
-The edge backend is the literal formula and the ground truth; every other backend is proven equal
-to it (tests/test_backends.py) before dispatch may choose it.
+    base      the interface: Problem -> Backend.supports / Backend.run -> BackendOutput
+    edge      the literal formula and the ground truth (any graph, any score)
+    dense     one SDPA call (complete, causal, bipartite graphs)
+    block     block-sparse torch (banded and block-structured graphs)
+    flex      FlexAttention (CUDA)
+    dispatch  the registry ``BACKENDS``, ``select_backend`` and ``attend``
+
+Every backend other than edge is proven equal to it (tests/backends/) before dispatch may choose it.
 """
 
-from .dispatch import BACKENDS, BackendOutput, run_backend, select_backend
-from .edge import edge_attention
+from .base import Backend, BackendOutput, EdgeInput, EdgeModulation, Problem
+from .dispatch import BACKENDS, attend, backend_names, check_backend_name, select_backend
 
-__all__ = ["BACKENDS", "BackendOutput", "edge_attention", "run_backend", "select_backend"]
+__all__ = [
+    "BACKENDS",
+    "Backend",
+    "BackendOutput",
+    "EdgeInput",
+    "EdgeModulation",
+    "Problem",
+    "attend",
+    "backend_names",
+    "check_backend_name",
+    "select_backend",
+]

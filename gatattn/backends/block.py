@@ -25,8 +25,6 @@ CPU (FlexAttention has no CPU backward and no multiplicities).
 
 from __future__ import annotations
 
-import math
-import weakref
 from dataclasses import dataclass
 
 import torch
@@ -36,10 +34,10 @@ from torch_geometric.utils import scatter
 
 from ..graph import TokenGraph
 from ..kernels import CHUNK_ELEMENTS
-from ..scores import DenseContext, Dot, Edges, NegDistance, ScaledDot, ScoreFunction
-from .types import BackendOutput
+from ..scores import DenseContext, Edges
+from .base import Backend, BackendOutput, Problem
 
-__all__ = ["BlockLayout", "block_attention", "block_layout", "block_unsupported"]
+__all__ = ["BlockBackend", "BlockLayout", "block_layout", "estimate_density"]
 
 #: Tile sizes tried, and the density (E / computed entries) below which block does not pay.
 #: Measured on 2 CPU cores (N=4096, C=512, H=8, forward+backward): block takes 0.05x the edge
@@ -47,8 +45,8 @@ __all__ = ["BlockLayout", "block_attention", "block_layout", "block_unsupported"
 BLOCK_SIZES = (16, 32, 64, 128)
 MIN_DENSITY = 0.1
 _HALF = (torch.float16, torch.bfloat16)
-#: Scores whose ``dense`` formula builds a pairwise [.., S, S, D] tensor: chunk them D× finer.
-_PAIRWISE = (NegDistance,)
+#: Edges sampled (with a fixed seed) to estimate the tile density before any layout is built.
+DENSITY_SAMPLE = 4096
 
 
 @dataclass(frozen=True, eq=False)  # identity hash: a cache key
@@ -76,44 +74,63 @@ class BlockLayout:
         return int(self.rows.numel())
 
 
-_CACHE: weakref.WeakKeyDictionary[TokenGraph, BlockLayout] = weakref.WeakKeyDictionary()
+def _tile_ids(src: Tensor, dst: Tensor, size: int, num_col_blocks: int) -> Tensor:
+    return (dst // size) * num_col_blocks + src // size  # [e]
 
 
-def _tiles(graph: TokenGraph, size: int) -> tuple[Tensor, int, int]:
-    """Active tile ids (sorted) for tile side ``size``."""
-    nr = -(-graph.num_dst // size)
-    nc = -(-graph.num_src // size)
-    src, dst = graph.edge_index
-    tile = (dst // size) * nc + src // size  # [E]
-    if nr * nc <= 1 << 22:  # a bincount over the tile grid is O(E), cheaper than sorting
-        return torch.bincount(tile, minlength=nr * nc).nonzero().view(-1), nr, nc
-    return torch.unique(tile), nr, nc
+def estimate_density(graph: TokenGraph) -> tuple[int, float]:
+    """(tile side S, estimated density) from a fixed-seed sample of the edges, in O(sample).
+
+    Two edges drawn at random share a tile with probability p_S = Σ_t (c_t / E)² (c_t edges in
+    tile t), so p_S·E/S² is the edge-weighted mean tile density: for equally full tiles it is the
+    density E / (nb·S²), and it is never below it. Collisions among ``DENSITY_SAMPLE`` draws
+    estimate p_S. The S that minimises the estimated work S²(1 + 16/S)/p_S is returned. No
+    per-tile array is built: this is dispatch's whole cost on an irregular graph.
+    """
+
+    def estimate() -> tuple[int, float]:
+        E = graph.num_edges
+        gen = torch.Generator().manual_seed(0)  # its own generator: the global RNG is untouched
+        m = min(DENSITY_SAMPLE, E)
+        idx = torch.randint(E, (m,), generator=gen).to(graph.device)  # [m]
+        src, dst = graph.edge_index[0, idx], graph.edge_index[1, idx]  # [m]
+        best: tuple[float, int, float] | None = None
+        for s in BLOCK_SIZES:
+            nc = -(-graph.num_src // s)
+            _, counts = torch.unique(_tile_ids(src, dst, s, nc), return_counts=True)
+            pairs = float((counts * (counts - 1)).sum())  # ordered pairs of draws in one tile
+            p = max(pairs, 1.0) / (m * max(m - 1, 1))  # at least one pair: no division by 0
+            work = s * s * (1 + 16 / s) / p
+            if best is None or work < best[0]:
+                best = (work, s, min(1.0, p * E / (s * s)))
+        assert best is not None
+        return best[1], best[2]
+
+    return graph.derived("block_density_estimate", estimate)
 
 
 def block_layout(graph: TokenGraph, size: int | None = None) -> BlockLayout:
-    """The tiling of ``graph`` (cached per graph when ``size`` is None).
+    """The tiling of ``graph`` with tile side ``size`` (None: the side ``estimate_density``
+    picks), cached in the graph.
 
-    With ``size=None`` the tile side S in BLOCK_SIZES that minimises the work
-    nb·S²·(1 + 16/S) is chosen: computed entries, plus a per-tile overhead.
+    Raises:
+        ValueError: the graph has no edges.
     """
-    if size is None and graph in _CACHE:
-        return _CACHE[graph]
     if graph.num_edges == 0:
         raise ValueError("block layout of a graph with no edges (E=0)")
-    best: tuple[float, int, Tensor, int, int] | None = None
-    for s in BLOCK_SIZES if size is None else (size,):
-        tiles, nr, nc = _tiles(graph, s)
-        cost = tiles.numel() * s * s * (1 + 16 / s)
-        if best is None or cost < best[0]:
-            best = (cost, s, tiles, nr, nc)
-    assert best is not None
-    _, s, tiles, nr, nc = best
+    s = estimate_density(graph)[0] if size is None else size
+    return graph.derived(("block_layout", s), lambda: _layout(graph, s))
+
+
+def _layout(graph: TokenGraph, s: int) -> BlockLayout:
+    nr, nc = -(-graph.num_dst // s), -(-graph.num_src // s)
     src, dst = graph.edge_index
-    tile = (dst // s) * nc + src // s  # [E]
+    tile = _tile_ids(src, dst, s, nc)  # [E]
+    tiles = torch.unique(tile)  # [nb] sorted
     slot = torch.searchsorted(tiles, tile)  # [E] index of each edge's tile
     flat = (slot * s + dst % s) * s + src % s  # [E] entry inside [nb, S, S]
     counts = torch.bincount(flat, minlength=tiles.numel() * s * s).view(-1, s, s)  # [nb, S, S]
-    layout = BlockLayout(
+    return BlockLayout(
         size=s,
         rows=tiles // nc,
         cols=tiles % nc,
@@ -122,44 +139,15 @@ def block_layout(graph: TokenGraph, size: int | None = None) -> BlockLayout:
         num_col_blocks=nc,
         density=graph.num_edges / (tiles.numel() * s * s),
     )
-    if size is None:
-        _CACHE[graph] = layout
-    return layout
-
-
-def _supported_biases(score: ScoreFunction) -> tuple[ScoreFunction, list] | None:
-    from ..scores import ALiBi, Biased, RelativePositionBias
-
-    if isinstance(score, Biased):
-        biases = score.biases_list()
-        if not all(isinstance(b, (ALiBi, RelativePositionBias)) for b in biases):
-            return None
-        return score.score, biases
-    return score, []
-
-
-def block_unsupported(score: ScoreFunction, graph: TokenGraph) -> str | None:
-    """Why the block backend cannot run ``score`` on ``graph`` (None when it can)."""
-    if "block" not in score.backends or _supported_biases(score) is None:
-        return (
-            f"score {score.name!r} has no block form (its backends are "
-            f"{sorted(score.backends)}; edge-feature biases need the edge backend)"
-        )
-    if graph.num_edges == 0:
-        return "graph has no edges"
-    return None
 
 
 #: The SDPA slab path runs when padding every row-block to W tiles costs at most this factor.
 MAX_SLAB_PADDING = 1.5
-_SLABS: weakref.WeakKeyDictionary[BlockLayout, tuple[Tensor, Tensor]] = weakref.WeakKeyDictionary()
 
 
 def _slabs(lay: BlockLayout) -> tuple[Tensor, Tensor] | None:
     """(column tile of each slot [nr, W] (num_col_blocks = an empty tile), log-count mask
-    [nr, 1, S, W·S]) for the SDPA path, or None when the rows are too uneven (cached)."""
-    if lay in _SLABS:
-        return _SLABS[lay]
+    [nr, 1, S, W·S]) for the SDPA path, or None when the rows are too uneven."""
     nr, S = lay.num_row_blocks, lay.size
     per_row = torch.bincount(lay.rows, minlength=nr)  # [nr]
     W = int(per_row.max())
@@ -173,7 +161,6 @@ def _slabs(lay: BlockLayout) -> tuple[Tensor, Tensor] | None:
     cnt = torch.zeros(nr, W, S, S, dtype=torch.float64, device=lay.rows.device)
     cnt[lay.rows, slot] = lay.counts.double()  # [nr, W, S, S]; fp64 so log 2, 3.. are exact
     mask = cnt.log().permute(0, 2, 1, 3).reshape(nr, 1, S, W * S)  # [nr, 1, S, W·S]
-    _SLABS[lay] = (table, mask)
     return table, mask
 
 
@@ -204,41 +191,36 @@ def _slab_attention(
     return out.transpose(1, 2).reshape(nr * S, H, D)[: graph.num_dst]
 
 
-def block_attention(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    graph: TokenGraph,
-    score: ScoreFunction,
-    *,
-    dropout: float = 0.0,
-    training: bool = False,
-    layout: BlockLayout | None = None,
-) -> BackendOutput:
+class BlockBackend(Backend):
     """Graph attention over the active tiles of the adjacency (see the module docstring).
 
-    Args:
-        q: queries [N_t, H, D].  k: keys [N_s, H, D].  v: values [N_s, H, D].
-        graph: any TokenGraph (duplicates allowed; the tag is not used).
-        score: a score whose ``backends`` include "block" (+ ALiBi / relative-position biases).
-        dropout, training: dropout on the attention weights in training mode.
-        layout: a precomputed ``block_layout(graph, size)`` (default: the cached best tiling).
-
-    Shapes:
-        -> out [N_t, H, D]; scores and weights are None (the layer recovers them per edge).
+    Runs any graph (duplicates allowed; the tag is not used) with a score declaring ``"block"``
+    (its ``dense`` formula per tile; biases declaring it add their per-edge formula per entry).
+    Returns out [N_t, H, D]; scores and weights are None.
     """
-    parts = _supported_biases(score)
-    if parts is None or "block" not in score.backends:
-        raise ValueError(f"block backend cannot run score {score.name!r}")
-    base, biases = parts
-    lay = layout if layout is not None else block_layout(graph)
+
+    name = "block"
+
+    def supports(self, p: Problem) -> str | None:
+        why = self.score_support(p)
+        if why is None and p.graph.num_edges == 0:
+            why = "graph has no edges"
+        return why
+
+    def run(self, p: Problem) -> BackendOutput:
+        return _block_attention(p, block_layout(p.graph))
+
+
+def _block_attention(p: Problem, lay: BlockLayout) -> BackendOutput:
+    q, k, v, graph = p.q, p.k, p.v, p.graph
+    base, biases = p.score.parts()
     S, nb = lay.size, lay.num_blocks
     H, D = q.size(1), q.size(2)
-    if not biases and type(base) in (ScaledDot, Dot):
-        slabs = _slabs(lay)
+    scale = base.sdpa_scale(D)
+    if not biases and scale is not None:
+        slabs = graph.derived(("block_slabs", S), lambda: _slabs(lay))
         if slabs is not None:
-            scale = 1.0 if type(base) is Dot else 1.0 / math.sqrt(D)
-            drop = dropout if training else 0.0
+            drop = p.dropout if p.training else 0.0
             out = _slab_attention(q, k, v, graph, lay, scale, slabs, drop)  # [N_t, H, D]
             return BackendOutput(out, None, None)
 
@@ -266,7 +248,7 @@ def block_attention(
 
     # Compute α tile by tile in chunks bounded like the edge ops; checkpoint keeps autograd
     # from holding every chunk's [n, H, S, D] gathers at once.
-    per_tile = H * S * max(S, D) * (D if isinstance(base, _PAIRWISE) else 1)
+    per_tile = H * S * max(S, D) * (D if base.pairwise_dense else 1)
     step = max(1, CHUNK_ELEMENTS // per_tile)
     bounds = [(a, min(a + step, nb)) for a in range(0, nb, step)]
     if len(bounds) > 1 and torch.is_grad_enabled():
@@ -283,11 +265,11 @@ def block_attention(
     m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))  # [nr, H, S]
     e = cnt * (work - m.index_select(0, lay.rows).unsqueeze(-1)).exp()  # [nb, H, S, S]
     denom = scatter(e.sum(-1), lay.rows, 0, dim_size=lay.num_row_blocks, reduce="sum")
-    p = e / denom.clamp_min(1.0).index_select(0, lay.rows).unsqueeze(-1)  # [nb, H, S, S]
-    if dropout > 0 and training:
-        p = F.dropout(p, dropout, True)
+    prob = e / denom.clamp_min(1.0).index_select(0, lay.rows).unsqueeze(-1)  # [nb, H, S, S]
+    if (p.training and p.dropout > 0):
+        prob = F.dropout(prob, p.dropout, True)
     vt = tiles(v, lay.num_col_blocks, lay.cols)  # [nb, H, S, D]
-    blk = p @ (vt.to(p.dtype))  # [nb, H, S, D]
+    blk = prob @ (vt.to(prob.dtype))  # [nb, H, S, D]
     out = blk.new_zeros(lay.num_row_blocks, H, S, D).index_add_(0, lay.rows, blk)
     out = out.transpose(1, 2).reshape(-1, H, D)[: graph.num_dst]  # [N_t, H, D]
     return BackendOutput(out.to(v.dtype), None, None)

@@ -10,61 +10,21 @@ Python loop over sequences: tokens are scattered into a padded [B, H, L_max, D] 
 ``index_copy`` (sequences of one length need no padding at all, and their output is a view), then
 one SDPA call runs every sequence, and padded keys are masked out.
 
-Which graphs: only builder-tagged ones (``structure`` "complete" or "causal"); a raw edge_index is
-never tagged, so dispatch routes it elsewhere. The tag is trusted, not re-checked.
+Which graphs: those whose tag is complete, causal or bipartite *and* holds
+(``TokenGraph.trusted_structure``: true by construction for the builders, checked in O(E) once
+per graph otherwise). A raw edge_index has no tag, so dispatch routes it elsewhere.
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..graph import TokenGraph
-from ..scores import DenseContext, Dot, ScaledDot, ScoreFunction
-from .types import BackendOutput
+from ..scores import DenseContext
+from .base import Backend, BackendOutput, Problem
 
-__all__ = ["dense_attention_sdpa", "dense_unsupported"]
-
-_STRUCTURES = ("complete", "causal", "bipartite")
-
-
-def _score_parts(score: ScoreFunction) -> tuple[float | None, list] | None:
-    """(SDPA scale, position biases) for a score SDPA can express, else None."""
-    from ..scores import ALiBi, Biased, RelativePositionBias
-
-    biases: list = []
-    base = score
-    if isinstance(score, Biased):
-        base, biases = score.score, score.biases_list()
-        if not all(isinstance(b, (ALiBi, RelativePositionBias)) for b in biases):
-            return None
-    if type(base) is ScaledDot:
-        return None, biases  # SDPA's default scale 1/√D
-    if type(base) is Dot:
-        return 1.0, biases
-    return None
-
-
-def dense_unsupported(score: ScoreFunction, graph: TokenGraph) -> str | None:
-    """Why the dense backend cannot run ``score`` on ``graph``, or None when it can."""
-    from ..scores import Biased
-
-    if "dense" not in score.backends or _score_parts(score) is None:
-        return (
-            f"score {score.name!r} has no SDPA form (dense runs scaled_dot and dot, "
-            "plus ALiBi / relative-position biases)"
-        )
-    if graph.structure not in _STRUCTURES:
-        tag = graph.structure or "none (a raw edge_index)"
-        return f"graph structure tag is {tag!r}, not 'complete', 'causal' or 'bipartite'"
-    if graph.structure != "bipartite" and graph.num_src != graph.num_dst:
-        return f"graph is bipartite (num_src={graph.num_src}, num_dst={graph.num_dst})"
-    if graph.structure == "bipartite" and isinstance(score, Biased):
-        return "position biases are not defined between query and key sets of a bipartite graph"
-    return None
+__all__ = ["DenseBackend"]
 
 
 def _side(lengths: tuple[int, ...], n: int, device: torch.device) -> tuple[int, Tensor | None]:
@@ -79,89 +39,90 @@ def _side(lengths: tuple[int, ...], n: int, device: torch.device) -> tuple[int, 
     return L, seq * L + pos
 
 
-def _lengths(graph: TokenGraph) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """Per-sequence (query lengths, key lengths) of a complete, causal or bipartite graph."""
-    q_len = graph.lengths or (graph.num_dst,)
-    if graph.structure == "bipartite":
-        kv = graph.params.get("kv_lengths")
-        return q_len, tuple(kv) if kv else (graph.num_src,)
-    return q_len, q_len
-
-
-def dense_attention_sdpa(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    graph: TokenGraph,
-    score: ScoreFunction,
-    *,
-    dropout: float = 0.0,
-    training: bool = False,
-) -> BackendOutput:
-    """Graph attention on a complete or causal (batched) graph by one SDPA call.
+class DenseBackend(Backend):
+    """Graph attention on a complete, causal or bipartite (batched) graph by one SDPA call.
 
     .. math::
         \\mathrm{out} = \\mathrm{softmax}(s\\,QK^\\top + B + M)\\,V
 
     with M = 0 on edges and −∞ elsewhere (Vaswani et al. 2017, "Attention Is All You Need").
-
-    Args:
-        q, k, v: [N, H, D] (self-attention, N = Σ lengths).
-        graph: a TokenGraph tagged "complete" or "causal" (params ``self_loops``), optional lengths.
-        score: scaled_dot or dot, optionally + ALiBi / relative-position biases.
-        dropout, training: SDPA's ``dropout_p`` on the attention weights in training mode.
-
-    Shapes:
-        -> out [N, H, D]; scores and weights are None (the layer recovers them per edge).
+    Scores: those declaring ``"dense"`` (scaled_dot, dot, ``sdpa_scale``), plus biases declaring
+    it (ALiBi, relative position). Returns out [N_t, H, D]; scores and weights are None.
     """
-    parts = _score_parts(score)
-    if parts is None:  # dispatch checks this first; keep the backend honest when called directly
-        raise ValueError(f"dense backend cannot run score {score.name!r}")
-    scale, biases = parts
-    H, D = q.size(1), q.size(2)
-    q_len, k_len = _lengths(graph)
-    B = len(q_len)
-    # padding indices depend only on the graph: computed once per graph, reused by every layer
-    key = ("dense_sides", q.device)
-    if key not in graph._memo:
-        graph._memo[key] = (
-            _side(q_len, graph.num_dst, q.device),
-            _side(k_len, graph.num_src, q.device),
+
+    name = "dense"
+
+    def supports(self, p: Problem) -> str | None:
+        why = self.score_support(p)
+        if why is not None:
+            return why
+        base, biases = p.score.parts()
+        if base.sdpa_scale(p.q.size(-1)) is None:
+            return f"score {base.name!r} is not s·<q_i, k_j>, which SDPA computes"
+        g = p.graph
+        tag = g.trusted_structure()
+        if tag is None:
+            if g.structure in ("complete", "causal", "bipartite"):
+                return (
+                    f"the graph's {g.structure!r} tag does not match its edges (the edge count, "
+                    "their (target, source) order or an edge outside the pattern differs)"
+                )
+            shown = g.structure or "none (a raw edge_index)"
+            return f"graph structure tag is {shown!r}, not 'complete', 'causal' or 'bipartite'"
+        if tag != "bipartite" and g.num_src != g.num_dst:
+            return f"graph is bipartite (num_src={g.num_src}, num_dst={g.num_dst})"
+        if tag == "bipartite" and biases:
+            return "position biases are not defined between query and key sets of a bipartite graph"
+        return None
+
+    def run(self, p: Problem) -> BackendOutput:
+        q, k, v, g = p.q, p.k, p.v, p.graph
+        base, biases = p.score.parts()
+        H, D = q.size(1), q.size(2)
+        scale = base.sdpa_scale(D)
+        q_len, k_len = g.sequence_lengths("dst"), g.sequence_lengths("src")
+        B = len(q_len)
+        # padding indices depend only on the graph: computed once per graph, reused by every layer
+        (Lq, q_index), (L, k_index) = g.derived(
+            "dense_sides",
+            lambda: (_side(q_len, g.num_dst, q.device), _side(k_len, g.num_src, q.device)),
+            q.device,
         )
-    (Lq, q_index), (L, k_index) = graph._memo[key]
 
-    def pad(t: Tensor, index: Tensor | None, n: int) -> Tensor:  # [N, H, D] -> [B, H, n, D]
-        if index is not None:
-            t = t.new_zeros(B * n, H, D).index_copy(0, index, t)  # [B·n, H, D]
-        return t.view(B, n, H, D).transpose(1, 2)
+        def pad(t: Tensor, index: Tensor | None, n: int) -> Tensor:  # [N, H, D] -> [B, H, n, D]
+            if index is not None:
+                t = t.new_zeros(B * n, H, D).index_copy(0, index, t)  # [B·n, H, D]
+            return t.view(B, n, H, D).transpose(1, 2)
 
-    causal = graph.structure == "causal"
-    self_loops = bool(graph.params.get("self_loops", True))
-    allowed: Tensor | None = None  # [.., L, L] boolean, True = may attend
-    if causal and (not self_loops or biases):
-        allowed = torch.ones(L, L, dtype=torch.bool, device=q.device).tril(0 if self_loops else -1)
-    elif not self_loops:
-        allowed = ~torch.eye(L, dtype=torch.bool, device=q.device)
-    if k_index is not None and not causal:  # right padding: causal rows never see padded keys
-        lens = torch.tensor(k_len, device=q.device)  # [B]
-        keys = (torch.arange(L, device=q.device) < lens[:, None])[:, None, None, :]  # [B, 1, 1, L]
-        allowed = keys if allowed is None else allowed & keys
-    mask: Tensor | None = allowed
-    if biases:
-        pos = torch.arange(L, device=q.device)
-        ctx = DenseContext(pos, pos)
-        bias = sum(b.dense(ctx) for b in biases).to(q.dtype)  # [H, L, L]
-        mask = bias if allowed is None else bias.masked_fill(~allowed, float("-inf"))
-    out = F.scaled_dot_product_attention(
-        pad(q, q_index, Lq),
-        pad(k, k_index, L),
-        pad(v, k_index, L),
-        attn_mask=mask,
-        dropout_p=dropout if training else 0.0,
-        is_causal=causal and allowed is None,
-        scale=scale if scale is not None else 1.0 / math.sqrt(D),
-    )  # [B, H, L, D]
-    out = out.transpose(1, 2).reshape(B * Lq, H, D)  # [B·L_q, H, D]
-    if q_index is not None:
-        out = out.index_select(0, q_index)  # [N_t, H, D]
-    return BackendOutput(out, None, None)
+        causal = g.structure == "causal"
+        self_loops = bool(g.params.get("self_loops", True))
+        allowed: Tensor | None = None  # [.., L, L] boolean, True = may attend
+        if causal and (not self_loops or biases):
+            allowed = torch.ones(L, L, dtype=torch.bool, device=q.device).tril(
+                0 if self_loops else -1
+            )
+        elif not self_loops:
+            allowed = ~torch.eye(L, dtype=torch.bool, device=q.device)
+        if k_index is not None and not causal:  # right padding: causal rows never see padded keys
+            lens = torch.tensor(k_len, device=q.device)  # [B]
+            keys = (torch.arange(L, device=q.device) < lens[:, None])[:, None, None, :]
+            allowed = keys if allowed is None else allowed & keys  # [B, 1, 1, L]
+        mask: Tensor | None = allowed
+        if biases:
+            pos = torch.arange(L, device=q.device)
+            ctx = DenseContext(pos, pos)
+            bias = torch.stack([b.dense(ctx) for b in biases]).sum(0).to(q.dtype)  # [H, L, L]
+            mask = bias if allowed is None else bias.masked_fill(~allowed, float("-inf"))
+        out = F.scaled_dot_product_attention(
+            pad(q, q_index, Lq),
+            pad(k, k_index, L),
+            pad(v, k_index, L),
+            attn_mask=mask,
+            dropout_p=p.dropout if p.training else 0.0,
+            is_causal=causal and allowed is None,
+            scale=scale,
+        )  # [B, H, L, D]
+        out = out.transpose(1, 2).reshape(B * Lq, H, D)  # [B·L_q, H, D]
+        if q_index is not None:
+            out = out.index_select(0, q_index)  # [N_t, H, D]
+        return BackendOutput(out, None, None)

@@ -1,18 +1,19 @@
-"""Backend selection (docs/backends.md).
+"""Dispatch: pick a backend for a Problem, say why, run it (docs/backends.md).
 
-``select_backend`` returns the backend name and the reason for the choice; the decision also goes
-to the ``gatattn.dispatch`` logger at DEBUG level. The rules, in order, for ``backend="auto"``:
+``attend`` is the one entry point of attention; ``GraphAttention`` and the drop-ins call it.
+With ``backend="auto"`` the order of preference is:
 
-1. dense (SDPA) when the graph is tagged "complete" or "causal" by a builder and the score has an
-   SDPA form (scaled_dot, dot, + ALiBi / relative-position biases).
-2. flex (FlexAttention) on CUDA, for fp16/bf16/fp32, scaled_dot/dot, a graph without duplicate
-   edges whose tiles are dense enough (``block_layout(graph).density >= MIN_DENSITY``), and no
-   active attention dropout.
-3. block (block-sparse torch) when the score has a block form and the tile density pays.
+1. dense (one SDPA call) when the graph's complete / causal / bipartite tag holds
+   (``TokenGraph.trusted_structure``) and the score is s·<q_i, k_j> (+ position biases).
+2. edge for small graphs (E < MIN_BLOCK_EDGES): fixed costs dominate there.
+3. flex (CUDA) or block (block-sparse torch) when the score declares them and the tiles of the
+   adjacency are dense enough. The density is first *estimated* from a fixed-seed sample of
+   edges (``block.estimate_density``, O(sample)); only a graph that passes builds its exact
+   layout, whose density decides. An irregular graph costs dispatch O(1) per edge.
 4. edge (the reference) otherwise: it runs every score on every graph.
 
 ``backend="edge" | "dense" | "block" | "flex"`` forces one; a forced backend that cannot run the
-given score or graph raises a ValueError that names both.
+problem raises a ValueError that names the score, the graph and the reason.
 """
 
 from __future__ import annotations
@@ -20,43 +21,46 @@ from __future__ import annotations
 import logging
 
 import torch
-from torch import Tensor
 
 from ..graph import TokenGraph
-from ..scores import ScoreFunction
-from .block import MIN_DENSITY, block_attention, block_layout, block_unsupported
-from .dense import dense_attention_sdpa, dense_unsupported
-from .edge import edge_attention
-from .flex import flex_attention_graph, flex_unsupported
-from .types import BackendOutput
+from .base import Backend, BackendOutput, Problem
+from .block import MIN_DENSITY, BlockBackend, block_layout, estimate_density
+from .dense import DenseBackend
+from .edge import EdgeBackend, edge_scores_and_weights
+from .flex import FlexBackend
 
-__all__ = ["BACKENDS", "BackendOutput", "backend_unsupported", "run_backend", "select_backend"]
+__all__ = [
+    "BACKENDS",
+    "MIN_BLOCK_EDGES",
+    "attend",
+    "backend_names",
+    "check_backend_name",
+    "select_backend",
+]
 
-#: Names accepted by ``GraphAttention(backend=...)``.
-BACKENDS = ("auto", "edge", "dense", "block", "flex")
+#: The registry: name -> backend. ``backend="auto"`` lets ``select_backend`` choose.
+BACKENDS: dict[str, Backend] = {
+    b.name: b for b in (EdgeBackend(), DenseBackend(), BlockBackend(), FlexBackend())
+}
 
 #: Below this many edges the block backend's fixed costs outweigh its gain.
 MIN_BLOCK_EDGES = 4096
+#: A sampled density below MIN_DENSITY × this margin skips the exact layout (sampling noise).
+ESTIMATE_MARGIN = 0.5
 
 log = logging.getLogger("gatattn.dispatch")
 
 
-def backend_unsupported(
-    name: str, score: ScoreFunction, graph: TokenGraph, q: Tensor, *, dropout_active: bool = False
-) -> str | None:
-    """Why backend ``name`` cannot run ``score`` on ``graph`` with queries like ``q`` (or None)."""
-    if name == "edge":
-        return None
-    if name == "dense":
-        return dense_unsupported(score, graph)
-    if name == "block":
-        return block_unsupported(score, graph)
-    if name == "flex":
-        why = flex_unsupported(score, graph, q)
-        if why is None and dropout_active:
-            why = "FlexAttention here has no attention dropout (the layer is training with dropout > 0)"
-        return why
-    raise ValueError(f"unknown backend {name!r}; choose one of {list(BACKENDS)}")
+def backend_names() -> tuple[str, ...]:
+    """The names ``backend=`` accepts: "auto" and every registered backend."""
+    return ("auto", *BACKENDS)
+
+
+def check_backend_name(name: object) -> str:
+    """Return ``name`` if it is "auto" or a registered backend, else raise a ValueError."""
+    if not isinstance(name, str) or name not in backend_names():
+        raise ValueError(f"unknown backend {name!r}; choose one of {list(backend_names())}")
+    return name
 
 
 def _describe(graph: TokenGraph) -> str:
@@ -64,99 +68,75 @@ def _describe(graph: TokenGraph) -> str:
     return f"{tag} graph (N_t={graph.num_dst}, N_s={graph.num_src}, E={graph.num_edges})"
 
 
-def select_backend(
-    requested: str,
-    score: ScoreFunction,
-    graph: TokenGraph,
-    q: Tensor,
-    *,
-    dropout_active: bool = False,
-) -> tuple[str, str]:
-    """Pick a backend for this score, graph, device and dtype -> (name, reason).
+def select_backend(requested: str, p: Problem) -> tuple[str, str]:
+    """Pick a backend for ``p`` -> (name, reason).
 
     Args:
         requested: "auto" or a backend name (forced).
-        score: the layer's ScoreFunction (its ``backends`` ClassVar says what may run it).
-        graph: the TokenGraph (structure tag, or block density of its edge_index).
-        q: queries [N_t, H, D]; only device, dtype and D are read.
-        dropout_active: the layer is training with attention dropout > 0.
+        p: the Problem (score, graph, q's device, dtype and D, options).
 
     Raises:
-        ValueError: an unknown name, or a forced backend that cannot run the score or graph.
+        ValueError: an unknown name, or a forced backend that cannot run ``p``.
     """
-    if requested not in BACKENDS:
-        raise ValueError(f"unknown backend {requested!r}; choose one of {list(BACKENDS)}")
+    check_backend_name(requested)
     if requested != "auto":
-        why = backend_unsupported(requested, score, graph, q, dropout_active=dropout_active)
+        why = BACKENDS[requested].supports(p)
         if why is not None:
             raise ValueError(
-                f"backend={requested!r} cannot run score {score.name!r} on the "
-                f"{_describe(graph)}: {why}"
+                f"backend={requested!r} cannot run score {p.score.name!r} on the "
+                f"{_describe(p.graph)}: {why}"
             )
         name, reason = requested, f"forced by backend={requested!r}"
     else:
-        name, reason = _auto(score, graph, q, dropout_active)
+        name, reason = _auto(p)
     if not torch.compiler.is_compiling() and log.isEnabledFor(logging.DEBUG):
-        log.debug("backend %s for score %r on %s: %s", name, score.name, _describe(graph), reason)
+        log.debug(
+            "backend %s for score %r on %s: %s", name, p.score.name, _describe(p.graph), reason
+        )
     return name, reason
 
 
-def _auto(
-    score: ScoreFunction, graph: TokenGraph, q: Tensor, dropout_active: bool
-) -> tuple[str, str]:
-    if dense_unsupported(score, graph) is None:
-        return "dense", f"{graph.structure} graph and score {score.name!r}: one SDPA call"
-    if graph.num_edges < MIN_BLOCK_EDGES:
-        return "edge", f"small graph (E={graph.num_edges} < {MIN_BLOCK_EDGES}): edge backend"
-    flex_why = backend_unsupported("flex", score, graph, q, dropout_active=dropout_active)
-    block_why = block_unsupported(score, graph)
+def _auto(p: Problem) -> tuple[str, str]:
+    g, score = p.graph, p.score
+    if BACKENDS["dense"].supports(p) is None:
+        return "dense", f"{g.structure} graph and score {score.name!r}: one SDPA call"
+    if g.num_edges < MIN_BLOCK_EDGES:
+        return "edge", f"small graph (E={g.num_edges} < {MIN_BLOCK_EDGES}): edge backend"
+    flex_why, block_why = BACKENDS["flex"].supports(p), BACKENDS["block"].supports(p)
     if flex_why is not None and block_why is not None:
         return "edge", f"no fast path: {block_why}"
-    lay = block_layout(graph)
+    if torch.compiler.is_compiling():  # layouts need data-dependent sizes: stay on the edge path
+        return "edge", "under torch.compile the block layout is not built: edge backend"
+    size, guess = estimate_density(g)
+    if guess < MIN_DENSITY * ESTIMATE_MARGIN:
+        est = f"estimated tile density {guess:.3f} with {size}x{size} tiles"
+        return "edge", f"irregular graph ({est} < {MIN_DENSITY}): edge backend"
+    lay = block_layout(g)
     dens = f"tile density {lay.density:.2f} with {lay.size}x{lay.size} tiles"
     if lay.density < MIN_DENSITY:
         return "edge", f"irregular graph ({dens} < {MIN_DENSITY}): edge backend"
-    if flex_why is None and q.size(-1) >= 16:
+    if flex_why is None and p.q.size(-1) >= 16:
         return "flex", f"block-structured graph on CUDA ({dens}): FlexAttention"
     if block_why is None:
         return "block", f"block-structured graph ({dens}): block-sparse torch"
     return "edge", f"no fast path: {block_why}"
 
 
-def run_backend(
-    name: str,
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    graph: TokenGraph,
-    score: ScoreFunction,
-    *,
-    edge_attr: Tensor | None,
-    dropout: float,
-    training: bool,
-    need_weights: bool,
-) -> BackendOutput:
-    """Run backend ``name`` (see ``edge_attention`` for the arguments and shapes).
+def attend(p: Problem, backend: str = "auto") -> BackendOutput:
+    """Attention of ``p`` (docs/math.md, eqs. 1-3) on the chosen backend.
 
-    Fast backends return ``scores = weights = None``; the layer then recovers exact per-edge
-    values from the edge formula when ``return_attention=True``.
+    Args:
+        p: the Problem: q [N_t, H, D], k and v [N_s, H, D], graph, score and options.
+        backend: "auto" or a backend name.
+
+    Returns:
+        out [N_t, H, D]; with ``p.need_weights`` also α and Attn [E, H] in edge order. A fast
+        backend computes no per-edge values; they then come from the edge formula (eqs. 1-2),
+        which is exact and costs O(E·H).
     """
-    if name == "dense":
-        return dense_attention_sdpa(q, k, v, graph, score, dropout=dropout, training=training)
-    if name == "block":
-        return block_attention(q, k, v, graph, score, dropout=dropout, training=training)
-    if name == "flex":
-        return flex_attention_graph(q, k, v, graph, score)
-    if name != "edge":
-        raise ValueError(f"unknown backend {name!r}; choose one of {list(BACKENDS)}")
-    return edge_attention(
-        q,
-        k,
-        v,
-        graph,
-        score,
-        edge_attr=edge_attr,
-        dropout=dropout,
-        training=training,
-        need_weights=need_weights,
-    )
+    name, _ = select_backend(backend, p)
+    res = BACKENDS[name].run(p)
+    if p.need_weights and (res.scores is None or res.weights is None):
+        scores, weights = edge_scores_and_weights(p)
+        return BackendOutput(res.out, scores, weights)
+    return res

@@ -4,8 +4,13 @@
     Attn_e  = softmax of α over the edges into dst(e)    weights [E, H]       (eq. 2)
     out_i   = Σ_{e: dst(e)=i} Attn_e · v_{src(e)}        [N_t, H, D]          (eq. 3)
 
+With TransformerConv's edge modulation (``Problem.modulation``, Shi et al. 2021, eqs. 3-4) the
+key and value of each edge carry its features: α_ij = w(q_i, k_j + W_e e_ij) and
+out_i = Σ_j Attn_ij (v_j + W_e e_ij).
+
 Memory is O(E·H + N·H·D): scores come from ``ScoreFunction.edge_scores`` (chunked or
-node-factorised) and the weighted sum from ``ops.edge_aggregate`` (chunked, custom backward).
+node-factorised) and the weighted sum from ``kernels.edge_aggregate`` (chunked, custom backward).
+This backend is the ground truth: every other backend is tested against it.
 """
 
 from __future__ import annotations
@@ -13,64 +18,78 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch_geometric.utils import scatter
 
-from ..graph import TokenGraph
-from ..kernels import edge_aggregate, neighbourhood_softmax
-from ..scores import Edges, ScoreFunction
-from .types import BackendOutput
+from ..kernels import chunked_edge_map, edge_aggregate, neighbourhood_softmax
+from ..scores import Edges, check_scores
+from .base import Backend, BackendOutput, EdgeModulation, Problem
 
-__all__ = ["edge_attention", "edge_scores_and_weights"]
+__all__ = ["EdgeBackend", "edge_scores_and_weights"]
 
 _HALF = (torch.float16, torch.bfloat16)
 
 
-def edge_scores_and_weights(
-    q: Tensor, k: Tensor, graph: TokenGraph, score: ScoreFunction, edge_attr: Tensor | None
-) -> tuple[Tensor, Tensor]:
-    """Per-edge α [E, H] (eq. 1) and Attn [E, H] (eq. 2) for q [N_t, H, D], k [N_s, H, D]."""
-    src, dst = graph.edge_index[0], graph.edge_index[1]
-    alpha = score.edge_scores(q, k, Edges(src, dst, graph, edge_attr))  # [E, H]
-    if tuple(alpha.shape) != (src.numel(), q.size(1)):
-        raise ValueError(
-            f"score function {score.name!r} returned shape {tuple(alpha.shape)}; expected "
-            f"(E, H) = ({src.numel()}, {q.size(1)})"
-        )
-    return alpha, neighbourhood_softmax(alpha, dst, graph.num_dst)  # [E, H], [E, H]
+def _edges(p: Problem) -> Edges:
+    src, dst = p.graph.edge_index[0], p.graph.edge_index[1]
+    return Edges(src, dst, p.graph, p.edge_attr)
 
 
-def edge_attention(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    graph: TokenGraph,
-    score: ScoreFunction,
-    *,
-    edge_attr: Tensor | None = None,
-    dropout: float = 0.0,
-    training: bool = False,
-    need_weights: bool = False,
-) -> BackendOutput:
-    """Graph attention by the literal formula (eqs. 1-3), on any graph.
+def _modulated_scores(p: Problem, mod: EdgeModulation) -> Tensor:
+    """α_ij = w(q_i, k_j + W_e e_ij), chunked: no [E, H, D] tensor at once. -> [E, H]."""
+    H, D = p.q.size(1), p.q.size(2)
+    edges = _edges(p)
 
-    Args:
-        q: queries [N_t, H, D].  k: keys [N_s, H, D].  v: values [N_s, H, D].
-        graph: the TokenGraph (edge_index [2, E]).
-        score: the ScoreFunction w(i, j).
-        edge_attr: optional edge features [E, F] for scores/biases that use them.
-        dropout: dropout probability on the attention weights, applied when ``training``.
-        need_weights: also return α and Attn [E, H].
+    def chunk(s: int, t: int) -> Tensor:
+        part = edges.slice(s, t)
+        k_ij = p.k.index_select(0, part.src) + F.linear(mod.attr[s:t], mod.weight).view(-1, H, D)
+        out = p.score(p.q.index_select(0, part.dst), k_ij, part)  # [e, H]
+        return check_scores(p.score, out, t - s, H, p.q)
 
-    Shapes:
-        -> out [N_t, H, D], scores [E, H] | None, weights [E, H] | None.
-    """
-    alpha, weights = edge_scores_and_weights(q, k, graph, score, edge_attr)
-    w = F.dropout(weights, dropout, training) if dropout > 0 else weights  # [E, H]
-    if v.dtype in _HALF:  # accumulate half-precision sums in fp32, as SDPA does
-        out = edge_aggregate(
-            w.float(), v.float(), graph.edge_index[0], graph.edge_index[1], graph.num_dst
-        ).to(v.dtype)
+    return chunked_edge_map(chunk, p.graph.num_edges, H * D)
+
+
+def edge_scores_and_weights(p: Problem) -> tuple[Tensor, Tensor]:
+    """Per-edge α [E, H] (eq. 1) and Attn [E, H] (eq. 2) of ``p``, by the literal formula."""
+    g = p.graph
+    if p.modulation is not None:
+        alpha = _modulated_scores(p, p.modulation)
     else:
-        out = edge_aggregate(w, v, graph.edge_index[0], graph.edge_index[1], graph.num_dst)
-    if need_weights:
-        return BackendOutput(out, alpha, weights)
-    return BackendOutput(out, None, None)
+        alpha = p.score.edge_scores(p.q, p.k, _edges(p))  # [E, H]
+    if tuple(alpha.shape) != (g.num_edges, p.q.size(1)):
+        raise ValueError(
+            f"score function {p.score.name!r} returned shape {tuple(alpha.shape)}; expected "
+            f"(E, H) = ({g.num_edges}, {p.q.size(1)})"
+        )
+    return alpha, neighbourhood_softmax(alpha, g.edge_index[1], g.num_dst)  # [E, H], [E, H]
+
+
+class EdgeBackend(Backend):
+    """Graph attention by the literal formula (eqs. 1-3): any graph, any score, every option."""
+
+    name = "edge"
+
+    def supports(self, p: Problem) -> str | None:
+        return None
+
+    def run(self, p: Problem) -> BackendOutput:
+        g = p.graph
+        src, dst = g.edge_index[0], g.edge_index[1]
+        alpha, weights = edge_scores_and_weights(p)
+        w = F.dropout(weights, p.dropout, p.training) if p.dropout > 0 else weights  # [E, H]
+        half = p.v.dtype in _HALF  # accumulate half-precision sums in fp32, as SDPA does
+        wa, va = (w.float(), p.v.float()) if half else (w, p.v)
+        if p.aggregate is not None:
+            out = p.aggregate(wa, va)  # [N_t, H, D]
+        else:
+            out = edge_aggregate(wa, va, src, dst, g.num_dst)  # [N_t, H, D]
+        if p.modulation is not None:
+            # Σ_j Attn_ij W_e e_ij = W_e Σ_j Attn_ij e_ij per head: sum the F-wide features first.
+            H, D = p.q.size(1), p.q.size(2)
+            attr = p.modulation.attr.to(wa.dtype)  # [E, F]
+            agg = scatter(wa.unsqueeze(-1) * attr.unsqueeze(1), dst, 0, dim_size=g.num_dst)
+            w_e = p.modulation.weight.to(wa.dtype).view(H, D, -1)  # [H, D, F]
+            out = out + torch.einsum("nhf,hdf->nhd", agg, w_e)  # agg [N_t, H, F]
+        out = out.to(p.v.dtype)
+        if p.need_weights:
+            return BackendOutput(out, alpha, weights)
+        return BackendOutput(out, None, None)

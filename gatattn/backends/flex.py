@@ -12,30 +12,27 @@ them). CUDA only: on CPU FlexAttention has no backward. torch imports happen ins
 
 from __future__ import annotations
 
-import weakref
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from ..graph import TokenGraph
-from ..scores import Dot, ScaledDot, ScoreFunction
-from .types import BackendOutput
+from .base import Backend, BackendOutput, Problem
 
-__all__ = ["flex_attention_graph", "flex_unsupported", "has_duplicates"]
+__all__ = ["FlexBackend", "flex_available", "has_duplicates"]
 
 FLEX_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-_MASKS: weakref.WeakKeyDictionary[TokenGraph, tuple[str, Any]] = weakref.WeakKeyDictionary()
-_DUPS: weakref.WeakKeyDictionary[TokenGraph, bool] = weakref.WeakKeyDictionary()
-_COMPILED: dict[str, Any] = {}
 
 
 def has_duplicates(graph: TokenGraph) -> bool:
-    """True when some (j, i) pair has more than one edge (cached per graph)."""
-    if graph not in _DUPS:
+    """True when some (j, i) pair has more than one edge (cached in the graph)."""
+
+    def find() -> bool:
         keys = graph.edge_index[1] * graph.num_src + graph.edge_index[0]  # [E]
-        _DUPS[graph] = bool(torch.unique(keys).numel() != keys.numel())
-    return _DUPS[graph]
+        return bool(torch.unique(keys).numel() != keys.numel())
+
+    return graph.derived("has_duplicates", find)
 
 
 def flex_available() -> bool:
@@ -47,92 +44,85 @@ def flex_available() -> bool:
     return True
 
 
-def flex_unsupported(score: ScoreFunction, graph: TokenGraph, q: Tensor) -> str | None:
-    """Why the flex backend cannot run ``score`` on ``graph`` with queries like ``q`` (or None)."""
-    if "flex" not in score.backends or type(score) not in (ScaledDot, Dot):
-        return f"score {score.name!r} has no FlexAttention form (flex runs scaled_dot and dot)"
-    if q.device.type != "cuda":
-        return f"FlexAttention needs CUDA (has no CPU backward); the input is on {q.device.type}"
-    if q.dtype not in FLEX_DTYPES:
-        return f"FlexAttention runs fp16/bf16/fp32, not {q.dtype}"
-    if not flex_available():
-        return f"torch {torch.__version__} has no torch.nn.attention.flex_attention"
-    if graph.num_edges == 0:
-        return "graph has no edges"
-    if has_duplicates(graph):
-        return "graph has duplicate edges, which FlexAttention's mask cannot count"
-    return None
-
-
 def block_mask_for(graph: TokenGraph, device: torch.device) -> Any:
-    """FlexAttention BlockMask of the graph (cached per graph and device).
+    """FlexAttention BlockMask of the graph (cached in the graph, per device).
 
     The mask_mod reads ``mask[q_idx, kv_idx]`` from the SDPA-convention dense mask [N_t, N_s].
     """
     from torch.nn.attention.flex_attention import create_block_mask
 
-    hit = _MASKS.get(graph)
-    if hit is not None and hit[0] == str(device):
-        return hit[1]
-    dense = graph.to(device).to_dense_mask()  # [N_t, N_s] bool
+    def build() -> Any:
+        dense = graph.to(device).to_dense_mask()  # [N_t, N_s] bool
 
-    def mask_mod(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
-        return dense[q_idx, kv_idx]
+        def mask_mod(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+            return dense[q_idx, kv_idx]
 
-    bm = create_block_mask(mask_mod, None, None, graph.num_dst, graph.num_src, device=str(device))
-    _MASKS[graph] = (str(device), bm)
-    return bm
+        return create_block_mask(
+            mask_mod, None, None, graph.num_dst, graph.num_src, device=str(device)
+        )
+
+    return graph.derived("flex_block_mask", build, device)
 
 
-def flex_attention_graph(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    graph: TokenGraph,
-    score: ScoreFunction,
-    *,
-    compiled: bool = True,
-) -> BackendOutput:
-    """Graph attention by FlexAttention over the graph's BlockMask.
+class FlexBackend(Backend):
+    """Graph attention by FlexAttention over the graph's BlockMask (CUDA; scores with an
+    ``sdpa_scale``; graphs without duplicate edges; no attention dropout).
 
-    Args:
-        q: queries [N_t, H, D].  k, v: keys and values [N_s, H, D].
-        graph: any TokenGraph without duplicate edges.
-        score: scaled_dot (scale 1/√D) or dot (scale 1).
-        compiled: run the ``torch.compile``d kernel (False: eager, for CPU forward tests only).
-
-    Shapes:
-        -> out [N_t, H, D]; scores and weights are None (the layer recovers them per edge).
+    ``compiled=False`` runs the eager kernel (CPU forward tests only).
+    Returns out [N_t, H, D]; scores and weights are None.
     """
-    from torch.nn.attention.flex_attention import flex_attention
 
-    if type(score) not in (ScaledDot, Dot):
-        raise ValueError(f"flex backend cannot run score {score.name!r}")
-    fn = flex_attention
-    if compiled:
-        if "fn" not in _COMPILED:
-            _COMPILED["fn"] = torch.compile(flex_attention, dynamic=False)
-        fn = _COMPILED["fn"]
-    bm = block_mask_for(graph, q.device)
-    scale = 1.0 if type(score) is Dot else None
-    out = fn(
-        q.transpose(0, 1).unsqueeze(0),  # [1, H, N_t, D]
-        k.transpose(0, 1).unsqueeze(0),  # [1, H, N_s, D]
-        v.transpose(0, 1).unsqueeze(0),
-        block_mask=bm,
-        scale=scale,
-    )  # [1, H, N_t, D]
-    out = out[0].transpose(0, 1)  # [N_t, H, D]
-    if _has_isolated(graph):  # a target with no edges outputs 0 (docs/math.md), whatever the kernel
-        deg = graph.in_degree().to(out.device)  # [N_t]
-        out = torch.where((deg > 0)[:, None, None], out, torch.zeros_like(out))
-    return BackendOutput(out, None, None)
+    name = "flex"
 
+    def __init__(self, compiled: bool = True) -> None:
+        self.compiled = compiled
+        self._fn: Any = None
 
-_ISOLATED: weakref.WeakKeyDictionary[TokenGraph, bool] = weakref.WeakKeyDictionary()
+    def supports(self, p: Problem) -> str | None:
+        why = self.score_support(p)
+        if why is not None:
+            return why
+        base, biases = p.score.parts()
+        if base.sdpa_scale(p.q.size(-1)) is None or biases:
+            return f"score {p.score.name!r} has no FlexAttention form (flex runs s·<q_i, k_j>)"
+        if p.q.device.type != "cuda":
+            return (
+                f"FlexAttention needs CUDA (has no CPU backward); the input is on {p.q.device.type}"
+            )
+        if p.q.dtype not in FLEX_DTYPES:
+            return f"FlexAttention runs fp16/bf16/fp32, not {p.q.dtype}"
+        if not flex_available():
+            return f"torch {torch.__version__} has no torch.nn.attention.flex_attention"
+        if (p.training and p.dropout > 0):
+            return "FlexAttention here has no attention dropout (the layer is training with dropout > 0)"
+        if p.graph.num_edges == 0:
+            return "graph has no edges"
+        if has_duplicates(p.graph):
+            return "graph has duplicate edges, which FlexAttention's mask cannot count"
+        return None
 
+    def _kernel(self) -> Any:
+        from torch.nn.attention.flex_attention import flex_attention
 
-def _has_isolated(graph: TokenGraph) -> bool:
-    if graph not in _ISOLATED:
-        _ISOLATED[graph] = bool((graph.in_degree() == 0).any())
-    return _ISOLATED[graph]
+        if not self.compiled:
+            return flex_attention
+        if self._fn is None:
+            self._fn = torch.compile(flex_attention, dynamic=False)
+        return self._fn
+
+    def run(self, p: Problem) -> BackendOutput:
+        q, k, v, graph = p.q, p.k, p.v, p.graph
+        scale = p.score.parts()[0].sdpa_scale(p.q.size(-1))
+        out = self._kernel()(
+            q.transpose(0, 1).unsqueeze(0),  # [1, H, N_t, D]
+            k.transpose(0, 1).unsqueeze(0),  # [1, H, N_s, D]
+            v.transpose(0, 1).unsqueeze(0),
+            block_mask=block_mask_for(graph, q.device),
+            scale=scale,
+        )  # [1, H, N_t, D]
+        out = out[0].transpose(0, 1)  # [N_t, H, D]
+        isolated = graph.derived("has_isolated", lambda: bool((graph.in_degree() == 0).any()))
+        if isolated:  # a target with no edges outputs 0 (docs/math.md), whatever the kernel does
+            deg = graph.in_degree().to(out.device)  # [N_t]
+            out = torch.where((deg > 0)[:, None, None], out, torch.zeros_like(out))
+        return BackendOutput(out, None, None)

@@ -15,8 +15,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..graph import TokenGraph, complete_graph
-from ..patterns import bipartite_graph, causal_graph
+from ..graph import TokenGraph
+from ..patterns import bipartite_graph, causal_graph, complete_graph
 from ..scores import DenseContext, Edges, ScoreBias
 
 __all__ = ["AttnMaskBias", "additive_mask", "attention_graph", "mask_graph"]
@@ -38,13 +38,14 @@ class AttnMaskBias(ScoreBias):
     name = "attn_mask"
 
     def forward(self, edges: Edges) -> Tensor:
-        if edges.edge_attr is None:
+        attr = edges.input("attn_mask", "AttnMaskBias")
+        if attr is None:
             return torch.zeros((), device=edges.src.device)  # 0-d: keeps the scores' dtype
-        if edges.edge_attr.dim() != 2:
+        if attr.dim() != 2:
             raise ValueError(
-                f"AttnMaskBias needs edge_attr [E, 1] or [E, H], got {list(edges.edge_attr.shape)}"
+                f"AttnMaskBias needs edge_attr [E, 1] or [E, H], got {list(attr.shape)}"
             )
-        return edges.edge_attr  # [e, 1 | H]
+        return attr  # [e, 1 | H]
 
     def dense(self, ctx: DenseContext) -> Tensor:
         if ctx.edge_attr is None:

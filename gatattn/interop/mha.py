@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..backends import run_backend
+from ..backends import Problem, attend
 from ..graph import TokenGraph
 from ..nn import Attention, GraphAttention
 from ..scores import ScaledDot
@@ -133,7 +133,7 @@ class GraphMultiheadAttention(nn.Module):
             TypeError: ``mha`` is not an nn.MultiheadAttention.
             ValueError: ``mha`` uses add_bias_kv or add_zero_attn.
         """
-        inner = GraphAttention.from_torch(mha, backend=backend)  # checks type and options
+        inner = GraphAttention.from_torch(mha, backend=backend)  # checks type, options; copies
         ref = mha.out_proj.weight
         twin = cls(
             mha.embed_dim,
@@ -148,7 +148,8 @@ class GraphMultiheadAttention(nn.Module):
             backend=backend,
         )
         twin.attn.load_state_dict(inner.state_dict())
-        for p_new, p_old in zip(twin.parameters(), _torch_param_order(mha)):
+        # the same parameter layout as mha (GraphAttention stores it like torch), in its order
+        for p_new, p_old in zip(twin.attn.parameters(), mha.parameters()):
             p_new.requires_grad_(p_old.requires_grad)
         return twin.train(mha.training)
 
@@ -234,27 +235,19 @@ class GraphMultiheadAttention(nn.Module):
     def _attend_biased(
         self, xq: Tensor, xk: Tensor, xv: Tensor, graph: TokenGraph, bias: Tensor, need: bool
     ) -> Tensor | Attention:
-        """GraphAttention's projections with the score ⟨q_i, k_j⟩/√D + M_ij, on the edge backend.
+        """GraphAttention's projections with the score ⟨q_i, k_j⟩/√D + M_ij (eqs. 0-3).
 
         The same as ``self.attn(...)`` with ``score=scaled_dot + attn_mask``; kept apart so that
-        the module's own score stays plain scaled_dot, which the fast backends can run.
+        the module's own score stays plain scaled_dot, which the fast backends can run. Dispatch
+        sends the mask bias to a backend that declares it.
         """
-        a, H, D = self.attn, self.num_heads, self.head_dim
-        q = a.q_proj(xq).view(-1, H, D)  # [N_t, H, D]
-        k = a.k_proj(xk).view(-1, H, D)  # [N_s, H, D]
-        v = a.v_proj(xv).view(-1, H, D)  # [N_s, H, D]
-        res = run_backend(
-            "edge",
-            q,
-            k,
-            v,
-            graph,
-            self._masked_score,
-            edge_attr=bias,
-            dropout=a.dropout,
-            training=self.training,
-            need_weights=need,
-        )
+        a = self.attn
+        q, k, v = a.project(xq, xk, xv)  # [N_t, H, D], [N_s, H, D], [N_s, H, D]
+        p = Problem(
+            q, k, v, graph, self._masked_score, {"attn_mask": bias},
+            dropout=a.dropout, training=self.training, need_weights=need,
+        )  # fmt: skip
+        res = attend(p)
         out = a.out_proj(res.out.reshape(-1, a.embed_dim))  # [N_t, C]
         if not need:
             return out
@@ -264,19 +257,3 @@ class GraphMultiheadAttention(nn.Module):
     def extra_repr(self) -> str:
         return f"batch_first={self.batch_first}"
 
-
-def _torch_param_order(mha: nn.MultiheadAttention) -> list[Tensor]:
-    """mha's parameters in GraphAttention's order (q, k, v, out; weight then bias)."""
-    if mha._qkv_same_embed_dim:
-        ws = [mha.in_proj_weight] * 3
-    else:
-        ws = [mha.q_proj_weight, mha.k_proj_weight, mha.v_proj_weight]
-    out: list[Tensor] = []
-    for w in ws:
-        out.append(w)
-        if mha.in_proj_bias is not None:
-            out.append(mha.in_proj_bias)
-    out.append(mha.out_proj.weight)
-    if mha.out_proj.bias is not None:
-        out.append(mha.out_proj.bias)
-    return out

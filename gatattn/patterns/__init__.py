@@ -34,9 +34,9 @@ Edge cap: a builder that would create more than ``MAX_EDGES`` (50 million) edges
 ValueError naming the count; pass ``max_edges=<int>`` or ``max_edges=None`` to allow it.
 """
 
-from ..graph import complete_graph, from_mask
 from ._common import MAX_EDGES
 from .bigbird import bigbird_block_mask, bigbird_graph
+from .complete import complete_graph, from_mask
 from .draw import GALLERY, show
 from .masks import bipartite_graph, from_padding_mask
 from .sequence import (

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from ..graph import TokenGraph, _lengths_tuple
+from ..graph import TokenGraph, check_lengths
 
 __all__ = ["MAX_EDGES", "Layout", "check_edge_cap", "layout", "positive_int", "ragged", "union"]
 
@@ -56,7 +56,14 @@ class Layout(NamedTuple):
         n = self.num_nodes
         lengths = self.seq if self.batched else None
         return TokenGraph(
-            edge_index, n, n, structure=structure, lengths=lengths, params=params, validate=False
+            edge_index,
+            n,
+            n,
+            structure=structure,
+            lengths=lengths,
+            params=params,
+            validate=False,
+            verified=True,
         )
 
 
@@ -73,7 +80,7 @@ def layout(
         seq: tuple[int, ...] = (positive_int(n, "n"),)
     else:
         assert lengths is not None
-        seq = _lengths_tuple(lengths)
+        seq = check_lengths(lengths)
     lens = torch.tensor(seq, device=device)  # [B]
     starts = torch.cumsum(lens, 0) - lens  # [B]
     length = lens.repeat_interleave(lens)  # [N]

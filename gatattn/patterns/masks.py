@@ -102,4 +102,5 @@ def bipartite_graph(
         lengths=q if batched else None,
         params={"kv_lengths": kv if batched else None},
         validate=False,
+        verified=True,
     )

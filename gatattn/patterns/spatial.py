@@ -20,7 +20,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import Tensor
 
-from ..graph import TokenGraph, _lengths_tuple
+from ..graph import TokenGraph, check_lengths
 from ._common import MAX_EDGES, check_edge_cap, positive_int
 
 __all__ = ["knn_graph", "radius_graph"]
@@ -103,7 +103,7 @@ def _sequences(
         lengths = counts
     if lengths is None:
         return pos.detach(), None
-    seq = _lengths_tuple(lengths)
+    seq = check_lengths(lengths)
     if sum(seq) != pos.size(0):
         raise ValueError(
             f"{name}: lengths={list(seq)} sum to {sum(seq)}, but pos has {pos.size(0)} rows"

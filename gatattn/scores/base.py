@@ -17,7 +17,7 @@ scale s when the score is s·<q_i, k_j> (SDPA and FlexAttention compute exactly 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
@@ -47,21 +47,43 @@ ScoreCallable = Callable[[Tensor, Tensor], Tensor]
 class Edges:
     """The edges a score function is evaluated on (all of them, or one chunk).
 
-    ``src``/``dst`` are LongTensors [e]; ``edge_attr`` is [e, F] or None. Token positions of the
-    endpoints (within their sequence) come from ``pos_src()``/``pos_dst()``, gathered on demand.
+    ``src``/``dst`` are LongTensors [e]. ``edge_attr`` holds the per-edge inputs: one tensor
+    [e, ...], several by name (``{"distance": [e], "edge_attr": [e, F]}``), or None; a score or
+    bias reads its own with ``input(name)``. Token positions of the endpoints (within their
+    sequence) come from ``pos_src()``/``pos_dst()``, gathered on demand.
     """
 
     src: Tensor
     dst: Tensor
     graph: TokenGraph
-    edge_attr: Tensor | None = None
+    edge_attr: Tensor | Mapping[str, Tensor] | None = None
 
     def __len__(self) -> int:
         return self.src.numel()
 
     def slice(self, start: int, stop: int) -> Edges:
-        attr = None if self.edge_attr is None else self.edge_attr[start:stop]
+        attr = self.edge_attr
+        if isinstance(attr, Mapping):
+            attr = {name: t[start:stop] for name, t in attr.items()}
+        elif attr is not None:
+            attr = attr[start:stop]
         return Edges(self.src[start:stop], self.dst[start:stop], self.graph, attr)
+
+    def input(self, name: str, owner: str) -> Tensor | None:
+        """The per-edge input ``name`` [e, ...]: the tensor itself when one tensor was given,
+        the entry ``name`` of a mapping, or None when there is none.
+
+        Raises:
+            ValueError: a mapping without ``name`` (the message names ``owner`` and the keys).
+        """
+        attr = self.edge_attr
+        if isinstance(attr, Mapping):
+            if name not in attr:
+                raise ValueError(
+                    f"{owner} reads edge_attr[{name!r}], but edge_attr has the keys {sorted(attr)}"
+                )
+            return attr[name]
+        return attr
 
     def pos_src(self) -> Tensor:
         return self.graph.positions("src").index_select(0, self.src)  # [e]
@@ -105,6 +127,8 @@ class ScoreFunction(nn.Module):
     """
 
     backends: ClassVar[frozenset[str]] = frozenset({"edge"})
+    #: ``dense`` builds a pairwise [..., L_q, L_k, D] tensor (block chunks such scores D× finer)
+    pairwise_dense: ClassVar[bool] = False
     name: str = "score"
 
     def sdpa_scale(self, head_dim: int) -> float | None:

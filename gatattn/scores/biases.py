@@ -159,7 +159,7 @@ class EdgeFeatureBias(ScoreBias):
         return edge_attr
 
     def forward(self, edges: Edges) -> Tensor:
-        attr = self._check(edges.edge_attr)
+        attr = self._check(edges.input("edge_attr", "EdgeFeatureBias"))
         return self.proj(attr.to(self.proj.weight.dtype))  # [e, H]
 
     def dense(self, ctx: DenseContext) -> Tensor:

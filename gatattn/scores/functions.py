@@ -118,6 +118,7 @@ class GATv2(ScoreFunction):
     which is GATv2's ``a^T LeakyReLU(W [h_i || h_j])`` with W = [W_q | W_k], per head.
     """
 
+    pairwise_dense = True
     name = "gatv2"
 
     def __init__(self, num_heads: int, head_dim: int, negative_slope: float = 0.2) -> None:
@@ -207,6 +208,7 @@ class NegDistance(ScoreFunction):
     """
 
     backends = frozenset({"edge", "block"})
+    pairwise_dense = True
     name = "neg_distance"
 
     def forward(self, q_i: Tensor, k_j: Tensor, edges: Edges) -> Tensor:

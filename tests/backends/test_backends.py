@@ -20,12 +20,25 @@ import pytest
 import torch
 
 import gatattn as ga
-from gatattn.backends.block import block_attention, block_layout
-from gatattn.backends.dense import dense_attention_sdpa
-from gatattn.backends.dispatch import backend_unsupported
-from gatattn.backends.flex import flex_attention_graph, has_duplicates
+from gatattn.backends import BACKENDS, Problem
+from gatattn.backends.block import block_layout
+from gatattn.backends.flex import FlexBackend, has_duplicates
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def backend_unsupported(
+    name: str,
+    score: ga.ScoreFunction,
+    g: ga.TokenGraph,
+    q: torch.Tensor,
+    dropout_active: bool = False,
+) -> str | None:
+    """Why backend ``name`` refuses ``score`` on ``g`` with queries like ``q`` (None: it runs)."""
+    p = Problem(q, q, q, g, score, dropout=0.5 if dropout_active else 0.0, training=dropout_active)
+    return BACKENDS[name].supports(p)
+
+
 H, D = 3, 7  # pairwise-distinct with the graph sizes (N = 37, lengths 5, 13, 19 ...)
 TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
 
@@ -231,6 +244,7 @@ def test_block_generic_path_equals_slab_path(monkeypatch: pytest.MonkeyPatch) ->
     (MAX_SLAB_PADDING = 0) the generic tile softmax must give the same outputs and gradients."""
     import gatattn.backends.block as block
 
+    monkeypatch.setattr(block, "BLOCK_SIZES", (16,))  # 16x16 tiles: the slab path applies
     g = ga.TokenGraph(_duplicates().edge_index, 37, 37)  # fresh object: no cached slabs
     layer = _layer("scaled_dot", "block", torch.float64, D)
     x, _ = _inputs(g, H * D, torch.float64)
@@ -251,16 +265,18 @@ def test_block_layout_of_empty_graph_raises() -> None:
         ga.GraphAttention(21, 3, backend="block")(torch.randn(5, 21), g)
 
 
-def test_backends_called_directly_refuse_unsupported_scores() -> None:
+def test_backends_say_why_they_refuse_a_score() -> None:
     g = ga.complete_graph(5)
     q = torch.randn(5, H, D)
-    gatv2 = ga.make_score("gatv2", H, D)
-    with pytest.raises(ValueError, match="dense backend cannot run score 'gatv2'"):
-        dense_attention_sdpa(q, q, q, g, gatv2)
-    with pytest.raises(ValueError, match="block backend cannot run score 'gatv2'"):
-        block_attention(q, q, q, g, gatv2)
-    with pytest.raises(ValueError, match="flex backend cannot run score 'gatv2'"):
-        flex_attention_graph(q, q, q, g, gatv2, compiled=False)
+    p = Problem(q, q, q, g, ga.make_score("gatv2", H, D))
+    for name in ("dense", "block", "flex"):
+        why = BACKENDS[name].supports(p)
+        assert why is not None and f"score 'gatv2' has no {name} form" in why
+    assert BACKENDS["edge"].supports(p) is None
+    with pytest.raises(
+        ValueError, match="backend='dense' cannot run score 'gatv2' on the complete"
+    ):
+        ga.backends.attend(p, "dense")
 
 
 def test_flex_mask_logic_on_cpu_forward() -> None:
@@ -275,8 +291,8 @@ def test_flex_mask_logic_on_cpu_forward() -> None:
             score = ga.make_score(name, 2, 16)
             with warnings.catch_warnings():  # flex warns that eager mode is for debugging only
                 warnings.simplefilter("ignore", UserWarning)
-                got = flex_attention_graph(q, k, v, g, score, compiled=False).out
-            want = ga.backends.edge_attention(q, k, v, g, score).out
+                got = FlexBackend(compiled=False).run(Problem(q, k, v, g, score)).out
+            want = BACKENDS["edge"].run(Problem(q, k, v, g, score)).out
             torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 import gatattn as ga
-from gatattn.backends import BACKENDS, run_backend, select_backend
-from gatattn.backends.dispatch import MIN_BLOCK_EDGES, backend_unsupported
+from gatattn.backends import BACKENDS, Problem, attend, backend_names, select_backend
+from gatattn.backends.dispatch import MIN_BLOCK_EDGES
 
 N = 1024
 
@@ -66,6 +66,13 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
+def _problem(
+    score: ga.ScoreFunction, g: ga.TokenGraph, q: torch.Tensor, dropout: bool = False
+) -> Problem:
+    """A Problem shaped like ``q`` [0, H, D] (dispatch reads device, dtype and D only)."""
+    return Problem(q, q, q, g, score, dropout=0.5 if dropout else 0.0, training=dropout)
+
+
 def _explain(score: str, g: ga.TokenGraph | torch.Tensor, backend: str = "auto") -> str:
     layer = ga.GraphAttention(24, 3, score=score, backend=backend)
     n = g.num_dst if isinstance(g, ga.TokenGraph) else int(g.max()) + 1
@@ -77,7 +84,7 @@ def test_auto_picks_the_intended_backend(name: str) -> None:
     build, want = INTENDED[name]
     g = build()
     q = torch.empty(0, 3, 8)  # [0, H, D]: dispatch reads device, dtype and D
-    got, reason = select_backend("auto", ga.make_score("scaled_dot", 3, 8), g, q)
+    got, reason = select_backend("auto", _problem(ga.make_score("scaled_dot", 3, 8), g, q))
     assert got == want, reason
     if g.structure != "bipartite":  # explain_backend takes self-attention input
         assert _explain("scaled_dot", g).startswith(f"{want}: ")
@@ -109,14 +116,15 @@ def test_auto_follows_the_score(score: str, graph: str, want: str) -> None:
 def test_edge_feature_bias_stays_on_the_edge_backend() -> None:
     g = ga.window_graph(N, 32)
     score = ga.make_score("scaled_dot", 3, 8) + ga.EdgeFeatureBias(4, 3)
-    assert backend_unsupported("block", score, g, torch.empty(0, 3, 8)) is not None
-    got, reason = select_backend("auto", score, g, torch.empty(0, 3, 8))
+    assert BACKENDS["block"].supports(_problem(score, g, torch.empty(0, 3, 8))) is not None
+    got, reason = select_backend("auto", _problem(score, g, torch.empty(0, 3, 8)))
     assert got == "edge" and "edge_features" in reason
 
 
 def test_flex_is_cuda_only() -> None:
     g = ga.window_graph(N, 32)
-    why = backend_unsupported("flex", ga.make_score("scaled_dot", 3, 16), g, torch.empty(0, 3, 16))
+    q = torch.empty(0, 3, 16)
+    why = BACKENDS["flex"].supports(_problem(ga.make_score("scaled_dot", 3, 16), g, q))
     assert why is not None and "needs CUDA" in why
     with pytest.raises(ValueError, match=r"backend='flex' cannot run score 'scaled_dot'.*CUDA"):
         _explain("scaled_dot", g, backend="flex")
@@ -126,10 +134,11 @@ def test_flex_is_cuda_only() -> None:
 def test_auto_picks_flex_on_cuda() -> None:
     g = ga.window_graph(N, 32).to("cuda")
     q = torch.empty(0, 4, 16, device="cuda")
-    assert select_backend("auto", ga.make_score("scaled_dot", 4, 16), g, q)[0] == "flex"
-    assert select_backend("auto", ga.make_score("cosine", 4, 16), g, q)[0] == "block"
-    assert select_backend("auto", ga.make_score("scaled_dot", 4, 16), g, q.double())[0] == "block"
-    dropout = select_backend("auto", ga.make_score("dot", 4, 16), g, q, dropout_active=True)
+    assert select_backend("auto", _problem(ga.make_score("scaled_dot", 4, 16), g, q))[0] == "flex"
+    assert select_backend("auto", _problem(ga.make_score("cosine", 4, 16), g, q))[0] == "block"
+    sd = ga.make_score("scaled_dot", 4, 16)
+    assert select_backend("auto", _problem(sd, g, q.double()))[0] == "block"
+    dropout = select_backend("auto", _problem(ga.make_score("dot", 4, 16), g, q, True))
     assert dropout[0] == "block"
 
 
@@ -140,28 +149,16 @@ def test_forced_backends_are_reported() -> None:
 
 
 def test_unknown_backend_names_raise() -> None:
-    assert BACKENDS == ("auto", "edge", "dense", "block", "flex")
+    assert backend_names() == ("auto", "edge", "dense", "block", "flex")
+    assert all(BACKENDS[name].name == name for name in BACKENDS)  # the registry is a dict
     q = torch.empty(0, 3, 8)
-    score, g = ga.make_score("dot", 3, 8), ga.complete_graph(5)
+    p = _problem(ga.make_score("dot", 3, 8), ga.complete_graph(5), q)
     with pytest.raises(ValueError, match="unknown backend 'fast'"):
         ga.GraphAttention(24, 3, backend="fast")
     with pytest.raises(ValueError, match="unknown backend 'fast'"):
-        select_backend("fast", score, g, q)
+        select_backend("fast", p)
     with pytest.raises(ValueError, match="unknown backend 'fast'"):
-        backend_unsupported("fast", score, g, q)
-    with pytest.raises(ValueError, match="unknown backend 'fast'"):
-        run_backend(
-            "fast",
-            q,
-            q,
-            q,
-            g,
-            score,
-            edge_attr=None,
-            dropout=0.0,
-            training=False,
-            need_weights=False,
-        )
+        attend(p, "fast")
 
 
 def test_decision_is_logged_at_debug_level(caplog: pytest.LogCaptureFixture) -> None:

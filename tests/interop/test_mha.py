@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from torch import Tensor, nn
 
 import gatattn as ga
-from gatattn.backends import select_backend
+from gatattn.backends import Problem, select_backend
 from gatattn.interop import AttnMaskBias
 from gatattn.interop.masks import attention_graph
 from gatattn.scores import DenseContext, Edges, ScaledDot
@@ -25,19 +25,9 @@ TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
 
 
 def mha_param_grads(mha: nn.MultiheadAttention) -> list[Tensor]:
-    """torch's parameter gradients in GraphAttention's order (q, k, v, out; weight, bias)."""
-    if mha._qkv_same_embed_dim:
-        ws = list(mha.in_proj_weight.grad.chunk(3))
-    else:
-        ws = [mha.q_proj_weight.grad, mha.k_proj_weight.grad, mha.v_proj_weight.grad]
-    bs = list(mha.in_proj_bias.grad.chunk(3)) if mha.in_proj_bias is not None else []
-    out: list[Tensor] = []
-    for i, w in enumerate(ws):
-        out += [w, bs[i]] if bs else [w]
-    out.append(mha.out_proj.weight.grad)
-    if mha.out_proj.bias is not None:
-        out.append(mha.out_proj.bias.grad)
-    return out
+    """torch's parameter gradients in order: GraphAttention stores the same parameters (names,
+    shapes, order) as nn.MultiheadAttention."""
+    return [p.grad for p in mha.parameters()]
 
 
 def kpm_bool(batch: int, length: int) -> Tensor:
@@ -262,7 +252,8 @@ def test_unmasked_calls_get_tagged_graphs_for_the_dense_backend(
     )  # fmt: skip
     assert graph.structure == tag and bias is None
     assert (graph.num_dst, graph.num_src) == (B * tgt, B * src)
-    name, why = select_backend("auto", ScaledDot(), graph, torch.zeros(B * tgt, H, C // H))
+    q = torch.zeros(B * tgt, H, C // H)
+    name, why = select_backend("auto", Problem(q, q, q, graph, ScaledDot()))
     assert name == "dense", why
 
 

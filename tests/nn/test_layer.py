@@ -17,11 +17,14 @@ def test_is_a_message_passing_layer_with_mha_parameters() -> None:
     layer = ga.GraphAttention(C, H)
     assert isinstance(layer, MessagePassing)
     names = [n for n, _ in layer.named_parameters()]
-    assert names == [f"{p}_proj.{w}" for p in "qkv" for w in ("weight", "bias")] + [
-        "out_proj.weight",
-        "out_proj.bias",
+    # nn.MultiheadAttention's layout, names and order: state_dicts are interchangeable
+    assert names == [n for n, _ in nn.MultiheadAttention(C, H).named_parameters()]
+    assert names == ["in_proj_weight", "in_proj_bias", "out_proj.weight", "out_proj.bias"]
+    assert len(list(ga.GraphAttention(C, H, bias=False).parameters())) == 2
+    split = ga.GraphAttention(C, H, kdim=4, vdim=9)
+    assert [n for n, _ in split.named_parameters()] == [
+        n for n, _ in nn.MultiheadAttention(C, H, kdim=4, vdim=9).named_parameters()
     ]
-    assert len(list(ga.GraphAttention(C, H, bias=False).parameters())) == 4
     # a layer holds only the parameters its score uses
     assert {n for n, _ in ga.GraphAttention(C, H, score="gatv2").named_parameters()} >= {
         "score.att"
@@ -117,3 +120,54 @@ def test_state_dict_round_trip() -> None:
     b.load_state_dict(a.state_dict())
     x = torch.randn(N, C)
     torch.testing.assert_close(a(x, ga.complete_graph(N)), b(x, ga.complete_graph(N)))
+
+
+@pytest.mark.parametrize("kdim_vdim", [(None, None), (4, 9)])
+def test_state_dicts_interchange_with_multihead_attention(kdim_vdim: tuple) -> None:
+    kdim, vdim = kdim_vdim
+    mha = nn.MultiheadAttention(C, H, kdim=kdim, vdim=vdim)
+    layer = ga.GraphAttention(C, H, kdim=kdim, vdim=vdim)
+    layer.load_state_dict(mha.state_dict())
+    for (na, a), (nb, b) in zip(mha.named_parameters(), layer.named_parameters()):
+        assert na == nb and torch.equal(a, b), na
+    back = nn.MultiheadAttention(C, H, kdim=kdim, vdim=vdim)
+    back.load_state_dict(layer.state_dict())
+    assert all(torch.equal(a, b) for a, b in zip(back.parameters(), mha.parameters()))
+
+
+def test_projection_views_read_and_write_the_stored_weights() -> None:
+    layer = ga.GraphAttention(C, H)
+    x = torch.randn(N, C, dtype=layer.in_proj_weight.dtype)
+    w, b = layer.in_proj_weight, layer.in_proj_bias
+    assert b is not None
+    for i, proj in enumerate((layer.q_proj, layer.k_proj, layer.v_proj)):
+        assert torch.equal(proj.weight, w[i * C : (i + 1) * C])
+        torch.testing.assert_close(proj(x), x @ w[i * C : (i + 1) * C].T + b[i * C : (i + 1) * C])
+    with torch.no_grad():
+        layer.k_proj.weight.fill_(0.5)  # a view: writes into in_proj_weight
+    assert bool((layer.in_proj_weight[C : 2 * C] == 0.5).all())
+    q, k, v = layer.project(x, x, x)
+    assert q.shape == k.shape == v.shape == (N, H, D)
+    torch.testing.assert_close(k.reshape(N, C), layer.k_proj(x))
+
+
+def test_loads_state_dicts_saved_with_split_projections() -> None:
+    """gatattn 0.1.0 saved q_proj.weight, k_proj.weight, v_proj.weight (+ biases)."""
+    layer = ga.GraphAttention(C, H)
+    old = {
+        "q_proj.weight": torch.randn(C, C), "k_proj.weight": torch.randn(C, C),
+        "v_proj.weight": torch.randn(C, C), "q_proj.bias": torch.randn(C),
+        "k_proj.bias": torch.randn(C), "v_proj.bias": torch.randn(C),
+        "out_proj.weight": torch.randn(C, C), "out_proj.bias": torch.randn(C),
+    }  # fmt: skip
+    layer.load_state_dict(old)
+    assert torch.equal(layer.q_proj.weight, old["q_proj.weight"])
+    assert torch.equal(layer.v_proj.bias, old["v_proj.bias"])
+    split = ga.GraphAttention(C, H, kdim=4, vdim=9)
+    split.load_state_dict(
+        {"q_proj.weight": torch.randn(C, C), "k_proj.weight": torch.randn(C, 4),
+         "v_proj.weight": torch.randn(C, 9), "q_proj.bias": torch.randn(C),
+         "k_proj.bias": torch.randn(C), "v_proj.bias": torch.randn(C),
+         "out_proj.weight": torch.randn(C, C), "out_proj.bias": torch.randn(C)}
+    )  # fmt: skip
+    assert split.k_proj.weight.shape == (C, 4)

@@ -35,20 +35,8 @@ def _grads(module: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _mha_grads_as_layer(mha: nn.MultiheadAttention) -> dict[str, torch.Tensor]:
-    """Map MHA's parameter gradients onto GraphAttention's parameter names."""
-    g = _grads(mha)
-    out = {"out_proj.weight": g["out_proj.weight"]}
-    if "in_proj_weight" in g:
-        for name, part in zip(("q", "k", "v"), g["in_proj_weight"].chunk(3)):
-            out[f"{name}_proj.weight"] = part
-    else:
-        for name in ("q", "k", "v"):
-            out[f"{name}_proj.weight"] = g[f"{name}_proj_weight"]
-    if "in_proj_bias" in g:
-        for name, part in zip(("q", "k", "v"), g["in_proj_bias"].chunk(3)):
-            out[f"{name}_proj.bias"] = part
-        out["out_proj.bias"] = g["out_proj.bias"]
-    return out
+    """mha's gradients by name: GraphAttention keeps nn.MultiheadAttention's parameter names."""
+    return _grads(mha)
 
 
 def _assert_grads_close(

@@ -1,0 +1,173 @@
+"""Input checks of ``GraphAttention``, and its typed result ``Attention``.
+
+Every check raises an error that names the offending argument and value (tests/nn/test_layer.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..backends import EdgeInput
+from ..graph import TokenGraph
+
+__all__ = [
+    "Attention",
+    "Sources",
+    "check_edge_inputs",
+    "check_features",
+    "check_layer_args",
+    "edge_features",
+    "split_sources",
+    "with_batch",
+]
+
+#: Key/value features of cross-attention: one tensor [N_s, kdim] or a pair (keys, values).
+Sources = Tensor | tuple[Tensor, Tensor] | None
+
+
+@dataclass
+class Attention:
+    """Result of ``GraphAttention(..., return_attention=True)``.
+
+    Attributes:
+        out: layer output [N_t, C].
+        edge_index: the edges [2, E] that scores and weights refer to (row 0 source j, row 1 target i).
+        scores: pre-softmax α_ij [E, H] (eq. 1).
+        weights: post-softmax Attn_ij [E, H] (eq. 2), before dropout.
+        graph: the TokenGraph (node counts, lengths, structure tag), when known.
+    """
+
+    out: Tensor
+    edge_index: Tensor
+    scores: Tensor
+    weights: Tensor
+    graph: TokenGraph | None = None
+
+    @property
+    def num_heads(self) -> int:
+        """H."""
+        return int(self.scores.size(1))
+
+
+def check_layer_args(
+    embed_dim: object, num_heads: object, dropout: float, edge_dim: object
+) -> None:
+    """GraphAttention's constructor arguments; each error names the argument and its value."""
+    for name, val in (("embed_dim", embed_dim), ("num_heads", num_heads)):
+        if isinstance(val, bool) or not isinstance(val, int) or val < 1:
+            raise ValueError(f"{name} must be a positive int, got {val!r}")
+    assert isinstance(embed_dim, int) and isinstance(num_heads, int)
+    if embed_dim % num_heads:
+        raise ValueError(f"embed_dim={embed_dim} is not divisible by num_heads={num_heads}")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+    if edge_dim is not None and (
+        isinstance(edge_dim, bool) or not isinstance(edge_dim, int) or edge_dim < 1
+    ):
+        raise ValueError(f"edge_dim must be a positive int or None, got {edge_dim!r}")
+
+
+def check_features(t: object, name: str, width: int, arg: str) -> Tensor:
+    """``t`` must be node features [N, width] (rank 2); returns it."""
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name} must be a Tensor, got {type(t).__name__}")
+    if t.dim() != 2:
+        raise ValueError(
+            f"{name} must be node features [N, C] (rank 2), got shape {list(t.shape)}; "
+            "concatenate sequences and use a block-diagonal graph, or use "
+            "GraphMultiheadAttention for [B, L, C] input"
+        )
+    if t.size(1) != width:
+        raise ValueError(f"{name} has {t.size(1)} channels but {arg}={width}")
+    return t
+
+
+def split_sources(
+    x: Tensor, x_src: Tensor | tuple[Tensor, Tensor] | None, dims: tuple[int, int, int]
+) -> tuple[Tensor, Tensor]:
+    """(key features, value features) from ``x_src`` (None: self-attention on ``x``).
+
+    Args:
+        x: query features [N_t, C].
+        x_src: None, features [N_s, kdim] (kdim == vdim), or a pair ([N_s, kdim], [N_s, vdim]).
+        dims: (embed_dim, kdim, vdim) of the layer.
+    """
+    embed_dim, kdim, vdim = dims
+    if x_src is None:
+        if (kdim, vdim) != (embed_dim, embed_dim):
+            raise ValueError(
+                f"kdim={kdim}, vdim={vdim} differ from embed_dim={embed_dim}: "
+                "pass the key/value features as x_src"
+            )
+        return x, x
+    if isinstance(x_src, (tuple, list)):
+        if len(x_src) != 2:
+            raise ValueError(f"x_src pair must be (keys, values), got {len(x_src)} items")
+        xk, xv = x_src
+        if xk.size(0) != xv.size(0):
+            raise ValueError(f"x_src keys have {xk.size(0)} rows but values have {xv.size(0)}")
+        return xk, xv
+    if kdim != vdim:
+        raise ValueError(f"kdim={kdim} != vdim={vdim}: pass x_src=(key_features, value_features)")
+    return x_src, x_src
+
+
+def check_edge_inputs(edge_attr: EdgeInput | None, num_edges: int) -> EdgeInput | None:
+    """Every per-edge input (one tensor, or each value of a mapping) has one row per edge."""
+    if edge_attr is None:
+        return None
+    items = edge_attr.items() if isinstance(edge_attr, Mapping) else [("edge_attr", edge_attr)]
+    for key, t in items:
+        if not isinstance(t, Tensor):
+            raise TypeError(f"edge_attr[{key!r}] must be a Tensor, got {type(t).__name__}")
+        if t.dim() == 0 or t.size(0) != num_edges:
+            name = "edge_attr" if not isinstance(edge_attr, Mapping) else f"edge_attr[{key!r}]"
+            rows = "no" if t.dim() == 0 else t.size(0)
+            raise ValueError(
+                f"{name} has {rows} rows but the graph has {num_edges} edges (one row per edge)"
+            )
+    return edge_attr
+
+
+def edge_features(edge_attr: EdgeInput | None, edge_dim: int | None) -> Tensor:
+    """The edge features e [E, F] that ``edge_dim=F`` modulation reads ([E] becomes [E, 1])."""
+    if not isinstance(edge_attr, Tensor):
+        raise ValueError(
+            f"edge_dim={edge_dim} is set, so forward needs edge_attr [E, {edge_dim}] (a tensor), "
+            f"got {type(edge_attr).__name__}"
+        )
+    attr = edge_attr.unsqueeze(-1) if edge_attr.dim() == 1 else edge_attr  # [E, F]
+    if attr.dim() != 2 or attr.size(1) != edge_dim:
+        raise ValueError(f"edge_attr has shape {list(edge_attr.shape)} but edge_dim={edge_dim}")
+    return attr
+
+
+def with_batch(g: TokenGraph, batch: Tensor) -> TokenGraph:
+    """Attach per-graph lengths from PyG's sorted ``batch`` vector [N] to a self-attention graph.
+
+    The lengths only restart positions (for position biases); the edges alone keep graphs
+    apart. The new graph keeps the tag as an unverified claim, so a fast backend uses it only
+    when it still holds with these lengths.
+    """
+    if not isinstance(batch, Tensor) or batch.dim() != 1 or batch.numel() != g.num_dst:
+        shape = list(batch.shape) if isinstance(batch, Tensor) else type(batch).__name__
+        raise ValueError(f"batch must be a LongTensor [N={g.num_dst}], got {shape}")
+    if g.lengths is not None or g.num_src != g.num_dst or batch.numel() == 0:
+        return g
+    if not torch.compiler.is_compiling() and bool((batch[1:] < batch[:-1]).any()):
+        raise ValueError("batch must be sorted (nodes of each graph contiguous), as Batch gives it")
+    counts = torch.bincount(batch)  # [B]
+    lengths = [int(n) for n in counts.tolist() if n > 0]
+    return TokenGraph(
+        g.edge_index,
+        g.num_src,
+        g.num_dst,
+        structure=g.structure,
+        lengths=lengths,
+        params=g.params,
+        validate=False,
+    )
