@@ -100,16 +100,14 @@ class BertLayer(TransformerBlock):
     ffn_out = property(lambda self: self.linear2, doc="W_2 (the block's linear2).")
     ffn_norm = property(lambda self: self.norm2, doc="LN_2 (the block's norm2).")
 
-    def forward(  # type: ignore[override]
+    def forward(  # type: ignore[override]  # returns the Attention too
         self, x: Tensor, graph: TokenGraph, need: bool
     ) -> tuple[Tensor, Attention | None]:
         kept: list[Attention] | None = [] if need else None
         x = super().forward(x, graph, kept)  # [N, C]
         return x, kept[0] if kept else None
 
-    def _attend(  # type: ignore[override]
-        self, x: Tensor, graph: TokenGraph, kept: list[Attention] | None
-    ) -> Tensor:
+    def _attend(self, x: Tensor, graph: TokenGraph, kept: list[Attention] | None) -> Tensor:
         """GraphAttention(x, G) [N, C]; its ``Attention`` goes into ``kept`` when one is given."""
         if kept is None:
             return self.self_attn(x, graph)  # [N, C]

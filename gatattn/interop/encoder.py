@@ -8,6 +8,7 @@ its GraphAttention on [N, C] node features with a token graph (the GNN form).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -62,27 +63,18 @@ class GraphTransformerEncoderLayer(TransformerBlock):
         *,
         backend: str = "auto",
     ) -> None:
+        both: dict[str, Any] = {"dropout": dropout, "bias": bias, "device": device, "dtype": dtype}
         attn = GraphMultiheadAttention(
-            d_model,
-            nhead,
-            dropout=dropout,
-            bias=bias,
-            batch_first=batch_first,
-            backend=backend,
-            device=device,
-            dtype=dtype,
+            d_model, nhead, batch_first=batch_first, backend=backend, **both
         )
         super().__init__(
             attn,
             d_model,
             dim_feedforward,
-            dropout=dropout,
             activation=activation,
             norm_first=norm_first,
             layer_norm_eps=layer_norm_eps,
-            bias=bias,
-            device=device,
-            dtype=dtype,
+            **both,
         )
 
     @property
@@ -143,7 +135,7 @@ class GraphTransformerEncoderLayer(TransformerBlock):
             )
         return super().forward(src, src_mask, src_key_padding_mask, is_causal, graph)
 
-    def _attend(  # type: ignore[override]
+    def _attend(
         self,
         x: Tensor,
         attn_mask: Tensor | None,
