@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from .graph import TokenGraph
 from .nn import Attention, GraphAttention
+from .nn.block import TransformerBlock
 from .patterns import complete_graph
 
 __all__ = ["BertGraphEncoder", "EncoderOutput", "GraphFn", "minilm"]
@@ -59,33 +60,86 @@ class EncoderOutput:
     attentions: list[Attention] = field(default_factory=list)
 
 
-class BertLayer(nn.Module):
+#: The shared block's names -> BertLayer's state_dict names (the ones ``_rename`` maps onto).
+_LAYER_NAMES = {
+    "self_attn.": "attn.",
+    "norm1.": "attn_norm.",
+    "linear1.": "ffn_in.",
+    "linear2.": "ffn_out.",
+    "norm2.": "ffn_norm.",
+}
+
+
+class BertLayer(TransformerBlock):
     """One post-norm BERT layer with graph self-attention (Devlin et al. 2019).
 
     .. math::
         x \\leftarrow \\mathrm{LN}_1(x + \\mathrm{GraphAttention}(x, G)), \\quad
         x \\leftarrow \\mathrm{LN}_2(x + W_2\\,\\mathrm{GELU}(W_1 x + b_1) + b_2)
 
+    The shared ``TransformerBlock`` (gatattn/nn/block.py; post-norm, erf GELU, no dropout). Its
+    state_dict keeps this layer's own names (attn, attn_norm, ffn_in, ffn_out, ffn_norm, in that
+    order), and loads them or the block's names; the old names also stay as attributes.
+
     Shapes:
         x [N, C], graph over N nodes -> [N, C].
     """
 
+    self_attn: GraphAttention
+
     def __init__(
         self, hidden: int, heads: int, intermediate: int, eps: float, backend: str
     ) -> None:
-        super().__init__()
-        self.attn = GraphAttention(hidden, heads, backend=backend)
-        self.attn_norm = nn.LayerNorm(hidden, eps=eps)  # LN_1
-        self.ffn_in = nn.Linear(hidden, intermediate)  # W_1
-        self.ffn_out = nn.Linear(intermediate, hidden)  # W_2
-        self.ffn_norm = nn.LayerNorm(hidden, eps=eps)  # LN_2
+        attn = GraphAttention(hidden, heads, backend=backend)
+        super().__init__(attn, hidden, intermediate, activation="gelu", layer_norm_eps=eps)
+        self.register_state_dict_post_hook(_save_layer_names)
+        self.register_load_state_dict_pre_hook(_load_layer_names)
 
-    def forward(self, x: Tensor, graph: TokenGraph, need: bool) -> tuple[Tensor, Attention | None]:
-        res = self.attn(x, graph, return_attention=need)  # [N, C] or Attention
-        a = res.out if isinstance(res, Attention) else res  # [N, C]
-        x = self.attn_norm(x + a)  # [N, C]
-        x = self.ffn_norm(x + self.ffn_out(F.gelu(self.ffn_in(x))))  # [N, C]
-        return x, res if isinstance(res, Attention) else None
+    attn = property(lambda self: self.self_attn, doc="GraphAttention (the block's self_attn).")
+    attn_norm = property(lambda self: self.norm1, doc="LN_1 (the block's norm1).")
+    ffn_in = property(lambda self: self.linear1, doc="W_1 (the block's linear1).")
+    ffn_out = property(lambda self: self.linear2, doc="W_2 (the block's linear2).")
+    ffn_norm = property(lambda self: self.norm2, doc="LN_2 (the block's norm2).")
+
+    def forward(  # type: ignore[override]  # returns the Attention too
+        self, x: Tensor, graph: TokenGraph, need: bool
+    ) -> tuple[Tensor, Attention | None]:
+        kept: list[Attention] | None = [] if need else None
+        x = super().forward(x, graph, kept)  # [N, C]
+        return x, kept[0] if kept else None
+
+    def _attend(self, x: Tensor, graph: TokenGraph, kept: list[Attention] | None) -> Tensor:
+        """GraphAttention(x, G) [N, C]; its ``Attention`` goes into ``kept`` when one is given."""
+        if kept is None:
+            return self.self_attn(x, graph)  # [N, C]
+        res = self.self_attn(x, graph, return_attention=True)
+        kept.append(res)
+        return res.out  # [N, C]
+
+
+def _save_layer_names(
+    module: nn.Module, state_dict: dict[str, Any], prefix: str, local_metadata: Any
+) -> None:
+    """state_dict post-hook: the block's keys -> BertLayer's, in BertLayer's order."""
+    mine = {
+        k[len(prefix) :]: state_dict.pop(k) for k in [k for k in state_dict if k.startswith(prefix)]
+    }
+    for block_name, name in _LAYER_NAMES.items():
+        for rest in [r for r in mine if r.startswith(block_name)]:
+            state_dict[prefix + name + rest[len(block_name) :]] = mine.pop(rest)
+    state_dict.update({prefix + rest: v for rest, v in mine.items()})  # any other key as it is
+
+
+def _load_layer_names(
+    module: nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any
+) -> None:
+    """load_state_dict pre-hook: BertLayer's keys -> the block's (the block's own pass as they are)."""
+    for key in [k for k in state_dict if k.startswith(prefix)]:
+        rest = key[len(prefix) :]
+        for block_name, name in _LAYER_NAMES.items():
+            if rest.startswith(name):
+                state_dict[prefix + block_name + rest[len(name) :]] = state_dict.pop(key)
+                break
 
 
 class BertGraphEncoder(nn.Module):

@@ -15,21 +15,17 @@ what a PyG ``Data``/``Batch`` provides, positionally, so it fits ``torch_geometr
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from .graph import TokenGraph
 from .nn import GraphAttention
+from .nn.block import TransformerBlock
 from .scores import ScoreCallable, ScoreFunction
 
 __all__ = ["GraphTransformerBlock"]
 
-_ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {"relu": F.relu, "gelu": F.gelu}
 
-
-class GraphTransformerBlock(nn.Module):
+class GraphTransformerBlock(TransformerBlock):
     """Graph attention + feed-forward + norms + residuals (Vaswani et al. 2017; Dwivedi &
     Bresson 2021, "A Generalization of Transformer Networks to Graphs").
 
@@ -37,8 +33,9 @@ class GraphTransformerBlock(nn.Module):
         h = x + \\mathrm{Attn}_G(\\mathrm{LN}_1 x), \\quad
         \\mathrm{out} = h + W_2 \\, \\sigma(W_1 \\mathrm{LN}_2 h)   \\quad (\\text{pre-norm})
 
-    Parameter names follow ``nn.TransformerEncoderLayer`` (self_attn, linear1, linear2, norm1,
-    norm2), so weights copy across one to one.
+    The shared ``TransformerBlock`` (gatattn/nn/block.py) with a ``GraphAttention``. Parameter
+    names follow ``nn.TransformerEncoderLayer`` (self_attn, linear1, linear2, norm1, norm2), so
+    weights copy across one to one.
 
     Args:
         embed_dim: C.  num_heads: H.
@@ -55,6 +52,8 @@ class GraphTransformerBlock(nn.Module):
         x [N, C], edge_index [2, E] (or a TokenGraph), edge_attr [E, F], batch [N] -> [N, C].
     """
 
+    self_attn: GraphAttention
+
     def __init__(
         self,
         embed_dim: int,
@@ -69,15 +68,10 @@ class GraphTransformerBlock(nn.Module):
         edge_dim: int | None = None,
         backend: str = "auto",
     ) -> None:
-        super().__init__()
-        if activation not in _ACTIVATIONS:
-            raise ValueError(
-                f"activation must be one of {sorted(_ACTIVATIONS)}, got {activation!r}"
-            )
         ffn_dim = 4 * embed_dim if ffn_dim is None else ffn_dim
         if ffn_dim < 1:
             raise ValueError(f"ffn_dim must be a positive int, got {ffn_dim}")
-        self.self_attn = GraphAttention(
+        attn = GraphAttention(
             embed_dim,
             num_heads,
             score=score,
@@ -85,28 +79,9 @@ class GraphTransformerBlock(nn.Module):
             edge_dim=edge_dim,
             backend=backend,
         )
-        self.linear1 = nn.Linear(embed_dim, ffn_dim)  # W_1 [ffn, C]
-        self.linear2 = nn.Linear(ffn_dim, embed_dim)  # W_2 [C, ffn]
-        self.norm1 = nn.LayerNorm(embed_dim)
-        self.norm2 = nn.LayerNorm(embed_dim)
-        self.dropout = nn.Dropout(dropout)
-        self.activation, self.norm_first = activation, norm_first
-
-    def reset_parameters(self) -> None:
-        """Re-initialise every sub-module (PyG convention)."""
-        self.self_attn.reset_parameters()
-        for m in (self.linear1, self.linear2, self.norm1, self.norm2):
-            m.reset_parameters()
-
-    def _attn(
-        self, x: Tensor, graph: TokenGraph | Tensor, edge_attr: Tensor | None, batch: Tensor | None
-    ) -> Tensor:
-        h = self.self_attn(x, graph, edge_attr=edge_attr, batch=batch)  # [N, C]
-        return self.dropout(h)
-
-    def _ffn(self, x: Tensor) -> Tensor:
-        act = _ACTIVATIONS[self.activation]
-        return self.dropout(self.linear2(self.dropout(act(self.linear1(x)))))  # [N, C]
+        super().__init__(
+            attn, embed_dim, ffn_dim, dropout=dropout, activation=activation, norm_first=norm_first
+        )
 
     def forward(
         self,
@@ -116,11 +91,7 @@ class GraphTransformerBlock(nn.Module):
         batch: Tensor | None = None,
     ) -> Tensor:
         """One block: x [N, C] over ``edge_index`` [2, E] -> [N, C]."""
-        if self.norm_first:
-            x = x + self._attn(self.norm1(x), edge_index, edge_attr, batch)  # [N, C]
-            return x + self._ffn(self.norm2(x))
-        x = self.norm1(x + self._attn(x, edge_index, edge_attr, batch))
-        return self.norm2(x + self._ffn(x))
+        return super().forward(x, edge_index, edge_attr=edge_attr, batch=batch)
 
     def __repr__(self) -> str:
         a = self.self_attn

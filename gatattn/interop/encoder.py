@@ -1,12 +1,8 @@
 """GraphTransformerEncoderLayer: nn.TransformerEncoderLayer with graph self-attention.
 
-    post-norm:  x = LN_1(x + SA(x)),  x = LN_2(x + FF(x))
-    pre-norm:   x = x + SA(LN_1(x)),  x = x + FF(LN_2(x))
-    FF(x) = W_2 · dropout(act(W_1 x + b_1)) + b_2
-
-(Vaswani et al. 2017; pre-norm: Xiong et al. 2020, "On Layer Normalization in the Transformer
-Architecture"). SA is GraphMultiheadAttention on dense input, or GraphAttention on [N, C] node
-features with a token graph (the GNN form).
+The block formula (post- and pre-norm, Vaswani et al. 2017; Xiong et al. 2020) is the shared
+``TransformerBlock`` of gatattn/nn/block.py. Here SA is GraphMultiheadAttention on dense input, or
+its GraphAttention on [N, C] node features with a token graph (the GNN form).
 """
 
 from __future__ import annotations
@@ -19,15 +15,19 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..graph import TokenGraph
+from ..nn.block import TransformerBlock
 from .mha import GraphMultiheadAttention
 
 __all__ = ["GraphTransformerEncoderLayer"]
 
-_ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {"relu": F.relu, "gelu": F.gelu}
 
-
-class GraphTransformerEncoderLayer(nn.Module):
+class GraphTransformerEncoderLayer(TransformerBlock):
     """Drop-in for ``nn.TransformerEncoderLayer`` whose self-attention is graph attention.
+
+    The shared ``TransformerBlock`` (gatattn/nn/block.py) with a ``GraphMultiheadAttention`` as
+    ``self_attn``. It subclasses the block rather than holding one, so that the sub-modules sit
+    directly on the layer under torch's names and in torch's order (a held block would prefix
+    every state_dict key).
 
     .. math::
         x \\leftarrow \\mathrm{LN}_1(x + \\mathrm{SA}(x)), \\quad
@@ -45,6 +45,8 @@ class GraphTransformerEncoderLayer(nn.Module):
         GNN form: src [N, C] with ``graph`` (TokenGraph or edge_index [2, E]) -> [N, C].
     """
 
+    self_attn: GraphMultiheadAttention
+
     def __init__(
         self,
         d_model: int,
@@ -61,34 +63,19 @@ class GraphTransformerEncoderLayer(nn.Module):
         *,
         backend: str = "auto",
     ) -> None:
-        super().__init__()
-        fk: dict[str, Any] = {"device": device, "dtype": dtype}
-        self.self_attn = GraphMultiheadAttention(
-            d_model,
-            nhead,
-            dropout=dropout,
-            bias=bias,
-            batch_first=batch_first,
-            backend=backend,
-            **fk,
+        both: dict[str, Any] = {"dropout": dropout, "bias": bias, "device": device, "dtype": dtype}
+        attn = GraphMultiheadAttention(
+            d_model, nhead, batch_first=batch_first, backend=backend, **both
         )
-        self.linear1 = nn.Linear(d_model, dim_feedforward, bias=bias, **fk)  # W_1
-        self.dropout = nn.Dropout(dropout)
-        self.linear2 = nn.Linear(dim_feedforward, d_model, bias=bias, **fk)  # W_2
-        self.norm_first = norm_first
-        self.norm1 = nn.LayerNorm(d_model, eps=layer_norm_eps, bias=bias, **fk)
-        self.norm2 = nn.LayerNorm(d_model, eps=layer_norm_eps, bias=bias, **fk)
-        self.dropout1 = nn.Dropout(dropout)
-        self.dropout2 = nn.Dropout(dropout)
-        if isinstance(activation, str):
-            if activation not in _ACTIVATIONS:
-                raise ValueError(
-                    f"activation must be 'relu', 'gelu' or a callable, got {activation!r}"
-                )
-            activation = _ACTIVATIONS[activation]
-        if not callable(activation):
-            raise TypeError(f"activation must be a string or a callable, got {activation!r}")
-        self.activation = activation
+        super().__init__(
+            attn,
+            d_model,
+            dim_feedforward,
+            activation=activation,
+            norm_first=norm_first,
+            layer_norm_eps=layer_norm_eps,
+            **both,
+        )
 
     @property
     def batch_first(self) -> bool:
@@ -146,14 +133,9 @@ class GraphTransformerEncoderLayer(nn.Module):
                 "with graph=..., the graph is the mask: src_mask, src_key_padding_mask and "
                 "is_causal must be left unset"
             )
-        x = src
-        if self.norm_first:
-            x = x + self._sa_block(self.norm1(x), src_mask, src_key_padding_mask, is_causal, graph)
-            return x + self._ff_block(self.norm2(x))
-        x = self.norm1(x + self._sa_block(x, src_mask, src_key_padding_mask, is_causal, graph))
-        return self.norm2(x + self._ff_block(x))
+        return super().forward(src, src_mask, src_key_padding_mask, is_causal, graph)
 
-    def _sa_block(
+    def _attend(
         self,
         x: Tensor,
         attn_mask: Tensor | None,
@@ -161,19 +143,16 @@ class GraphTransformerEncoderLayer(nn.Module):
         is_causal: bool,
         graph: TokenGraph | Tensor | None,
     ) -> Tensor:
+        """SA(x): the GNN form on [N, C] with ``graph``, else torch's dense call."""
         if graph is not None:
-            out = self.self_attn.attn(x, graph)  # [N, C]
-        else:
-            out = self.self_attn(
-                x,
-                x,
-                x,
-                attn_mask=attn_mask,
-                key_padding_mask=key_padding_mask,
-                need_weights=False,
-                is_causal=is_causal,
-            )[0]
-        return self.dropout1(out)
-
-    def _ff_block(self, x: Tensor) -> Tensor:
-        return self.dropout2(self.linear2(self.dropout(self.activation(self.linear1(x)))))
+            return self.self_attn.attn(x, graph)  # [N, C]
+        out: Tensor = self.self_attn(
+            x,
+            x,
+            x,
+            attn_mask=attn_mask,
+            key_padding_mask=key_padding_mask,
+            need_weights=False,
+            is_causal=is_causal,
+        )[0]
+        return out  # like x
