@@ -10,7 +10,8 @@ The modules import one way only::
   ``layered_graph``, the (L+1)·N-node DAG of Abnar & Zuidema (2020).
 - ``analysis``: rollout (eq. R2), flow (eq. R3), entropy, weight sums, top edges, PageRank,
   strength.
-- ``plot``: ``heatmap`` and ``graph`` pictures (matplotlib is imported inside them).
+- ``plot``: ``heatmap`` and ``graph`` pictures (matplotlib is imported inside them); they stay
+  under ``plot.`` (``gatattn.inspect.plot.heatmap``, like ``ga.plot.heatmap``).
 
 ``gatattn.analysis``, ``gatattn.export`` and ``gatattn.plot`` re-export these names for the
 import paths that existed before this package.
