@@ -173,9 +173,9 @@ def to_networkx(
     # as dict(zip(keys, row)), which is needed only for the per-head columns of head="all"
     count_list = count.tolist()
     if head == "all":
-        keys = (*columns, "count")
+        names = (*columns, "count")
         rows = zip(*(col.tolist() for col in columns.values()), count_list)
-        attrs = [dict(zip(keys, row)) for row in rows]  # [E']
+        attrs = [dict(zip(names, row)) for row in rows]  # [E']
     else:
         score, weight = columns["score"].tolist(), columns["weight"].tolist()
         attrs = [

@@ -53,13 +53,13 @@ class MergedEdges(NamedTuple):
         keys: the unique edge keys [E'] (``target · num_src + source`` for ``merged_edges``).
         scores: α [E', H] (float64), merged as log Σ exp.
         weights: Attn [E', H] (float64), summed.
-        count: how many edges were merged into each one [E'] (int64).
+        multiplicity: how many edges were merged into each one [E'] (int64).
     """
 
     keys: np.ndarray
     scores: np.ndarray
     weights: np.ndarray
-    count: np.ndarray
+    multiplicity: np.ndarray
 
 
 def check_head(head: Any, num_heads: int, *, allow_all: bool = True) -> None:
@@ -94,7 +94,7 @@ def merge_duplicates(keys: np.ndarray, scores: np.ndarray, weights: np.ndarray) 
 
     Shapes:
         keys [E], scores [E, H], weights [E, H] -> keys [E'], scores [E', H], weights [E', H],
-        count [E'].
+        multiplicity [E'].
     """
     uniq, inverse, count = np.unique(keys, return_inverse=True, return_counts=True)
     if uniq.size == keys.size:  # the usual case: no duplicates, keep the edge order
@@ -131,7 +131,8 @@ def merged_edges(attention: Attention, num_src: int) -> MergedEdges:
     source and ``key // num_src`` the target.
 
     Shapes:
-        edge_index [2, E], scores/weights [E, H] -> keys [E'], scores/weights [E', H], count [E'].
+        edge_index [2, E], scores/weights [E, H] -> keys [E'], scores/weights [E', H],
+        multiplicity [E'].
     """
     ei = attention.edge_index.cpu().numpy()  # [2, E]
     return merge_duplicates(

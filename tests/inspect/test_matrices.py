@@ -54,11 +54,11 @@ def test_merge_duplicates_analytic() -> None:
     weights = np.array([[0.5, 0.1], [0.125, 0.2], [0.375, 0.3]])  # [E, H]
     got = matrices.merge_duplicates(keys, scores, weights)
     assert isinstance(got, matrices.MergedEdges)
-    assert got.keys.tolist() == [4, 9] and got.count.tolist() == [2, 1]  # sorted keys
+    assert got.keys.tolist() == [4, 9] and got.multiplicity.tolist() == [2, 1]  # sorted keys
     assert np.allclose(got.scores, np.log([[4.0, 10.0], [2.0, 1.0]]), atol=1e-15, rtol=0)
     assert np.allclose(got.weights, [[0.5, 0.5], [0.5, 0.1]], atol=1e-15, rtol=0)
     k, s, w, c = got  # unpacks as the 4-tuple it used to be
-    assert k is got.keys and c is got.count
+    assert k is got.keys and s is got.scores and w is got.weights and c is got.multiplicity
 
 
 def test_merge_duplicates_without_duplicates_keeps_order_and_arrays() -> None:
@@ -66,7 +66,7 @@ def test_merge_duplicates_without_duplicates_keeps_order_and_arrays() -> None:
     scores, weights = np.random.default_rng(0).random((2, 3, H))  # [E, H] each
     got = matrices.merge_duplicates(keys, scores, weights)
     assert got.keys is keys and got.scores is scores and got.weights is weights
-    assert got.count.tolist() == [1, 1, 1] and got.count.dtype == np.int64
+    assert got.multiplicity.tolist() == [1, 1, 1] and got.multiplicity.dtype == np.int64
 
 
 def test_merge_duplicates_all_minus_inf_group_stays_minus_inf() -> None:
@@ -84,7 +84,7 @@ def test_merged_edges_keys_are_target_major() -> None:
     res = _result(g)
     got = matrices.merged_edges(res, 3)
     assert got.keys.tolist() == [0 * 3 + 1, 0 * 3 + 2, 1 * 3 + 0]
-    assert got.count.tolist() == [2, 1, 1]
+    assert got.multiplicity.tolist() == [2, 1, 1]
     w = res.weights.detach().numpy()  # [E, H]
     assert np.allclose(got.weights, [w[0] + w[1], w[2], w[3]], atol=1e-15, rtol=0)
     assert got.scores.dtype == np.float64 and got.scores.shape == (3, H)
