@@ -1,4 +1,4 @@
-"""Rollout, flow, entropy, normalisation, top edges and centrality (gatattn.analysis)."""
+"""Rollout, flow, entropy, normalisation, top edges and centrality (gatattn.inspect.analysis)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import gatattn as ga
-from gatattn import analysis
+from gatattn.inspect import analysis, matrices
 
 N, H, D = 5, 3, 7  # pairwise-distinct sizes
 C = H * D
@@ -60,7 +60,7 @@ def test_rollout_orientation_by_hand() -> None:
 
 def test_one_layer_without_residual_is_the_attention_matrix() -> None:
     res = _attend([ga.GraphAttention(C, H).double()], torch.randn(N, C, dtype=torch.float64))
-    A = analysis.attention_matrix(res[0])  # [N, N]
+    A = matrices.attention_matrix(res[0])  # [N, N]
     w = res[0].weights.detach().mean(1).view(N, N).numpy()  # complete graph: edges target-major
     assert np.abs(A - w).max() < 1e-15
     assert np.abs(ga.attention_rollout(res, residual=False) - A).max() < 1e-15
@@ -91,7 +91,7 @@ def test_entropy_against_torch_categorical() -> None:
     g = ga.complete_graph(lengths=lengths)
     layer = ga.GraphAttention(C, H).double()
     res = layer(torch.randn(6, C, dtype=torch.float64), g, return_attention=True)
-    got = ga.analysis.attention_entropy(res)  # [N, H]
+    got = analysis.attention_entropy(res)  # [N, H]
     assert got.shape == (6, H)
     w = res.weights.detach()
     for i in range(6):
@@ -101,9 +101,7 @@ def test_entropy_against_torch_categorical() -> None:
     with torch.no_grad():
         layer.q_proj.weight.zero_()
         layer.q_proj.bias.zero_()  # q = 0: uniform attention, entropy log |N(i)|
-    flat = ga.analysis.attention_entropy(
-        layer(torch.randn(6, C).double(), g, return_attention=True)
-    )
+    flat = analysis.attention_entropy(layer(torch.randn(6, C).double(), g, return_attention=True))
     want = torch.tensor([math.log(2)] * 2 + [math.log(4)] * 4, dtype=torch.float64)
     assert torch.allclose(flat, want.unsqueeze(1).expand(6, H), atol=1e-12, rtol=0)
 
@@ -114,55 +112,55 @@ def test_check_weights_sum() -> None:
     res = ga.GraphAttention(C, H).double()(
         torch.randn(3, C, dtype=torch.float64), g, return_attention=True
     )
-    assert ga.analysis.check_weights_sum(res) < 1e-12
+    assert analysis.check_weights_sum(res) < 1e-12
     G = ga.to_networkx(res)
-    assert ga.analysis.check_weights_sum(G) < 1e-12
+    assert analysis.check_weights_sum(G) < 1e-12
     G[2][1]["weight"] *= 2
     with pytest.raises(ValueError, match=r"weights entering node 1 sum to 1\.\d+, not 1"):
-        ga.analysis.check_weights_sum(G)
+        analysis.check_weights_sum(G)
     res.weights.data[3, 2] += 1e-3
     with pytest.raises(ValueError, match=r"weights entering target 1 \(head 2\) sum to"):
-        ga.analysis.check_weights_sum(res)
+        analysis.check_weights_sum(res)
     with pytest.raises(TypeError, match=r"expected an Attention or an nx.DiGraph, got list"):
-        ga.analysis.check_weights_sum([])  # type: ignore[arg-type]
+        analysis.check_weights_sum([])  # type: ignore[arg-type]
 
 
 def test_top_edges() -> None:
     G = nx.DiGraph()
     G.add_weighted_edges_from([(0, 1, 0.2), (1, 0, 0.9), (2, 0, 0.5), (0, 2, 0.1)])
-    assert ga.analysis.top_edges(G, 2) == [(1, 0, 0.9), (2, 0, 0.5)]
-    assert len(ga.analysis.top_edges(G, 10)) == 4
+    assert analysis.top_edges(G, 2) == [(1, 0, 0.9), (2, 0, 0.5)]
+    assert len(analysis.top_edges(G, 10)) == 4
     with pytest.raises(ValueError, match=r"k must be a positive int, got 0"):
-        ga.analysis.top_edges(G, 0)
+        analysis.top_edges(G, 0)
     G.add_edge(3, 0)
     with pytest.raises(ValueError, match=r"edge 3 -> 0 has no 'weight' attribute"):
-        ga.analysis.top_edges(G)
+        analysis.top_edges(G)
 
 
 def test_pagerank_follows_attention_rows() -> None:
     res = _attend([ga.GraphAttention(C, H).double()], torch.randn(N, C, dtype=torch.float64))[0]
     G = ga.to_networkx(res)
-    A = analysis.attention_matrix(res)  # [N, N], rows (queries) sum to 1
+    A = matrices.attention_matrix(res)  # [N, N], rows (queries) sum to 1
     pi = np.full(N, 1 / N)
     for _ in range(500):  # power iteration of the walk query -> key with probabilities A[i, :]
         pi = 0.85 * A.T @ pi + 0.15 / N
-    got = ga.analysis.pagerank(G)
+    got = analysis.pagerank(G)
     assert max(abs(got[i] - pi[i]) for i in range(N)) < 1e-6
-    info = ga.analysis.pagerank(G, follow="information")
+    info = analysis.pagerank(G, follow="information")
     assert max(abs(info[i] - got[i]) for i in range(N)) > 1e-4
     with pytest.raises(ValueError, match=r"follow must be 'attention' or 'information', got 'x'"):
-        ga.analysis.pagerank(G, follow="x")  # type: ignore[arg-type]
+        analysis.pagerank(G, follow="x")  # type: ignore[arg-type]
 
 
 def test_strength() -> None:
     res = _attend([ga.GraphAttention(C, H).double()], torch.randn(N, C, dtype=torch.float64))[0]
     G = ga.to_networkx(res)
-    A = analysis.attention_matrix(res)
-    out, inn = ga.analysis.strength(G), ga.analysis.strength(G, direction="in")
+    A = matrices.attention_matrix(res)
+    out, inn = analysis.strength(G), analysis.strength(G, direction="in")
     assert max(abs(out[j] - A[:, j].sum()) for j in range(N)) < 1e-12  # attention received
     assert max(abs(inn[i] - 1) for i in range(N)) < 1e-12  # attention paid
     with pytest.raises(ValueError, match=r"direction must be 'in' or 'out', got 'both'"):
-        ga.analysis.strength(G, direction="both")  # type: ignore[arg-type]
+        analysis.strength(G, direction="both")  # type: ignore[arg-type]
 
 
 def test_bad_layer_inputs() -> None:
@@ -181,21 +179,5 @@ def test_bad_layer_inputs() -> None:
         ga.attention_rollout([res], head=7)
     with pytest.raises(ValueError, match=r"target 5 is out of range for 5 tokens"):
         ga.attention_flow([res], targets=[5])
-    with pytest.raises(ValueError, match=r"which must be 'weight' or 'score', got 'alpha'"):
-        analysis.attention_matrix(res, which="alpha")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match=r"expected a gatattn.Attention, got ndarray"):
         analysis.attention_entropy(np.eye(3))  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match=r"expected a gatattn.Attention, got ndarray"):
-        analysis.attention_matrix(np.eye(3))  # type: ignore[arg-type]
-
-
-def test_score_matrix_blank_off_graph() -> None:
-    g = ga.TokenGraph(torch.tensor([[0, 1, 1], [0, 0, 1]]), 2, 2)
-    res = ga.GraphAttention(C, H).double()(
-        torch.randn(2, C, dtype=torch.float64), g, return_attention=True
-    )
-    S = analysis.attention_matrix(res, which="score", head=0)
-    assert np.isnan(S[1, 0]) and S[0, 1] == pytest.approx(
-        float(res.scores.detach()[1, 0]), abs=1e-15
-    )
-    assert analysis.attention_matrix(res, head="all").shape == (H, 2, 2)

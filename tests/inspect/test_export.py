@@ -1,4 +1,5 @@
-"""ga.to_networkx / from_networkx / write_graph / layered_graph against PyTorch and NetworkX."""
+"""to_networkx / from_networkx / write_graph / layered_graph (gatattn.inspect.export) against
+PyTorch and NetworkX."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import torch
 from torch import nn
 
 import gatattn as ga
-from gatattn import export
+from gatattn.inspect import analysis, export, matrices
 
 N, H, D = 5, 3, 7  # pairwise-distinct sizes: a transposed axis fails
 C = H * D
@@ -97,7 +98,7 @@ def test_tokens_positions_sequences_on_batched_graph() -> None:
     for u, v in G.edges:  # no attention across sequences
         assert want_seq[u] == want_seq[v]
     assert G.graph["num_sequences"] == 3
-    ga.analysis.check_weights_sum(G)
+    analysis.check_weights_sum(G)
 
 
 def test_duplicate_edges_are_summed_into_one_edge() -> None:
@@ -118,7 +119,7 @@ def test_duplicate_edges_are_summed_into_one_edge() -> None:
         soft = np.exp(incoming) / np.exp(incoming).sum()
         assert soft[0] == pytest.approx(merged[f"weight_h{h}"], abs=1e-12)
     assert merged["weight"] == pytest.approx((w[0] + w[1]).mean(), abs=1e-12)
-    assert ga.analysis.check_weights_sum(G) < 1e-12
+    assert analysis.check_weights_sum(G) < 1e-12
 
 
 def test_from_networkx_round_trip(res: ga.Attention) -> None:
@@ -179,7 +180,7 @@ def test_layered_graph_structure(res: ga.Attention) -> None:
     G = ga.layered_graph([res] * L, tokens=TOKENS)
     assert G.number_of_nodes() == (L + 1) * N and nx.is_directed_acyclic_graph(G)
     assert G.nodes[2 * N + 3] == {"layer": 2, "index": 3, "token": "on"}
-    A = ga.analysis.attention_matrix(res)  # [N, N] row = query
+    A = matrices.attention_matrix(res)  # [N, N] row = query
     hat = 0.5 * A + 0.5 * np.eye(N)
     hat /= hat.sum(1, keepdims=True)
     for u, v, w in G.edges(data="weight"):

@@ -1,4 +1,4 @@
-"""ga.plot.heatmap / ga.plot.graph write PNGs (Agg backend: conftest sets MPLBACKEND)."""
+"""heatmap / graph (gatattn.inspect.plot) write PNGs (Agg backend: conftest sets MPLBACKEND)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import gatattn as ga
+from gatattn.inspect import matrices, plot
 
 N, H, D = 5, 3, 7
 C = H * D
@@ -27,14 +28,14 @@ def res() -> ga.Attention:
 def test_heatmap_grid_of_heads_png(res: ga.Attention, tmp_path) -> None:
     import matplotlib
 
-    fig = ga.plot.heatmap(res, head="all", tokens=TOKENS, path=tmp_path / "h.png")
+    fig = plot.heatmap(res, head="all", tokens=TOKENS, path=tmp_path / "h.png")
     data = (tmp_path / "h.png").read_bytes()
     assert data.startswith(PNG) and len(data) > 5000
     assert matplotlib.get_backend().lower() == "agg"
     panels = [ax for ax in fig.axes if ax.images]
     assert [ax.get_title() for ax in panels] == ["head 0", "head 1", "head 2"]
     shown = panels[1].images[0].get_array()  # [N, N] row = query, column = key
-    want = ga.analysis.attention_matrix(res, head=1)
+    want = matrices.attention_matrix(res, head=1)
     assert np.abs(np.asarray(shown) - want).max() < 1e-12
     assert [t.get_text() for t in panels[0].get_yticklabels()] == TOKENS
 
@@ -44,11 +45,11 @@ def test_heatmap_of_scores_leaves_non_edges_blank() -> None:
     res = ga.GraphAttention(C, H).double()(
         torch.randn(2, C, dtype=torch.float64), g, return_attention=True
     )
-    fig = ga.plot.heatmap(res, which="score", head=2)  # no path: nothing written
+    fig = plot.heatmap(res, which="score", head=2)  # no path: nothing written
     image = fig.axes[0].images[0].get_array()
     assert image.mask[1, 0] and not image.mask[0, 1]
     assert image[0, 1] == pytest.approx(float(res.scores.detach()[1, 2]), abs=1e-12)
-    mean = ga.plot.heatmap(res).axes[0].images[0].get_array()
+    mean = plot.heatmap(res).axes[0].images[0].get_array()
     assert mean[0, 1] == pytest.approx(float(res.weights.detach()[1].mean()), abs=1e-12)
 
 
@@ -56,7 +57,7 @@ def test_graph_png_with_threshold(res: ga.Attention, tmp_path) -> None:
     G = ga.to_networkx(res, tokens=TOKENS)
     threshold = float(np.median([w for _, _, w in G.edges(data="weight")]))
     kept = sum(w >= threshold for _, _, w in G.edges(data="weight"))
-    fig = ga.plot.graph(G, threshold=threshold, path=tmp_path / "g.png")
+    fig = plot.graph(G, threshold=threshold, path=tmp_path / "g.png")
     data = (tmp_path / "g.png").read_bytes()
     assert data.startswith(PNG) and len(data) > 5000
     ax = fig.axes[0]
@@ -68,7 +69,7 @@ def test_graph_png_with_threshold(res: ga.Attention, tmp_path) -> None:
 
 def test_layered_graph_picture(res: ga.Attention, tmp_path) -> None:
     G = ga.layered_graph([res, res], tokens=TOKENS)
-    fig = ga.plot.graph(G, threshold=0.2, path=tmp_path / "layers.png")
+    fig = plot.graph(G, threshold=0.2, path=tmp_path / "layers.png")
     assert (tmp_path / "layers.png").stat().st_size > 5000
     ys = {round(t.get_position()[1], 6) for t in fig.axes[0].texts}
     assert ys == {0.0, 1.0, 2.0}  # inputs at the bottom, one row per layer
@@ -76,15 +77,15 @@ def test_layered_graph_picture(res: ga.Attention, tmp_path) -> None:
 
 def test_bad_input(res: ga.Attention, tmp_path) -> None:
     with pytest.raises(ValueError, match=r"head 3 is out of range"):
-        ga.plot.heatmap(res, head=3)
+        plot.heatmap(res, head=3)
     with pytest.raises(ValueError, match=r"got 2 tokens but the attention has 5 tokens"):
-        ga.plot.heatmap(res, tokens=["a", "b"])
+        plot.heatmap(res, tokens=["a", "b"])
     with pytest.raises(ValueError, match=r"pictures are written as PNG; got the suffix '\.jpg'"):
-        ga.plot.heatmap(res, path=tmp_path / "h.jpg")
+        plot.heatmap(res, path=tmp_path / "h.jpg")
     with pytest.raises(TypeError, match=r"heatmap needs a gatattn.Attention, got DiGraph"):
-        ga.plot.heatmap(nx.DiGraph())  # type: ignore[arg-type]
+        plot.heatmap(nx.DiGraph())  # type: ignore[arg-type]
     G = nx.DiGraph()
     G.add_edge(0, 1)
     with pytest.raises(ValueError, match=r"edge 0 -> 1 has no 'weight' attribute"):
-        ga.plot.graph(G)
+        plot.graph(G)
     assert not list(tmp_path.iterdir())

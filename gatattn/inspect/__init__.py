@@ -1,0 +1,79 @@
+"""Inspecting attention: matrices, NetworkX graphs and files, analyses, pictures.
+
+The modules import one way only::
+
+    matrices  ->  export  ->  analysis        plot (reads matrices; imported by none of them)
+
+- ``matrices``: Attention -> arrays: head choice, duplicate-edge merge, residual adjustment
+  Â = rownorm(0.5·A + 0.5·I) (eq. R1), dense matrices A[i, j] = Attn_ij (row = query).
+- ``export``: ``to_networkx`` / ``from_networkx``, ``write_graph`` (GraphML, GEXF, JSON) and
+  ``layered_graph``, the (L+1)·N-node DAG of Abnar & Zuidema (2020).
+- ``analysis``: rollout (eq. R2), flow (eq. R3), entropy, weight sums, top edges, PageRank,
+  strength.
+- ``plot``: ``heatmap`` and ``graph`` pictures (matplotlib is imported inside them); they stay
+  under ``plot.`` (``gatattn.inspect.plot.heatmap``, like ``ga.plot.heatmap``).
+
+``gatattn.analysis``, ``gatattn.export`` and ``gatattn.plot`` re-export these names for the
+import paths that existed before this package.
+"""
+
+from . import analysis, export, matrices, plot
+from .analysis import (
+    attention_entropy,
+    attention_flow,
+    attention_rollout,
+    check_weights_sum,
+    pagerank,
+    strength,
+    top_edges,
+)
+from .export import (
+    MAX_WRITE_EDGES,
+    EdgeArrays,
+    from_networkx,
+    layered_graph,
+    to_networkx,
+    write_graph,
+)
+from .matrices import (
+    HeadSpec,
+    LayerInput,
+    MergedEdges,
+    adjusted_matrices,
+    attention_matrix,
+    check_head,
+    merge_duplicates,
+    merged_edges,
+    node_counts,
+    residual_adjust,
+)
+
+__all__ = [
+    "MAX_WRITE_EDGES",
+    "EdgeArrays",
+    "HeadSpec",
+    "LayerInput",
+    "MergedEdges",
+    "adjusted_matrices",
+    "analysis",
+    "attention_entropy",
+    "attention_flow",
+    "attention_matrix",
+    "attention_rollout",
+    "check_head",
+    "check_weights_sum",
+    "export",
+    "from_networkx",
+    "layered_graph",
+    "matrices",
+    "merge_duplicates",
+    "merged_edges",
+    "node_counts",
+    "pagerank",
+    "plot",
+    "residual_adjust",
+    "strength",
+    "to_networkx",
+    "top_edges",
+    "write_graph",
+]
