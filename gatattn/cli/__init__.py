@@ -1,8 +1,9 @@
-"""The ``gatattn`` command: ``gatattn verify | export | bench | demo | patterns``.
+"""The ``gatattn`` command: ``gatattn verify | export | patterns | demo | bench``.
 
-Each subcommand lives in its own module, imported only when it runs, which defines
-``configure(parser)`` and ``run(args) -> int`` (the exit code). Bad arguments exit with 2 and a
-usage message, never a traceback.
+One module per subcommand (``gatattn/cli/<command>.py``), imported only when it runs, defining
+``configure(parser)`` and ``run(args) -> int`` (the exit code). Exit codes: 0 success, 1 a check
+failed (``verify``), 2 bad arguments or a missing prerequisite (a usage message, never a
+traceback), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -10,22 +11,49 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, TypeVar
 
-__all__ = ["COMMANDS", "main"]
+if TYPE_CHECKING:
+    from tqdm import tqdm
+
+__all__ = ["COMMANDS", "UsageError", "main", "progress_bar"]
+
+T = TypeVar("T")
 
 #: subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "verify": ("gatattn.verify", "prove graph attention equals PyTorch's attention (main job)"),
-    "patterns": ("gatattn.patterns_cli", "draw attention patterns (sparse masks) as PNG files"),
-    "export": ("gatattn.export_cli", "attention graphs of a sentence: GraphML/GEXF/JSON + PNG"),
-    "demo": ("gatattn.demo", "watch W_q, W_k, W_v learned from random init (toy task, PNGs)"),
-    "bench": ("gatattn.bench", "time and memory against SDPA, MHA, PyG and FlexAttention"),
+    "verify": ("gatattn.cli.verify", "prove graph attention equals PyTorch's attention (main job)"),
+    "patterns": ("gatattn.cli.patterns", "draw attention patterns (sparse masks) as PNG files"),
+    "export": ("gatattn.cli.export", "attention graphs of a sentence: GraphML/GEXF/JSON + PNG"),
+    "demo": ("gatattn.cli.demo", "watch W_q, W_k, W_v learned from random init (toy task, PNGs)"),
+    "bench": ("gatattn.cli.bench", "time and memory against SDPA, MHA, PyG and FlexAttention"),
 }
 
 
 class UsageError(Exception):
     """Raised by a subcommand for bad arguments: printed, and the exit code is 2."""
+
+
+def progress_bar(
+    items: Iterable[T], *, desc: str, enabled: bool = True, total: int | None = None
+) -> tqdm[T]:
+    """``items`` behind a tqdm bar on stderr, drawn only when stderr is a terminal.
+
+    Pipes, log files and tests see plain text: the bar is disabled (a silent pass-through whose
+    ``set_postfix`` does nothing). ``enabled=False`` (``--no-progress``) hides it on a terminal
+    too. The bar does not stay on screen after it ends.
+    """
+    from tqdm import tqdm
+
+    shown = enabled and sys.stderr.isatty()
+    return tqdm(items, desc=desc, total=total, file=sys.stderr, leave=False, disable=not shown)
+
+
+def _version() -> str:
+    from .. import __version__
+
+    return f"gatattn {__version__}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -35,6 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Transformer self-attention as graph attention.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -45,7 +74,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         if name == chosen:  # import only the module that runs (keeps `gatattn --help` fast)
             mod = importlib.import_module(module)
-            mod.configure(p)
+            try:  # a command whose prerequisite is missing says so here (gatattn bench)
+                mod.configure(p)
+            except UsageError as err:
+                parser.exit(2, f"gatattn {name}: error: {err}\n")
             p.set_defaults(_run=mod.run)
     args = parser.parse_args(argv)
     try:
