@@ -206,6 +206,11 @@ class PyGLayer(nn.Module):
 Method = tuple[str, Callable[[Tensor], Tensor]]
 
 
+def _on(layer: nn.Module, graph: ga.TokenGraph) -> Callable[[Tensor], Tensor]:
+    """``x -> layer(x, graph)``, bound now (not to a loop variable)."""
+    return lambda x: layer(x, graph)
+
+
 def _chosen(layer: ga.GraphAttention, x: Tensor, graph: ga.TokenGraph) -> tuple[str, str]:
     """(backend, "<backend>: <reason>") that ``layer(x, graph)`` runs."""
     why = layer.explain_backend(x, graph)
@@ -229,7 +234,7 @@ def _methods(cfg: Config, case: str, graph: ga.TokenGraph, x: Tensor) -> list[Me
         if name == "edge" and graph.num_edges > cfg.max_pyg_edges:  # as slow as PyG eager on CPU
             continue
         layer = to(ga.GraphAttention(c, h, backend=name))
-        out.append((f"gatattn {name}", lambda x, m=layer: m(x, graph)))
+        out.append((f"gatattn {name}", _on(layer, graph)))
     n = graph.num_dst
     if n <= cfg.max_sdpa_nodes:
         out.append(("SDPA (full)", to(Projected(c, h, _sdpa(None)))))
@@ -462,8 +467,8 @@ def _p5(cfg: Config, dtype_name: str) -> None:
         forced.load_state_dict(auto.state_dict())  # the same weights: only dispatch differs
         chosen, why = _chosen(auto, x, graph)
         methods: list[Method] = [
-            (f"gatattn auto ({chosen})", lambda x, m=auto, g=graph: m(x, g)),
-            (f"gatattn {best} (forced)", lambda x, m=forced, g=graph: m(x, g)),
+            (f"gatattn auto ({chosen})", _on(auto, graph)),
+            (f"gatattn {best} (forced)", _on(forced, graph)),
         ]
         rows = _measure(cfg, title, dtype_name, x, methods)
         a, f = rows
