@@ -3,7 +3,7 @@
 #   1. the GPU test subset (pytest -m gpu) and the backend matrix + dispatch tests on CUDA
 #      (bf16 and FlexAttention cases run only there);
 #   2. a pytest-free equivalence spot check (fast backends vs the edge backend, fp32 and bf16);
-#   3. the benchmark: P1-P4 in fp32 (with torch.compile'd PyG), then P1-P2 in bf16.
+#   3. the benchmark: P1-P5 in fp32 (with torch.compile'd PyG), then P1-P2 in bf16.
 # Everything goes under $OUT: env.txt, tests.log, spot_check.log, bench_fp32.{log,md,json},
 # bench_bf16.{log,md,json}, summary.txt (files are rewritten after each case, so a step cut
 # short by its timeout keeps what it measured). The step timeouts add up to about 6 minutes.
@@ -36,10 +36,10 @@ if [ "$HAS_PYTEST" = 1 ]; then
     if [ "$HAS_CUDA" = 1 ]; then
         timeout 60 "$PY" -m pytest -q -p no:cacheprovider -rs -m gpu tests > "$OUT/tests.log" 2>&1
         echo "pytest -m gpu: rc=$?" > "$OUT/summary.txt"
-        timeout 110 "$PY" -m pytest -q -p no:cacheprovider -rs tests/test_backends.py tests/test_dispatch.py >> "$OUT/tests.log" 2>&1
+        timeout 110 "$PY" -m pytest -q -p no:cacheprovider -rs tests/backends/test_backends.py tests/backends/test_dispatch.py >> "$OUT/tests.log" 2>&1
         echo "backend matrix + dispatch on CUDA: rc=$?" >> "$OUT/summary.txt"
     else
-        timeout 170 "$PY" -m pytest -q -p no:cacheprovider -rs -m gpu tests/test_backends.py tests/test_dispatch.py > "$OUT/tests.log" 2>&1
+        timeout 170 "$PY" -m pytest -q -p no:cacheprovider -rs -m gpu tests/backends/test_backends.py tests/backends/test_dispatch.py > "$OUT/tests.log" 2>&1
         echo "CPU fallback, pytest -m gpu (all skip without CUDA): rc=$?" > "$OUT/summary.txt"
     fi
 else
@@ -80,7 +80,7 @@ echo "spot check: rc=$? ($(tail -n 1 "$OUT/spot_check.log"))" >> "$OUT/summary.t
 
 # 3. benchmark ----------------------------------------------------------------------------
 if [ "$HAS_CUDA" = 1 ]; then
-    timeout 130 "$PY" benchmarks/bench.py --device cuda --dtype fp32 --cases P1,P2,P3,P4 --repeat 10 \
+    timeout 130 "$PY" benchmarks/bench.py --device cuda --dtype fp32 --cases P1,P2,P3,P4,P5 --repeat 10 \
         --json "$OUT/bench_fp32.json" --markdown "$OUT/bench_fp32.md" > "$OUT/bench_fp32.log" 2>&1
     echo "bench fp32: rc=$?" >> "$OUT/summary.txt"
     timeout 50 "$PY" benchmarks/bench.py --device cuda --dtype bf16 --cases P1,P2 --no-compile --repeat 10 \

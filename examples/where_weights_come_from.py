@@ -12,8 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from gatattn import demo
-from gatattn.cli import UsageError
+from gatattn.cli import UsageError, demo
 
 
 def main(argv: list[str] | None = None) -> int:

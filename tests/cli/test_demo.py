@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from gatattn import cli
-from gatattn.demo import train_demo
+from gatattn.cli.demo import train_demo
 
 ROOT = Path(__file__).resolve().parents[2]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -1,4 +1,4 @@
-"""``gatattn verify``: the main job's table, exit codes, and argument errors (gatattn/verify.py)."""
+"""``gatattn verify``: the main job's table, exit codes, and argument errors (gatattn/cli/verify.py)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ import sys
 import pytest
 import torch
 
-from gatattn import verify
-from gatattn.cli import main
+from gatattn.cli import main, verify
 
 
 def test_quick_matrix_passes_and_prints_a_table(capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,4 +1,5 @@
-"""``gatattn export``: graph files and PNGs of a sentence through the seeded tiny model."""
+"""``gatattn export`` (gatattn/cli/export.py): graph files and PNGs of a sentence through the seeded
+tiny model."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 import torch
 
 import gatattn as ga
-from gatattn import export_cli
+from gatattn.cli import export as export_cli
 from gatattn.cli import main
 
 SENTENCE = "the cat sat on the mat"

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -29,10 +28,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .graph import TokenGraph
-from .nn import GraphAttention
-from .patterns import complete_graph
-from .reference import dense_reference
+import gatattn as ga
+
+from ..reference import dense_reference
+from . import progress_bar
 
 __all__ = ["Case", "run_matrix"]
 
@@ -65,16 +64,16 @@ class Case:
         return self.error <= self.tolerance  # NaN fails
 
 
-Runner = Callable[[GraphAttention, Tensor], Tensor]
+Runner = Callable[[ga.GraphAttention, Tensor], Tensor]
 
 
-def _irregular_graph() -> TokenGraph:
+def _irregular_graph() -> ga.TokenGraph:
     # duplicate edge 1→1, unsorted edges, self-loops, and target 4 with no incoming edge
     ei = torch.tensor([[0, 1, 1, 3, 2, 4, 2, 0], [1, 1, 1, 0, 3, 2, 2, 3]])
-    return TokenGraph(ei, N, N)
+    return ga.TokenGraph(ei, N, N)
 
 
-def _sdpa(layer: GraphAttention, x: Tensor) -> Tensor:
+def _sdpa(layer: ga.GraphAttention, x: Tensor) -> Tensor:
     q = layer.q_proj(x).view(-1, H, D).transpose(0, 1)  # [H, N, D]
     k = layer.k_proj(x).view(-1, H, D).transpose(0, 1)
     v = layer.v_proj(x).view(-1, H, D).transpose(0, 1)
@@ -86,7 +85,7 @@ def _mha_padded(lengths: list[int]) -> Runner:
     """nn.MultiheadAttention's own forward (F.multi_head_attention_forward) on the layer's
     weights, so gradients reach the layer's parameters; sequences are padded and masked."""
 
-    def run(layer: GraphAttention, x: Tensor) -> Tensor:
+    def run(layer: ga.GraphAttention, x: Tensor) -> Tensor:
         seqs = list(x.split(lengths))
         padded = torch.nn.utils.rnn.pad_sequence(seqs)  # [L, B, C] (MHA's sequence-first layout)
         pad = torch.arange(padded.size(0))[None, :] >= torch.tensor(lengths)[:, None]  # [B, L]
@@ -115,7 +114,7 @@ def _mha_padded(lengths: list[int]) -> Runner:
     return run
 
 
-def _dense_formula(graph: TokenGraph) -> Runner:
+def _dense_formula(graph: ga.TokenGraph) -> Runner:
     return lambda layer, x: dense_reference(layer, x, graph).out
 
 
@@ -136,8 +135,8 @@ def _errors(want: list[Tensor | None], got: list[Tensor | None]) -> float:
 
 
 def _compare(
-    layer64: GraphAttention,
-    graph: TokenGraph,
+    layer64: ga.GraphAttention,
+    graph: ga.TokenGraph,
     dtype: torch.dtype,
     golden: Runner,
     x64: Tensor,
@@ -152,7 +151,7 @@ def _compare(
     the floor: cosine scores, for example, reach |α| = τ = 10, where bf16 keeps ~2 digits).
     """
 
-    def run(layer: GraphAttention, x: Tensor, fn: Runner) -> list[Tensor | None]:
+    def run(layer: ga.GraphAttention, x: Tensor, fn: Runner) -> list[Tensor | None]:
         x = x.clone().requires_grad_(True)
         out = fn(layer, x)
         out.backward(grad64.to(out.dtype))
@@ -169,34 +168,34 @@ def _compare(
 
 
 def run_matrix(quick: bool = False, progress: bool = False, seed: int = 0) -> list[Case]:
-    """Run the equivalence matrix and return one Case per (reference, score, graph, dtype)."""
+    """Run the equivalence matrix and return one Case per (reference, score, graph, dtype).
+
+    ``progress``: a progress bar on stderr, shown only when stderr is a terminal.
+    """
     dtypes = [torch.float64, torch.float32]
     if not quick:
         dtypes += [torch.bfloat16, torch.float16]
     lengths = [3, 6, 4]
-    plan: list[tuple[str, str, TokenGraph, Runner]] = [
-        ("sdpa", "scaled_dot", complete_graph(N), _sdpa),
-        ("mha", "scaled_dot", complete_graph(N), _mha_padded([N])),
-        ("mha+padding", "scaled_dot", complete_graph(lengths=lengths), _mha_padded(lengths)),
+    plan: list[tuple[str, str, ga.TokenGraph, Runner]] = [
+        ("sdpa", "scaled_dot", ga.complete_graph(N), _sdpa),
+        ("mha", "scaled_dot", ga.complete_graph(N), _mha_padded([N])),
+        ("mha+padding", "scaled_dot", ga.complete_graph(lengths=lengths), _mha_padded(lengths)),
     ]
-    graphs = [("complete", complete_graph(N)), ("irregular", _irregular_graph())]
+    graphs = [("complete", ga.complete_graph(N)), ("irregular", _irregular_graph())]
     if not quick:
-        graphs.append(("batched", complete_graph(lengths=[2, 3])))
+        graphs.append(("batched", ga.complete_graph(lengths=[2, 3])))
     for score in ["scaled_dot", *SCORES] if not quick else SCORES:
         for gname, graph in graphs:
             plan.append((f"dense:{gname}", score, graph, _dense_formula(graph)))
     jobs = [(p, dt) for p in plan for dt in dtypes]
-    it = jobs
-    if progress:
-        from tqdm import tqdm
-
-        it = tqdm(jobs, desc="gatattn verify", unit="case", file=sys.stderr, leave=False)
     cases = []
-    for (ref, score, graph, golden), dtype in it:
+    for (ref, score, graph, golden), dtype in progress_bar(
+        jobs, desc="gatattn verify", enabled=progress
+    ):
         gen = torch.Generator().manual_seed(seed)
         torch.manual_seed(seed)
         n = graph.num_dst
-        layer = GraphAttention(C, H, score=score, backend="auto").double()
+        layer = ga.GraphAttention(C, H, score=score, backend="auto").double()
         with torch.no_grad():  # non-zero biases, so a bias bug cannot hide
             for p in layer.parameters():
                 if p.dim() == 1 and p.numel() == C:

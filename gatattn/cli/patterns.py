@@ -10,14 +10,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .cli import UsageError
+from . import UsageError
 
 __all__ = ["configure", "run"]
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``gatattn patterns``."""
-    from .patterns import GALLERY
+    from ..patterns import GALLERY
 
     parser.description = "Draw attention patterns (dense masks of the builders) as PNG files."
     parser.add_argument(
@@ -33,7 +33,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Draw the chosen gallery entries; print one line per file written."""
-    from .patterns import GALLERY, show
+    from ..patterns import GALLERY, show
 
     unknown = [name for name in args.names if name not in GALLERY]
     if unknown:

@@ -1,19 +1,25 @@
-"""``gatattn bench``: gatattn against its peers, side by side in one process (docs/benchmarks.md).
+"""The benchmark harness: gatattn against its peers, side by side in one process.
 
-Every method is a full attention layer with the same Q/K/V/O projections (C → C, H heads):
+Run it as ``python benchmarks/bench.py`` (or ``gatattn bench`` from a source checkout); the cases
+and the measured tables are in docs/benchmarks.md. Every method is a full attention layer with the
+same Q/K/V/O projections (C → C, H heads):
 
-    gatattn (auto)       GraphAttention(backend="auto"); the chosen backend is shown
-    gatattn edge/block   GraphAttention with that backend forced
+    gatattn (auto)       ga.GraphAttention(backend="auto"); the chosen backend is shown
+    gatattn edge/block   ga.GraphAttention with that backend forced
     SDPA                 F.scaled_dot_product_attention on the full N×N (no mask)
     masked SDPA          the same with the graph's boolean mask [N, N]
     nn.MHA               nn.MultiheadAttention with the same weights (need_weights=False)
     PyG eager / compile  torch_geometric.nn.TransformerConv (+ an output Linear), eager and torch.compile
     FlexAttention        flex_attention with the graph's BlockMask (CUDA)
 
+The peers are written here, with their own projections; gatattn runs only through its public layer.
+
 Cases: P1 complete graph, P2 ±w window, P3 random in-degree d, P4 peak memory against E for the
-edge and block backends. Reported: median time of forward (no grad) and forward+backward, and the
-peak memory of forward+backward above the live tensors (CUDA: max_memory_allocated; CPU: the
-process's peak resident set, reset through /proc/self/clear_refs before each measurement).
+edge and block backends, P5 dispatch cost (the same layer with ``backend="auto"`` against the
+backend that auto should pick, forced). Reported: median time of forward (no grad) and
+forward+backward, and the peak memory of forward+backward above the live tensors (CUDA:
+max_memory_allocated; CPU: the process's peak resident set, Linux only, see ``_cpu_peak_mib``).
+Results cross process boundaries as JSON only.
 """
 
 from __future__ import annotations
@@ -21,21 +27,27 @@ from __future__ import annotations
 import argparse
 import ctypes
 import json
+import os
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .cli import UsageError
+import gatattn as ga
+from gatattn.cli import UsageError, progress_bar
 
-__all__ = ["configure", "run", "run_cases"]
+__all__ = ["Config", "Row", "configure", "markdown", "p4_point", "run", "run_cases"]
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+CASES = ("P1", "P2", "P3", "P4", "P5")
 
 
 @dataclass
@@ -57,7 +69,7 @@ class Config:
 
     device: str = "cpu"
     dtypes: tuple[str, ...] = ("fp32",)
-    cases: tuple[str, ...] = ("P1", "P2", "P3", "P4")
+    cases: tuple[str, ...] = CASES
     channels: int = 512
     heads: int = 8
     n1: int = 1024
@@ -72,6 +84,12 @@ class Config:
     p4_nodes: int = 4096
     p4_sizes: tuple[int, ...] = (32, 64, 128, 256)  # in-degrees (edge); windows are half
     p4_subprocess: bool = True  # CPU: one fresh process per P4 point
+    p5_channels: int = 256
+    p5_heads: int = 8
+    p5_nodes: int = 32768  # (a) random in-degree p5_degree: E = 2.1 M
+    p5_degree: int = 64
+    p5_window_nodes: int = 8192  # (b) window_graph(p5_window_nodes, p5_window)
+    p5_window: int = 128
     rows: list[Row] = field(default_factory=list)
 
 
@@ -81,19 +99,35 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _rss_kib(key: str) -> int:
+def _cpu_peak_mib(fn: Callable[[], Any]) -> float | None:
+    """Peak resident memory of ``fn()`` above the resident memory before it, in MiB.
+
+    Linux only. The kernel keeps the process's peak resident set (VmHWM in /proc/self/status);
+    writing "5" to /proc/self/clear_refs resets it to the current resident set (proc(5)), so the
+    peak of ``fn`` alone can be read afterwards. glibc's ``malloc_trim`` first hands freed heap
+    pages back, so that the base is clean. Elsewhere (macOS, Windows, a kernel or container that
+    refuses the write) there is no resettable peak: None, shown as "—", never a wrong number.
+    """
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc: the base may include freed pages, the peak is still right
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        base = _status_kib("VmRSS:")
+        fn()
+        return (_status_kib("VmHWM:") - base) / 1024
+    except OSError:
+        return None
+
+
+def _status_kib(key: str) -> int:
     with open("/proc/self/status") as f:
         for line in f:
             if line.startswith(key):
                 return int(line.split()[1])
     raise OSError(f"{key} not in /proc/self/status")
-
-
-def _trim() -> None:
-    try:  # hand freed heap pages back to the OS, so the next peak is measured from a clean base
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 def peak_memory_mib(fn: Callable[[], Any], device: str) -> float | None:
@@ -105,15 +139,7 @@ def peak_memory_mib(fn: Callable[[], Any], device: str) -> float | None:
         fn()
         torch.cuda.synchronize()
         return (torch.cuda.max_memory_allocated() - base) / 2**20
-    try:
-        _trim()
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # reset VmHWM (peak RSS) to the current RSS
-        base = _rss_kib("VmRSS:")
-        fn()
-        return (_rss_kib("VmHWM:") - base) / 1024
-    except OSError:
-        return None
+    return _cpu_peak_mib(fn)
 
 
 # ---------------------------------------------------------------------------- methods
@@ -145,12 +171,15 @@ def _sdpa(mask: Tensor | None) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
     return attn
 
 
-def _flex(graph: Any, device: str) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
-    from torch.nn.attention.flex_attention import flex_attention
+def _flex(graph: ga.TokenGraph, device: str) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
-    from .backends.flex import block_mask_for
+    dense = graph.to(device).to_dense_mask()  # [N, N] bool, SDPA convention
 
-    bm = block_mask_for(graph, torch.device(device))
+    def mask_mod(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+        return dense[q_idx, kv_idx]
+
+    bm = create_block_mask(mask_mod, None, None, graph.num_dst, graph.num_src, device=device)
     kernel = torch.compile(flex_attention, dynamic=False)
 
     def attn(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
@@ -174,27 +203,38 @@ class PyGLayer(nn.Module):
         return self.o(self.conv(x, edge_index))  # [N, C]
 
 
-def _methods(cfg: Config, case: str, graph: Any, dtype: torch.dtype) -> list[tuple[str, Any]]:
-    """(name, callable(x) -> out [N, C]) for every method that applies to this case."""
-    import gatattn as ga
+Method = tuple[str, Callable[[Tensor], Tensor]]
 
-    c, h, dev = cfg.channels, cfg.heads, cfg.device
-    out: list[tuple[str, Any]] = []
+
+def _on(layer: nn.Module, graph: ga.TokenGraph) -> Callable[[Tensor], Tensor]:
+    """``x -> layer(x, graph)``, bound now (not to a loop variable)."""
+    return lambda x: layer(x, graph)
+
+
+def _chosen(layer: ga.GraphAttention, x: Tensor, graph: ga.TokenGraph) -> tuple[str, str]:
+    """(backend, "<backend>: <reason>") that ``layer(x, graph)`` runs."""
+    why = layer.explain_backend(x, graph)
+    return why.split(":", 1)[0], why
+
+
+def _methods(cfg: Config, case: str, graph: ga.TokenGraph, x: Tensor) -> list[Method]:
+    """(name, callable(x) -> out [N, C]) for every method that applies to this case."""
+    c, h, dev, dtype = cfg.channels, cfg.heads, cfg.device, x.dtype
+    out: list[Method] = []
 
     def to(m: nn.Module) -> nn.Module:
         return m.to(dev, dtype)
 
     auto = ga.GraphAttention(c, h).to(dev, dtype)
-    q = torch.empty(0, h, c // h, device=dev, dtype=dtype)
-    chosen = ga.backends.select_backend("auto", auto.score, graph, q)[0]
+    chosen, _ = _chosen(auto, x, graph)
     out.append((f"gatattn auto ({chosen})", lambda x: auto(x, graph)))
     for name in ("edge", "block"):
-        if name == chosen or (name == "block" and case != "P2"):
+        if name == chosen or (name == "block" and not case.startswith("P2")):
             continue
         if name == "edge" and graph.num_edges > cfg.max_pyg_edges:  # as slow as PyG eager on CPU
             continue
         layer = to(ga.GraphAttention(c, h, backend=name))
-        out.append((f"gatattn {name}", lambda x, m=layer: m(x, graph)))
+        out.append((f"gatattn {name}", _on(layer, graph)))
     n = graph.num_dst
     if n <= cfg.max_sdpa_nodes:
         out.append(("SDPA (full)", to(Projected(c, h, _sdpa(None)))))
@@ -216,17 +256,22 @@ def _methods(cfg: Config, case: str, graph: Any, dtype: torch.dtype) -> list[tup
     return out
 
 
-def _measure(cfg: Config, case: str, graph: Any, dtype_name: str) -> None:
-    """Time and measure every method; the timed rounds interleave the methods, so that a change
-    in background load hits them all alike."""
-    dtype = DTYPES[dtype_name]
+def _input(cfg: Config, graph: ga.TokenGraph, channels: int, dtype_name: str) -> Tensor:
     gen = torch.Generator().manual_seed(0)
-    x0 = torch.randn(graph.num_dst, cfg.channels, generator=gen).to(cfg.device, dtype)
+    x = torch.randn(graph.num_dst, channels, generator=gen)  # [N, C]
+    return x.to(cfg.device, DTYPES[dtype_name])
+
+
+def _measure(
+    cfg: Config, case: str, dtype_name: str, x0: Tensor, methods: list[Method]
+) -> list[Row]:
+    """Time and measure every method on input ``x0``; the timed rounds interleave the methods,
+    so that a change in background load hits them all alike. Returns (and prints) the rows."""
     x = x0.clone().requires_grad_()
     runs: list[tuple[Row, Callable[[], None], Callable[[], None]]] = []
     first: dict[int, list[float]] = {}
     k0 = len(cfg.rows)
-    for name, fn in _methods(cfg, case, graph, dtype):
+    for name, fn in progress_bar(methods, desc=f"{case.split()[0]} warm-up"):
         row = Row(case, name, dtype_name)
 
         def fwd(fn: Any = fn) -> None:
@@ -253,7 +298,7 @@ def _measure(cfg: Config, case: str, graph: Any, dtype_name: str) -> None:
             row.note = f"failed: {type(err).__name__}: {str(err).splitlines()[0][:80]}"
         cfg.rows.append(row)
     samples: dict[int, list[list[float]]] = {id(r): [[], []] for r, _, _ in runs}
-    for _ in range(cfg.repeat):
+    for _ in progress_bar(range(cfg.repeat), desc=f"{case.split()[0]} timed rounds"):
         for row, run_fwd, run_fwdbwd in runs:
             for k, f in enumerate((run_fwd, run_fwdbwd)):
                 if first[id(row)][k] <= 5.0:  # slower methods: the warm-up is the measurement
@@ -263,6 +308,7 @@ def _measure(cfg: Config, case: str, graph: Any, dtype_name: str) -> None:
         row.fwd_ms, row.fwdbwd_ms = 1e3 * statistics.median(fwd_s), 1e3 * statistics.median(fb_s)
     for row in cfg.rows[k0:]:
         print(_format_row(row), flush=True)
+    return cfg.rows[k0:]
 
 
 def _timed(fn: Callable[[], Any], device: str) -> float:
@@ -274,9 +320,15 @@ def _timed(fn: Callable[[], Any], device: str) -> float:
 
 
 # ---------------------------------------------------------------------------- cases
-def _graphs(cfg: Config, case: str) -> list[tuple[str, Any]]:
-    import gatattn as ga
+def random_graph(n: int, degree: int, seed: int, device: str = "cpu") -> ga.TokenGraph:
+    """An irregular graph: every target has in-degree ``degree`` from uniform random sources."""
+    gen = torch.Generator().manual_seed(seed)
+    src = torch.randint(0, n, (n * degree,), generator=gen)  # [E]
+    dst = torch.arange(n).repeat_interleave(degree)  # [E]
+    return ga.TokenGraph(torch.stack([src, dst]).to(device), n, n)
 
+
+def _graphs(cfg: Config, case: str) -> list[tuple[str, ga.TokenGraph]]:
     dev = cfg.device
     if case == "P1":
         return [(f"P1 complete N={cfg.n1}", ga.complete_graph(cfg.n1, device=dev))]
@@ -284,32 +336,21 @@ def _graphs(cfg: Config, case: str) -> list[tuple[str, Any]]:
         g = ga.window_graph(cfg.n2, cfg.window, device=dev)
         return [(f"P2 window ±{cfg.window} N={cfg.n2}", g)]
     if case == "P3":
-        gen = torch.Generator().manual_seed(0)
-        src = torch.randint(0, cfg.n3, (cfg.n3 * cfg.degree,), generator=gen)  # [E]
-        dst = torch.arange(cfg.n3).repeat_interleave(cfg.degree)  # [E] in-degree d each
-        g = ga.TokenGraph(torch.stack([src, dst]).to(dev), cfg.n3, cfg.n3)
+        g = random_graph(cfg.n3, cfg.degree, seed=0, device=dev)
         return [(f"P3 random in-degree {cfg.degree} N={cfg.n3}", g)]
-    raise UsageError(f"unknown case {case!r}; choose from P1, P2, P3, P4")
+    raise UsageError(f"unknown case {case!r}; choose from {', '.join(CASES)}")
 
 
-def _p4_graph(backend: str, n: int, size: int, device: str) -> Any:
+def _p4_graph(backend: str, n: int, size: int, device: str) -> ga.TokenGraph:
     """P4's graph: random in-degree ``size`` (edge backend) or a ±size/2 window (block)."""
-    import gatattn as ga
-
     if backend == "block":
         return ga.window_graph(n, size // 2, device=device)
-    gen = torch.Generator().manual_seed(size)
-    src = torch.randint(0, n, (n * size,), generator=gen)  # [E]
-    dst = torch.arange(n).repeat_interleave(size)  # [E]
-    return ga.TokenGraph(torch.stack([src, dst]).to(device), n, n)
+    return random_graph(n, size, seed=size, device=device)
 
 
-def p4_point(
-    backend: str, n: int, size: int, c: int, h: int, device: str
-) -> tuple[int, float | None]:
-    """(E, peak MiB) of one forward+backward of a fresh layer (run in a fresh process on CPU)."""
-    import gatattn as ga
-
+def p4_point(backend: str, n: int, size: int, c: int, h: int, device: str) -> dict[str, Any]:
+    """``{"edges": E, "peak_mib": MiB or None}`` of one forward+backward of a fresh layer
+    (on CPU, run in a fresh process: ``_p4_point_in_subprocess``)."""
     g = _p4_graph(backend, n, size, device)
     x = torch.randn(n, c, device=device).requires_grad_()
     layer = ga.GraphAttention(c, h, backend=backend).to(device)
@@ -320,7 +361,48 @@ def p4_point(
 
     if device == "cuda":
         step()  # warm-up: CUDA context and kernels are not part of the peak
-    return g.num_edges, peak_memory_mib(step, device)
+    return {"edges": g.num_edges, "peak_mib": peak_memory_mib(step, device)}
+
+
+# The child imports this file from its folder and the same gatattn as this process, calls
+# p4_point with the JSON keyword arguments in argv[2], and prints the result as one JSON line.
+_CHILD = """\
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import torch
+from harness import p4_point
+kwargs = json.loads(sys.argv[2])
+torch.set_num_threads(kwargs.pop("threads"))
+print(json.dumps(p4_point(**kwargs)))
+"""
+
+
+def _p4_point_in_subprocess(**kwargs: Any) -> dict[str, Any]:
+    """``p4_point(**kwargs)`` in a fresh Python process; the result comes back as JSON."""
+    here = str(Path(__file__).resolve().parent)
+    root = str(Path(ga.__file__).resolve().parents[1])  # the folder that holds this gatattn
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    payload = json.dumps({**kwargs, "threads": torch.get_num_threads()})
+    res = subprocess.run(
+        [sys.executable, "-c", _CHILD, here, payload],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
+    )
+    return parse_result(res.stdout)
+
+
+def parse_result(stdout: str) -> dict[str, Any]:
+    """The JSON object on the last line of a child's stdout (earlier lines may be warnings)."""
+    lines = stdout.strip().splitlines()
+    if not lines:
+        raise ValueError("the benchmark child printed nothing")
+    data = json.loads(lines[-1])
+    if not isinstance(data, dict):
+        raise ValueError(f"expected a JSON object from the benchmark child, got {lines[-1]!r}")
+    return data
 
 
 def _p4(cfg: Config) -> None:
@@ -329,27 +411,16 @@ def _p4(cfg: Config) -> None:
     On CPU every point runs in a fresh Python process, so that no allocator state of an earlier
     point hides or inflates its peak resident set.
     """
-    import subprocess
-    import sys
-
     n, c, h = cfg.p4_nodes, cfg.channels, cfg.heads
     for backend in ("edge", "block"):
         pts = []
-        for size in cfg.p4_sizes:
-            args = (backend, n, size, c, h, cfg.device)
+        for size in progress_bar(cfg.p4_sizes, desc=f"P4 {backend}"):
+            kwargs = dict(backend=backend, n=n, size=size, c=c, h=h, device=cfg.device)
             if cfg.device == "cpu" and cfg.p4_subprocess:
-                code = (
-                    "import sys, torch; from gatattn.bench import p4_point; "
-                    f"torch.set_num_threads({torch.get_num_threads()}); print(p4_point{args!r})"
-                )
-                res = subprocess.run(
-                    [sys.executable, "-c", code], capture_output=True, text=True, check=True
-                )
-                e, mib = eval(
-                    res.stdout.strip().splitlines()[-1]
-                )  # a (int, float) tuple we printed
+                point = _p4_point_in_subprocess(**kwargs)
             else:
-                e, mib = p4_point(*args)
+                point = p4_point(**kwargs)
+            e, mib = int(point["edges"]), point["peak_mib"]
             ehd = e * c * 4 / 2**20  # one fp32 [E, H, D] tensor
             note = f"E={e}; one [E,H,D] fp32 tensor = {ehd:.0f} MiB"
             row = Row("P4 memory vs E", f"gatattn {backend}", "fp32", peak_mib=mib, note=note)
@@ -373,17 +444,57 @@ def _fit(pts: list[tuple[int, float]]) -> str:
     return f"linear fit: {slope * 2**20:.0f} bytes/edge, R²={1 - ss_res / ss_tot:.3f}"
 
 
+def _p5_graphs(cfg: Config) -> list[tuple[str, ga.TokenGraph, str]]:
+    """(title, graph, the backend auto should pick) of the dispatch-cost case."""
+    n, d, nw, w = cfg.p5_nodes, cfg.p5_degree, cfg.p5_window_nodes, cfg.p5_window
+    # on CUDA the best path for a band is FlexAttention, elsewhere the block-sparse torch path
+    band = "flex" if cfg.device == "cuda" else "block"
+    return [
+        (f"P5 dispatch random in-degree {d} N={n}", random_graph(n, d, 0, cfg.device), "edge"),
+        (f"P5 dispatch window ±{w} N={nw}", ga.window_graph(nw, w, device=cfg.device), band),
+    ]
+
+
+def _p5(cfg: Config, dtype_name: str) -> None:
+    """Dispatch cost: one layer (C=256, H=8) with ``backend="auto"`` against a copy of it with
+    the best backend forced, fwd+bwd; auto ÷ forced for time and peak memory, and auto's reason."""
+    c, h = cfg.p5_channels, cfg.p5_heads
+    for title, graph, best in _p5_graphs(cfg):
+        print(f"\n## {title}, C={c}, H={h}, {dtype_name}", flush=True)
+        x = _input(cfg, graph, c, dtype_name)
+        auto = ga.GraphAttention(c, h, backend="auto").to(cfg.device, x.dtype)
+        forced = ga.GraphAttention(c, h, backend=best).to(cfg.device, x.dtype)
+        forced.load_state_dict(auto.state_dict())  # the same weights: only dispatch differs
+        chosen, why = _chosen(auto, x, graph)
+        methods: list[Method] = [
+            (f"gatattn auto ({chosen})", _on(auto, graph)),
+            (f"gatattn {best} (forced)", _on(forced, graph)),
+        ]
+        rows = _measure(cfg, title, dtype_name, x, methods)
+        a, f = rows
+        ratio = [
+            None if u is None or v is None or not v else u / v
+            for u, v in ((a.fwdbwd_ms, f.fwdbwd_ms), (a.peak_mib, f.peak_mib))
+        ]
+        a.note = f"auto ÷ forced: fwd+bwd {_fmt(ratio[0], 2)}×, peak {_fmt(ratio[1], 2)}×; {why}"
+        print(f"  {a.note}", flush=True)
+
+
 def run_cases(cfg: Config, on_case: Callable[[list[Row]], None] | None = None) -> list[Row]:
     """Run the configured cases; rows are printed as they come and returned. ``on_case(rows)``
     runs after each case (the CLI rewrites its output files, so a run cut short keeps them)."""
     for case in cfg.cases:
         if case == "P4":
             _p4(cfg)
+        elif case == "P5":
+            for dt in cfg.dtypes:
+                _p5(cfg, dt)
         else:
             for title, graph in _graphs(cfg, case):
                 for dt in cfg.dtypes:
                     print(f"\n## {title}, C={cfg.channels}, H={cfg.heads}, {dt}", flush=True)
-                    _measure(cfg, title, graph, dt)
+                    x = _input(cfg, graph, cfg.channels, dt)
+                    _measure(cfg, title, dt, x, _methods(cfg, title, graph, x))
         if on_case is not None:
             on_case(cfg.rows)
     return cfg.rows
@@ -443,7 +554,7 @@ def machine() -> str:
 
 # ---------------------------------------------------------------------------- CLI
 def configure(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``gatattn bench``."""
+    """Arguments of ``python benchmarks/bench.py`` and ``gatattn bench``."""
     parser.add_argument(
         "--quick", action="store_true", help="small sizes, no torch.compile (a smoke run)"
     )
@@ -451,7 +562,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dtype", default=None, help="comma list of fp32,bf16 (default: fp32, +bf16 on CUDA)"
     )
-    parser.add_argument("--cases", default="P1,P2,P3,P4", help="comma list of P1..P4")
+    parser.add_argument("--cases", default=",".join(CASES), help="comma list of P1..P5")
     parser.add_argument("--channels", type=int, default=512, help="C (default 512)")
     parser.add_argument("--heads", type=int, default=8, help="H (default 8)")
     parser.add_argument("--n1", type=int, default=None, help="P1 tokens (1024)")
@@ -481,8 +592,8 @@ def _config(args: argparse.Namespace) -> Config:
         raise UsageError(f"unknown dtype {bad[0]!r}; choose from {sorted(DTYPES)}")
     cases = tuple(c.strip().upper() for c in args.cases.split(","))
     for c in cases:
-        if c not in ("P1", "P2", "P3", "P4"):
-            raise UsageError(f"unknown case {c!r}; choose from P1, P2, P3, P4")
+        if c not in CASES:
+            raise UsageError(f"unknown case {c!r}; choose from {', '.join(CASES)}")
     if args.channels % args.heads:
         raise UsageError(f"--channels {args.channels} is not divisible by --heads {args.heads}")
     cuda = device == "cuda"
@@ -504,6 +615,10 @@ def _config(args: argparse.Namespace) -> Config:
         max_sdpa_nodes=16384 if cuda else 8192,
         p4_nodes=512 if quick else 4096,
         p4_sizes=(8, 16, 32, 64) if quick else (32, 64, 128, 256),
+        p5_nodes=2048 if quick else 32768,
+        p5_degree=16 if quick else 64,
+        p5_window_nodes=1024 if quick else 8192,
+        p5_window=16 if quick else 128,
     )
     for name in ("n1", "n2", "window", "n3", "degree", "repeat"):
         if getattr(cfg, name) < 1:

@@ -4,8 +4,9 @@ The default ``--model tiny`` is a small built-in model with random but seeded we
 
     tokens  = text.split()                                          (whitespace tokeniser)
     x_i     = e(token_i) + p(i)          e: embedding seeded by (seed, token), p: sinusoidal
-    x      ← LayerNorm(x + GraphAttention_l(x, complete_graph(N)))   for l = 1..L
+    x      ← GraphTransformerBlock_l(x, complete_graph(N))           for l = 1..L
 
+(the toy encoder of ``gatattn.cli._toy``, which ``gatattn demo`` trains)
 so the pictures show the mechanics (who attends to whom, per head), not linguistic meaning.
 ``--model minilm`` runs the pretrained all-MiniLM-L6-v2 encoder (``gatattn[pretrained]``).
 """
@@ -19,12 +20,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from .cli import UsageError
-from .nn import Attention, GraphAttention
-from .patterns import complete_graph
+import gatattn as ga
+
+from . import UsageError
+from ._toy import ToyEncoder
 
 __all__ = ["TinyModel", "configure", "run"]
 
@@ -52,7 +53,8 @@ def _sinusoidal(n: int, dim: int) -> Tensor:
 
 
 class TinyModel:
-    """A small seeded encoder of ``layers`` GraphAttention layers on the complete graph (fp64).
+    """The toy encoder (``layers`` GraphTransformerBlocks, ``gatattn.cli._toy``) with seeded
+    random weights, on the complete graph of the tokens (fp64).
 
     Args:
         dim: C, the width.  heads: H (``dim`` must be divisible by it).  layers: L.
@@ -71,7 +73,7 @@ class TinyModel:
         self.dim, self.seed = dim, seed
         with torch.random.fork_rng(devices=[]):  # seeded init without touching the global RNG
             torch.manual_seed(seed)
-            self.layers = [GraphAttention(dim, heads).double().eval() for _ in range(layers)]
+            self.encoder = ToyEncoder(dim, heads, layers).double().eval()
 
     def embed(self, tokens: Sequence[str]) -> Tensor:
         """x_i = e(token_i) + p(i) [N, C]; e is a unit-variance vector seeded by (seed, token)."""
@@ -82,17 +84,11 @@ class TinyModel:
         return torch.stack(rows) + _sinusoidal(len(tokens), self.dim)  # [N, C]
 
     @torch.no_grad()
-    def __call__(self, tokens: Sequence[str]) -> list[Attention]:
+    def __call__(self, tokens: Sequence[str]) -> list[ga.Attention]:
+        """Each layer's attention on the complete graph of ``tokens``."""
         if len(tokens) == 0:
             raise ValueError("no tokens to attend over: give at least one")
-        x = self.embed(tokens)  # [N, C]
-        graph = complete_graph(len(tokens))
-        out = []
-        for layer in self.layers:
-            res = layer(x, graph, return_attention=True)
-            x = F.layer_norm(x + res.out, (self.dim,))  # [N, C]
-            out.append(res)
-        return out
+        return self.encoder.attentions(self.embed(tokens), ga.complete_graph(len(tokens)))
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -121,10 +117,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _run_model(args: argparse.Namespace) -> tuple[list[str], list[Attention]]:
+def _run_model(args: argparse.Namespace) -> tuple[list[str], list[ga.Attention]]:
     if args.model == "minilm":
         try:  # the module, or the weights package that minilm() imports, may be missing
-            from .pretrained import minilm
+            from ..pretrained import minilm
 
             encoder = minilm()
         except ImportError as err:
@@ -145,22 +141,18 @@ def _run_model(args: argparse.Namespace) -> tuple[list[str], list[Attention]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .analysis import pagerank, top_edges
-    from .export import to_networkx, write_graph
-    from .plot import graph, heatmap
-
     tokens, attentions = _run_model(args)
     args.out.mkdir(parents=True, exist_ok=True)
     written = []
     for layer, res in enumerate(attentions):
-        G = to_networkx(res, tokens=tokens, head="all")
-        written.append(write_graph(G, args.out / f"layer{layer}.{args.format}"))
+        G = ga.to_networkx(res, tokens=tokens, head="all")
+        written.append(ga.write_graph(G, args.out / f"layer{layer}.{args.format}"))
     last = attentions[-1]
-    G = to_networkx(last, tokens=tokens)
+    G = ga.to_networkx(last, tokens=tokens)
     if not args.no_png:
-        heatmap(last, head="all", tokens=tokens, path=args.out / "heatmap.png")
+        ga.plot.heatmap(last, head="all", tokens=tokens, path=args.out / "heatmap.png")
         title = f"last layer, mean over heads, weight >= {args.threshold:g}"
-        graph(G, threshold=args.threshold, path=args.out / "graph.png", title=title)
+        ga.plot.graph(G, threshold=args.threshold, path=args.out / "graph.png", title=title)
         written += [args.out / "heatmap.png", args.out / "graph.png"]
     print(
         f"{len(tokens)} tokens, {len(attentions)} layers, {last.num_heads} heads ({args.model} model)"
@@ -168,9 +160,9 @@ def run(args: argparse.Namespace) -> int:
     for path in written:
         print(f"  wrote {path}")
     print("strongest edges of the last layer (mean over heads), key -> query:")
-    for u, v, w in top_edges(G, 5):
+    for u, v, w in ga.analysis.top_edges(G, 5):
         print(f"  {tokens[u]:>12} -> {tokens[v]:<12} {w:.3f}")
-    rank = sorted(pagerank(G).items(), key=lambda kv: -kv[1])[:5]
+    rank = sorted(ga.analysis.pagerank(G).items(), key=lambda kv: -kv[1])[:5]
     print(
         "PageRank (walking along attention): " + ", ".join(f"{tokens[n]} {p:.3f}" for n, p in rank)
     )

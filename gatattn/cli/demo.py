@@ -29,15 +29,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .graph import TokenGraph
-from .patterns import complete_graph
-from .pyg import GraphTransformerBlock
+import gatattn as ga
 
-__all__ = ["DemoResult", "TinyTransformer", "configure", "run", "train_demo"]
+from . import UsageError, progress_bar
+from ._toy import ToyEncoder, dense_weights
+
+__all__ = ["DemoResult", "TinyTransformer", "configure", "report", "run", "train_demo"]
 
 
 class TinyTransformer(nn.Module):
-    """Token + position embeddings, ``layers`` GraphTransformerBlocks, a linear read-out.
+    """Token + position embeddings, the toy encoder (``layers`` GraphTransformerBlocks and a
+    LayerNorm, ``gatattn.cli._toy``), a linear read-out.
 
     Shapes:
         tokens [N] (B sequences of length L, concatenated), graph over N nodes -> logits [N, V].
@@ -47,34 +49,20 @@ class TinyTransformer(nn.Module):
         super().__init__()
         self.tok = nn.Embedding(vocab, dim)
         self.pos = nn.Embedding(length, dim)
-        self.blocks = nn.ModuleList(
-            GraphTransformerBlock(dim, heads, ffn_dim=2 * dim) for _ in range(layers)
-        )
-        self.norm = nn.LayerNorm(dim)
+        self.encoder = ToyEncoder(dim, heads, layers)
         self.head = nn.Linear(dim, vocab)
 
-    def embed(self, tokens: Tensor, graph: TokenGraph) -> Tensor:
+    def embed(self, tokens: Tensor, graph: ga.TokenGraph) -> Tensor:
         return self.tok(tokens) + self.pos(graph.positions())  # [N, C]
 
-    def forward(self, tokens: Tensor, graph: TokenGraph) -> Tensor:
-        h = self.embed(tokens, graph)  # [N, C]
-        for block in self.blocks:
-            h = block(h, graph)
-        return self.head(self.norm(h))  # [N, V]
+    def forward(self, tokens: Tensor, graph: ga.TokenGraph) -> Tensor:
+        return self.head(self.encoder(self.embed(tokens, graph), graph))  # [N, V]
 
     @torch.no_grad()
-    def attention(self, tokens: Tensor, graph: TokenGraph) -> list[Tensor]:
+    def attention(self, tokens: Tensor, graph: ga.TokenGraph) -> list[Tensor]:
         """Attn per layer as dense matrices [H, N, N] (row i: the weights of target i, eq. 2)."""
-        h, maps = self.embed(tokens, graph), []
-        n = tokens.numel()
-        for block in self.blocks:
-            assert isinstance(block, GraphTransformerBlock)
-            res = block.self_attn(block.norm1(h), graph, return_attention=True)  # pre-norm block
-            dense = res.weights.new_zeros(res.num_heads, n, n)  # [H, N, N]
-            dense[:, res.edge_index[1], res.edge_index[0]] = res.weights.t()
-            maps.append(dense)
-            h = block(h, graph)
-        return maps
+        res = self.encoder.attentions(self.embed(tokens, graph), graph)
+        return [dense_weights(r, tokens.numel()) for r in res]
 
 
 @dataclass
@@ -112,8 +100,8 @@ def previous_token_weight(maps: list[Tensor], length: int) -> Tensor:
 
 def _projections(model: TinyTransformer) -> dict[str, Tensor]:
     out = {}
-    for li, block in enumerate(model.blocks):
-        assert isinstance(block, GraphTransformerBlock)
+    for li, block in enumerate(model.encoder.blocks):
+        assert isinstance(block, ga.GraphTransformerBlock)
         att = block.self_attn
         for name, proj in (("W_q", att.q_proj), ("W_k", att.k_proj), ("W_v", att.v_proj)):
             out[f"layer {li} {name}"] = proj.weight.detach().clone()
@@ -194,21 +182,19 @@ def _train(
     progress: bool,
     draw: bool,
 ) -> DemoResult:
-    from tqdm.auto import tqdm
-
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     model = TinyTransformer(vocab, length, dim, heads, layers)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
-    graph = complete_graph(lengths=[length] * batch)  # B complete token graphs, block-diagonal
-    probe_graph = complete_graph(length)
+    graph = ga.complete_graph(lengths=[length] * batch)  # B complete token graphs, block-diagonal
+    probe_graph = ga.complete_graph(length)
     probe, _ = _batch(gen, 1, length, vocab)  # one sequence to draw
 
     before = _projections(model)
     maps_before = model.attention(probe, probe_graph)
     losses: list[float] = []
-    bar = tqdm(range(steps), desc="learning W_q, W_k, W_v", disable=not progress, leave=False)
+    bar = progress_bar(range(steps), desc="learning W_q, W_k, W_v", enabled=progress)
     for _ in bar:
         tokens, target = _batch(gen, batch, length, vocab)
         loss = F.cross_entropy(model(tokens, graph), target, ignore_index=-100)
@@ -273,8 +259,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the demo and print its report; exit code 0."""
-    from .cli import UsageError
-
     if args.steps < 1:
         raise UsageError(f"--steps must be >= 1, got {args.steps}")
     res = train_demo(
