@@ -6,6 +6,7 @@ See docs/math.md for the equations and docs/api.md for the public contract.
 """
 
 from . import analysis, plot, pretrained
+from ._version import __version__
 from .analysis import attention_flow, attention_rollout
 from .biases import ALiBi, EdgeFeatureBias, RelativePositionBias, ScoreBias
 from .export import from_networkx, layered_graph, to_networkx, write_graph
@@ -29,8 +30,6 @@ from .patterns import (
 from .pyg import GraphTransformerBlock
 from .scores import ScoreFunction, make_score, register_score
 from .softmax import neighbourhood_softmax
-
-__version__ = "0.1.0"
 
 __all__ = [
     "ALiBi",
