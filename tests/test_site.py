@@ -108,3 +108,16 @@ def test_strict_build_renders_every_name_and_the_shapes_sections(tmp_path: Path)
     patterns = (site / "patterns" / "index.html").read_text()
     assert len(re.findall(r'src="\.\./img/patterns_\w+\.png"', patterns)) == 14
     assert (site / "search" / "search_index.json").stat().st_size > 10_000
+
+
+def test_readme_and_changelog_links_point_to_files() -> None:
+    # README.md is read on the repository page, outside the site: its relative links must resolve.
+    for name in ("README.md", "CHANGELOG.md"):
+        text = (ROOT / name).read_text()
+        targets = re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", text)
+        local = [t for t in targets if not t.startswith(("http://", "https://"))]
+        assert all((ROOT / t).is_file() for t in local), [
+            t for t in local if not (ROOT / t).is_file()
+        ]
+        if name == "README.md":
+            assert "docs/reference/index.md" in local and "CHANGELOG.md" in local
