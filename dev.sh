@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # gatattn set-up and entry points. Each command creates .venv when it is missing.
 #   ./dev.sh main   set up, then run the main job: `gatattn verify` and an attention-graph export
-#   ./dev.sh test   set up, then run ruff, mypy and the whole test suite
+#   ./dev.sh test   set up, then run ruff, mypy, the strict docs build and the whole test suite
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -22,7 +22,7 @@ setup() {
     [ -x "$PY" ] || python3 -m venv "$VENV"
     "$PY" -m pip install --quiet --upgrade pip </dev/null
     "$PY" -c "import torch" 2>/dev/null || "$PY" -m pip install --quiet "$TORCH_SPEC" </dev/null
-    "$PY" -m pip install --quiet -e ".[test,plot,analysis,pretrained]" sentence-transformers </dev/null
+    "$PY" -m pip install --quiet -e ".[test,plot,analysis,pretrained,docs]" sentence-transformers </dev/null
     echo "$want" > "$STAMP"
 }
 
@@ -37,8 +37,10 @@ case "$cmd" in
     test)
         setup
         export MPLBACKEND=Agg
-        "$VENV/bin/ruff" check gatattn tests examples benchmarks
+        "$VENV/bin/ruff" check gatattn tests examples benchmarks docs
         "$VENV/bin/mypy"
+        # The documentation site: any warning (broken link or anchor, missing reference) fails.
+        NO_MKDOCS_2_WARNING=1 "$VENV/bin/mkdocs" build --strict --quiet --site-dir site/
         set +e
         "$PY" -m pytest -q -p no:cacheprovider "${@:2}" </dev/null
         rc=$?

@@ -6,6 +6,7 @@ See docs/math.md for the equations and docs/architecture.md for the layers of th
 """
 
 from . import analysis, plot, pretrained
+from ._version import __version__
 from .analysis import attention_flow, attention_rollout
 from .export import from_networkx, layered_graph, to_networkx, write_graph
 from .graph import TokenGraph, as_token_graph
@@ -38,8 +39,6 @@ from .scores import (
     make_score,
     register_score,
 )
-
-__version__ = "0.1.0"
 
 __all__ = [
     "ALiBi",
