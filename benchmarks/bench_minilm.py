@@ -77,10 +77,8 @@ def main(argv: list[str] | None = None) -> None:
     n = len(sentences)
     tokens = sum(len(model.tokenize(s)) for s in sentences)
     layer0 = model.layers[0].attn
-    x = torch.zeros(12, 384)
-    backend = ga.backends.select_backend(
-        layer0.backend, layer0.score, ga.complete_graph(lengths=[5, 7]), x.view(12, 12, 32)
-    )
+    backend = layer0.explain_backend(torch.zeros(12, 384), ga.complete_graph(lengths=[5, 7]))
+    backend = tuple(backend.split(": ", 1))
     print(
         f"MiniLM encode: {n} sentences ({tokens} tokens), batch {bs}, "
         f"{torch.get_num_threads()} threads, best of {args.repeat}"

@@ -31,6 +31,7 @@ from .graph import TokenGraph
 from .nn import Attention, GraphAttention
 from .nn.block import TransformerBlock
 from .patterns import complete_graph
+from .progress import progress_bar
 
 __all__ = ["BertGraphEncoder", "EncoderOutput", "GraphFn", "minilm"]
 
@@ -311,7 +312,8 @@ class BertGraphEncoder(nn.Module):
         # batch, so a dense backend pads little. The order does not change any embedding.
         order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
         out = self.word.weight.new_empty(len(ids), self.word.weight.size(1))  # [B, C]
-        for s in range(0, len(order), batch_size):
+        steps = range(0, len(order), batch_size)
+        for s in progress_bar(steps, desc="encoding", total=len(steps)):
             part = order[s : s + batch_size]
             out[part] = self._run([ids[i] for i in part], False, graph_fn)[1]
         return out  # [B, C]

@@ -109,7 +109,9 @@ def test_wheel_installs_and_runs_outside_the_repository(tmp_path: Path) -> None:
     assert got_version == meta_version == version
     assert typed == "True"
 
-    # 5. The main job: the equivalence table, exit code 0.
+    # 5. The console script knows its version; then the main job: the equivalence table, exit 0.
+    out = _run([str(venv / "bin" / "gatattn"), "--version"], away, env, 300)
+    assert out.strip() == f"gatattn {version}", out
     out = _run([str(venv / "bin" / "gatattn"), "verify"], away, env, 1800)
     match = re.search(r"(\d+)/(\d+) cases passed", out)
     assert match and match.group(1) == match.group(2) and int(match.group(2)) > 0, out[-2000:]

@@ -11,15 +11,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, TypeVar
+from collections.abc import Sequence
 
-if TYPE_CHECKING:
-    from tqdm import tqdm
+from ..progress import progress_bar
 
 __all__ = ["COMMANDS", "UsageError", "main", "progress_bar"]
-
-T = TypeVar("T")
 
 #: subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -33,21 +29,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 class UsageError(Exception):
     """Raised by a subcommand for bad arguments: printed, and the exit code is 2."""
-
-
-def progress_bar(
-    items: Iterable[T], *, desc: str, enabled: bool = True, total: int | None = None
-) -> tqdm[T]:
-    """``items`` behind a tqdm bar on stderr, drawn only when stderr is a terminal.
-
-    Pipes, log files and tests see plain text: the bar is disabled (a silent pass-through whose
-    ``set_postfix`` does nothing). ``enabled=False`` (``--no-progress``) hides it on a terminal
-    too. The bar does not stay on screen after it ends.
-    """
-    from tqdm import tqdm
-
-    shown = enabled and sys.stderr.isatty()
-    return tqdm(items, desc=desc, total=total, file=sys.stderr, leave=False, disable=not shown)
 
 
 def _version() -> str:
