@@ -162,3 +162,92 @@ def test_positions_of_a_bipartite_batch_use_the_key_lengths() -> None:
     assert g.positions("src").tolist() == [0, 1, 2, 0, 1]
     with pytest.raises(ValueError, match="side must be 'dst' or 'src', got 'keys'"):
         g.positions("keys")
+
+
+# ---------------------------------------------------------------- immutability and the one cache
+def test_graph_attributes_cannot_be_set() -> None:
+    g = ga.complete_graph(4)
+    for name, value in (("edge_index", g.edge_index.clone()), ("structure", "causal"), ("x", 1)):
+        with pytest.raises(AttributeError, match=f"TokenGraph is immutable: cannot set '{name}'"):
+            setattr(g, name, value)
+    g.params["self_loops"] = False  # a copy: the graph's own params are unchanged
+    assert g.params == {"self_loops": True}
+
+
+def test_derived_values_are_cached_per_key_and_device() -> None:
+    g = ga.window_graph(9, 2)
+    calls: list[int] = []
+    assert g.derived("k", lambda: calls.append(1) or 7) == 7
+    assert g.derived("k", lambda: calls.append(1) or 8) == 7  # cached
+    assert g.derived("k", lambda: 9, device=torch.device("meta")) == 9  # another device
+    assert calls == [1]
+
+
+def test_in_place_edit_clears_the_cache_and_the_trust() -> None:
+    """Changing edge_index in place after a first use never gives a stale answer."""
+    layer = ga.GraphAttention(21, 3, backend="block")
+    g = ga.window_graph(37, 3)
+    x = torch.randn(37, 21)
+    layer(x, g)  # fills the block layout cache
+    assert g.trusted_structure() is None  # "window" is not a tag a backend relies on
+    with torch.no_grad():
+        g.edge_index[0] = torch.flip(g.edge_index[0], [0])
+    fresh = ga.TokenGraph(g.edge_index.clone(), 37, 37)
+    torch.testing.assert_close(layer(x, g), layer(x, fresh), atol=1e-6, rtol=1e-6)
+    c = ga.complete_graph(6)
+    assert c.trusted_structure() == "complete"
+    c.edge_index[0, 0] = 5  # the claim no longer holds
+    assert c.trusted_structure() is None
+
+
+@pytest.mark.parametrize(
+    ("build", "tag"),
+    [
+        (lambda: ga.complete_graph(lengths=[3, 5]), "complete"),
+        (lambda: ga.complete_graph(6, self_loops=False), "complete"),
+        (lambda: ga.causal_graph(lengths=[4, 2]), "causal"),
+        (lambda: ga.bipartite_graph([2, 3], [4, 1]), "bipartite"),
+    ],
+)
+def test_user_structure_claims_are_verified(build, tag: str) -> None:
+    b = build()
+    same = ga.TokenGraph(
+        b.edge_index.clone(), b.num_src, b.num_dst, structure=tag, lengths=b.lengths,
+        params=b.params,
+    )  # fmt: skip
+    assert same.trusted_structure() == tag
+    shuffled = b.edge_index[
+        :, torch.randperm(b.num_edges, generator=torch.Generator().manual_seed(1))
+    ]
+    unsorted = ga.TokenGraph(
+        shuffled, b.num_src, b.num_dst, structure=tag, lengths=b.lengths, params=b.params
+    )
+    assert unsorted.trusted_structure() is None  # not in (target, source) order: not trusted
+    moved = b.edge_index.clone()
+    moved[0, -1] = (moved[0, -1] + 1) % b.num_src
+    wrong = ga.TokenGraph(
+        moved, b.num_src, b.num_dst, structure=tag, lengths=b.lengths, params=b.params
+    )
+    assert wrong.trusted_structure() is None
+
+
+def test_false_complete_claim_is_not_used_by_dense() -> None:
+    gen = torch.Generator().manual_seed(0)
+    ei = torch.randint(0, 6, (2, 36), generator=gen)
+    g = ga.TokenGraph(ei, 6, 6, structure="complete")
+    layer = ga.GraphAttention(21, 3)
+    assert layer.explain_backend(torch.zeros(6, 21), g).startswith("edge: ")
+    with pytest.raises(ValueError, match="tag does not match its edges"):
+        ga.GraphAttention(21, 3, backend="dense")(torch.randn(6, 21), g)
+    x = torch.randn(6, 21)
+    torch.testing.assert_close(layer(x, g), layer(x, ga.TokenGraph(ei, 6, 6)))
+
+
+@pytest.mark.parametrize("build", [lambda: ga.complete_graph(5), lambda: ga.causal_graph(5)])
+def test_batch_never_changes_the_neighbourhoods(build) -> None:
+    g = build()
+    layer = ga.GraphAttention(21, 3)
+    edge = ga.GraphAttention(21, 3, backend="edge")
+    edge.load_state_dict(layer.state_dict())
+    x, batch = torch.randn(5, 21), torch.tensor([0, 0, 1, 1, 1])
+    torch.testing.assert_close(layer(x, g, batch=batch), edge(x, g), atol=1e-6, rtol=1e-6)

@@ -173,3 +173,36 @@ def test_small_graphs_stay_on_the_edge_backend() -> None:
     g = ga.window_graph(64, 4)
     assert g.num_edges < MIN_BLOCK_EDGES
     assert "small graph" in _explain("scaled_dot", g)
+
+
+def test_irregular_graph_builds_no_block_layout() -> None:
+    """Dispatch costs O(sample) on an irregular graph: no per-tile array is built."""
+    gen = torch.Generator().manual_seed(0)
+    n, e = 4096, 40_000
+    g = ga.TokenGraph(torch.randint(0, n, (2, e), generator=gen), n, n)
+    got, reason = select_backend(
+        "auto", _problem(ga.make_score("scaled_dot", 3, 8), g, torch.empty(0, 3, 8))
+    )
+    assert got == "edge" and "estimated tile density" in reason, reason
+    assert not any(key[0][0] == "block_layout" for key in g._cache if isinstance(key[0], tuple))
+    banded = ga.window_graph(2048, 16)
+    got, reason = select_backend(
+        "auto", _problem(ga.make_score("scaled_dot", 3, 8), banded, torch.empty(0, 3, 8))
+    )
+    assert got == "block" and "tile density" in reason, reason
+
+
+def test_density_estimate_is_deterministic_and_leaves_the_global_rng_alone() -> None:
+    from gatattn.backends.block import block_layout, estimate_density
+
+    g = ga.window_graph(1024, 32)
+    torch.manual_seed(5)
+    before = torch.rand(1)
+    torch.manual_seed(5)
+    size, guess = estimate_density(g)
+    assert torch.equal(torch.rand(1), before)  # its own generator
+    again = ga.window_graph(1024, 32)
+    assert estimate_density(again) == (size, guess)
+    exact = block_layout(g).density
+    assert exact <= guess + 0.1  # the edge-weighted estimate is never far below the true density
+    assert guess >= 0.5 * exact
