@@ -57,13 +57,7 @@ INTENDED: dict[str, tuple[Callable[[], ga.TokenGraph], str]] = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small index ops: one thread avoids spin-wait contention on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _problem(

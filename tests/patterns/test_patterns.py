@@ -4,7 +4,7 @@ seed -> same graph, masks round-trip, | and & match boolean masks, and every err
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -17,13 +17,7 @@ from gatattn.patterns import GALLERY, bigbird_block_mask
 Rule = Callable[[int, int, int], bool]  # (p_i, p_j, L) -> j ∈ N(i)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny tensors: one intra-op thread is ~10x faster than two on a loaded 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def formula_mask(seq: list[int], rule: Rule) -> torch.Tensor:
