@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from ..backends import Problem, attend
 from ..graph import TokenGraph
 from ..nn import Attention, GraphAttention
+from ..nn.projection import mha_options
 from ..scores import ScaledDot
 from .masks import AttnMaskBias, attention_graph
 
@@ -136,12 +137,7 @@ class GraphMultiheadAttention(nn.Module):
         inner = GraphAttention.from_torch(mha, backend=backend)  # checks type, options; copies
         ref = mha.out_proj.weight
         twin = cls(
-            mha.embed_dim,
-            mha.num_heads,
-            dropout=mha.dropout,
-            bias=mha.in_proj_bias is not None,
-            kdim=mha.kdim,
-            vdim=mha.vdim,
+            **mha_options(mha),
             batch_first=mha.batch_first,
             device=ref.device,
             dtype=ref.dtype,

@@ -29,6 +29,7 @@ __all__ = [
     "layer_from_mha",
     "load_legacy_projections",
     "mha_from_layer",
+    "mha_options",
 ]
 
 _NAMES = ("q", "k", "v")
@@ -147,17 +148,21 @@ def layer_from_mha(cls: type[L], mha: nn.MultiheadAttention, backend: str) -> L:
     if mha.bias_k is not None or mha.add_zero_attn:
         raise ValueError("from_torch does not support add_bias_kv=True or add_zero_attn=True")
     ref = mha.out_proj.weight
-    layer = cls(
-        mha.embed_dim,
-        mha.num_heads,
-        dropout=mha.dropout,
-        bias=mha.in_proj_bias is not None,
-        kdim=mha.kdim,
-        vdim=mha.vdim,
-        backend=backend,
-    ).to(device=ref.device, dtype=ref.dtype)
+    layer = cls(**mha_options(mha), backend=backend).to(device=ref.device, dtype=ref.dtype)
     layer.load_state_dict(mha.state_dict())
     return layer
+
+
+def mha_options(mha: nn.MultiheadAttention) -> dict[str, Any]:
+    """The constructor options of ``mha`` that GraphAttention and its drop-in share."""
+    return {
+        "embed_dim": mha.embed_dim,
+        "num_heads": mha.num_heads,
+        "dropout": mha.dropout,
+        "bias": mha.in_proj_bias is not None,
+        "kdim": mha.kdim,
+        "vdim": mha.vdim,
+    }
 
 
 def mha_from_layer(layer: GraphAttention, batch_first: bool) -> nn.MultiheadAttention:

@@ -8,31 +8,22 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from . import functions as fn
 from .base import Biased, ScoreBias, ScoreCallable, ScoreFunction
 from .biases import ALiBi, RelativePositionBias
-from .functions import (
-    Additive,
-    Bilinear,
-    CallableScore,
-    Cosine,
-    Dot,
-    GATv2,
-    NegDistance,
-    ScaledDot,
-)
 
 __all__ = ["BIASES", "SCORES", "make_score", "register_score"]
 
 #: name -> factory(num_heads, head_dim) -> ScoreFunction
 SCORES: dict[str, Callable[[int, int], ScoreFunction]] = {
-    "scaled_dot": lambda h, d: ScaledDot(),
-    "dot": lambda h, d: Dot(),
-    "additive": lambda h, d: Additive(h, d),
-    "gat": lambda h, d: Additive(h, d),
-    "gatv2": lambda h, d: GATv2(h, d),
-    "cosine": lambda h, d: Cosine(h),
-    "bilinear": lambda h, d: Bilinear(h, d),
-    "neg_distance": lambda h, d: NegDistance(),
+    "scaled_dot": lambda h, d: fn.ScaledDot(),
+    "dot": lambda h, d: fn.Dot(),
+    "additive": lambda h, d: fn.Additive(h, d),
+    "gat": lambda h, d: fn.Additive(h, d),
+    "gatv2": lambda h, d: fn.GATv2(h, d),
+    "cosine": lambda h, d: fn.Cosine(h),
+    "bilinear": lambda h, d: fn.Bilinear(h, d),
+    "neg_distance": lambda h, d: fn.NegDistance(),
 }
 
 
@@ -75,5 +66,5 @@ def make_score(
             score = Biased(score, BIASES[b](num_heads))
         return score
     if callable(spec):
-        return CallableScore(spec)
+        return fn.CallableScore(spec)
     raise TypeError(f"score must be a name, a ScoreFunction or a callable, got {spec!r}")
