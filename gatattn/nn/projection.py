@@ -10,16 +10,13 @@ per-call concatenation; ``Projection`` is a view of one of the three.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..scores import ScaledDot
-
-if TYPE_CHECKING:
-    from .attention import GraphAttention
 
 __all__ = [
     "Projection",
@@ -33,7 +30,9 @@ __all__ = [
 ]
 
 _NAMES = ("q", "k", "v")
-L = TypeVar("L", bound="GraphAttention")
+L = TypeVar("L", bound=nn.Module)
+#: A GraphAttention (typed loosely here: this module sits below nn/attention.py).
+Layer = Any
 
 
 class Projection:
@@ -45,7 +44,7 @@ class Projection:
         layer: the GraphAttention.  index: 0 (queries), 1 (keys) or 2 (values).
     """
 
-    def __init__(self, layer: GraphAttention, index: int) -> None:
+    def __init__(self, layer: Layer, index: int) -> None:
         self.layer, self.index = layer, index
 
     @property
@@ -85,7 +84,7 @@ class ProjectionView:
     def __init__(self, index: int, label: str) -> None:
         self.index, self.__doc__ = index, f"{label} as a view: .weight, .bias, and a call."
 
-    def __get__(self, layer: GraphAttention | None, owner: type | None = None) -> Any:
+    def __get__(self, layer: Layer | None, owner: type | None = None) -> Any:
         return self if layer is None else Projection(layer, self.index)
 
 
@@ -105,7 +104,7 @@ def add_projections(module: nn.Module, C: int, kdim: int, vdim: int, bias: bool)
     module.register_parameter("in_proj_bias", nn.Parameter(torch.empty(3 * C)) if bias else None)
 
 
-def init_like_mha(layer: GraphAttention) -> None:
+def init_like_mha(layer: Layer) -> None:
     """nn.MultiheadAttention's initialisation, drawing from the RNG in its order: out_proj as an
     nn.Linear (kaiming), then xavier_uniform_ on in_proj_weight [3C, C] (or on each of W_q, W_k,
     W_v), then zero in_proj_bias and out_proj.bias."""
@@ -165,7 +164,7 @@ def mha_options(mha: nn.MultiheadAttention) -> dict[str, Any]:
     }
 
 
-def mha_from_layer(layer: GraphAttention, batch_first: bool) -> nn.MultiheadAttention:
+def mha_from_layer(layer: Layer, batch_first: bool) -> nn.MultiheadAttention:
     """An nn.MultiheadAttention with copies of ``layer``'s projections (scaled_dot score only)."""
     if type(layer.score) is not ScaledDot:
         raise ValueError(
