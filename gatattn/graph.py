@@ -237,6 +237,7 @@ class TokenGraph:
         """The same graph with edge_index on ``device`` (a new graph unless already there)."""
         if self.edge_index.device == torch.device(device):
             return self
+        self._sync()  # an in-place edit since the last use withdraws the trust first
         return TokenGraph(
             self.edge_index.to(device),
             self.num_src,

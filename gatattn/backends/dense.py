@@ -76,6 +76,9 @@ class DenseBackend(Backend):
         return None
 
     def run(self, p: Problem) -> BackendOutput:
+        why = self.supports(p)  # cached per graph: a direct call never trusts an unchecked tag
+        if why is not None:
+            raise ValueError(f"dense backend cannot run score {p.score.name!r}: {why}")
         q, k, v, g = p.q, p.k, p.v, p.graph
         base, biases = p.score.parts()
         H, D = q.size(1), q.size(2)

@@ -102,8 +102,8 @@ def _auto(p: Problem) -> tuple[str, str]:
         return "dense", f"{g.structure} graph and score {score.name!r}: one SDPA call"
     if g.num_edges < MIN_BLOCK_EDGES:
         return "edge", f"small graph (E={g.num_edges} < {MIN_BLOCK_EDGES}): edge backend"
-    flex_why, block_why = BACKENDS["flex"].supports(p), BACKENDS["block"].supports(p)
-    if flex_why is not None and block_why is not None:
+    block_why = BACKENDS["block"].supports(p)
+    if block_why is not None and "flex" not in score.backends:
         return "edge", f"no fast path: {block_why}"
     if torch.compiler.is_compiling():  # layouts need data-dependent sizes: stay on the edge path
         return "edge", "under torch.compile the block layout is not built: edge backend"
@@ -115,6 +115,8 @@ def _auto(p: Problem) -> tuple[str, str]:
     dens = f"tile density {lay.density:.2f} with {lay.size}x{lay.size} tiles"
     if lay.density < MIN_DENSITY:
         return "edge", f"irregular graph ({dens} < {MIN_DENSITY}): edge backend"
+    # flex's own check (a sort for duplicate edges on CUDA) only once the tiles pay
+    flex_why = BACKENDS["flex"].supports(p)
     if flex_why is None and p.q.size(-1) >= 16:
         return "flex", f"block-structured graph on CUDA ({dens}): FlexAttention"
     if block_why is None:

@@ -111,6 +111,9 @@ class FlexBackend(Backend):
         return self._fn
 
     def run(self, p: Problem) -> BackendOutput:
+        why = self.supports(p) if self.compiled else None  # eager: CPU forward tests only
+        if why is not None:
+            raise ValueError(f"flex backend cannot run score {p.score.name!r}: {why}")
         q, k, v, graph = p.q, p.k, p.v, p.graph
         scale = p.score.parts()[0].sdpa_scale(p.q.size(-1))
         out = self._kernel()(

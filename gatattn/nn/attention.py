@@ -90,8 +90,8 @@ class GraphAttention(MessagePassing):
         self.score = make_score(score, num_heads, self.head_dim)
         # Optional PyG features (docs/pyg.md); only the options in use hold parameters.
         self.edge_dim, self.root_weight = edge_dim, root_weight
-        e_dim = edge_dim or 1  # W_e [C, F], no bias, as TransformerConv's lin_edge:
-        self.edge_proj = skip_init(nn.Linear, e_dim, C, bias=False) if edge_dim else None
+        # W_e [C, F], no bias, as TransformerConv's lin_edge
+        self.edge_proj = skip_init(nn.Linear, edge_dim, C, bias=False) if edge_dim else None
         self.skip_proj = skip_init(nn.Linear, C, C, bias=bias) if root_weight else None  # W_r
         self.register_load_state_dict_pre_hook(proj.load_legacy_projections)
         self.reset_parameters()
