@@ -10,10 +10,12 @@ from ._version import __version__
 from .analysis import attention_flow, attention_rollout
 from .export import from_networkx, layered_graph, to_networkx, write_graph
 from .graph import TokenGraph, as_token_graph
+from .graphormer import AddShortestPaths, DegreeEncoding, GraphormerLayer, GraphToken
 from .interop import GraphMultiheadAttention, GraphTransformerEncoderLayer, convert
 from .kernels import neighbourhood_softmax
 from .nn import Attention, GraphAttention
 from .patterns import (
+    ShortestPaths,
     bigbird_graph,
     bipartite_graph,
     block_graph,
@@ -25,6 +27,8 @@ from .patterns import (
     global_graph,
     knn_graph,
     radius_graph,
+    shortest_path_distances,
+    shortest_paths,
     star_graph,
     strided_graph,
     window_graph,
@@ -33,24 +37,33 @@ from .pyg import GraphTransformerBlock
 from .scores import (
     ALiBi,
     EdgeFeatureBias,
+    PathEncodingBias,
     RelativePositionBias,
     ScoreBias,
     ScoreFunction,
+    SpatialBias,
     make_score,
     register_score,
 )
 
 __all__ = [
     "ALiBi",
+    "AddShortestPaths",
     "Attention",
+    "DegreeEncoding",
     "EdgeFeatureBias",
     "GraphAttention",
     "GraphMultiheadAttention",
+    "GraphToken",
     "GraphTransformerBlock",
     "GraphTransformerEncoderLayer",
+    "GraphormerLayer",
+    "PathEncodingBias",
     "RelativePositionBias",
     "ScoreBias",
     "ScoreFunction",
+    "ShortestPaths",
+    "SpatialBias",
     "TokenGraph",
     "__version__",
     "analysis",
@@ -76,6 +89,8 @@ __all__ = [
     "pretrained",
     "radius_graph",
     "register_score",
+    "shortest_path_distances",
+    "shortest_paths",
     "star_graph",
     "strided_graph",
     "to_networkx",
