@@ -25,7 +25,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 H, D, MAXD = 3, 5, 4
 C = H * D
-TOL = {"atol": 1e-10, "rtol": 0.0}
 
 
 def _batch() -> tuple[Tensor, list[int], Tensor]:
@@ -61,8 +60,8 @@ def _attention_ref(
     outs, start = [], 0
     for n, b in zip(sizes, bias):
         sl = slice(start, start + n)
-        heads = [t[sl].view(n, H, D).transpose(0, 1) for t in (q, k, v)]  # [H, n, D]
-        o = F.scaled_dot_product_attention(*heads, attn_mask=b)  # [H, n, D]
+        qh, kh, vh = (t[sl].view(n, H, D).transpose(0, 1) for t in (q, k, v))  # [H, n, D]
+        o = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=b)  # [H, n, D]
         outs.append(o.transpose(0, 1).reshape(n, C))
         start += n
     return layer.out_proj(torch.cat(outs))  # [N, C]
@@ -91,12 +90,14 @@ def test_spatial_bias_equals_dense_formula(backend: str) -> None:
         dense.append(bias.weight[d].permute(2, 0, 1))  # b[h, i, j] = W[φ(j → i), h]
         start += n
     ref = _attention_ref(layer, x, sizes, dense)
-    torch.testing.assert_close(out, ref, **TOL)
+    torch.testing.assert_close(out, ref, atol=1e-10, rtol=0)
     params = [x, bias.weight, layer.in_proj_weight]
     for a, b in zip(_grads(out, params), _grads(ref, params)):
-        torch.testing.assert_close(a, b, **TOL)
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=0)
     # the mapping form reads "distance"
-    torch.testing.assert_close(layer(x, g, edge_attr={"distance": dist, "other": dist}), out, **TOL)
+    torch.testing.assert_close(
+        layer(x, g, edge_attr={"distance": dist, "other": dist}), out, atol=1e-10, rtol=0
+    )
 
 
 def test_spatial_bias_rows_and_gradcheck() -> None:
@@ -105,7 +106,9 @@ def test_spatial_bias_rows_and_gradcheck() -> None:
     g = ga.complete_graph(3)
     dist = torch.tensor([0, 1, 5, 2, 0, 4, 3, 1, 0])
     edges = Edges(g.edge_index[0], g.edge_index[1], g, dist)
-    torch.testing.assert_close(bias(edges), bias.weight[dist], **TOL)  # row d = bias of d
+    torch.testing.assert_close(
+        bias(edges), bias.weight[dist], atol=1e-10, rtol=0
+    )  # row d = bias of d
     w = bias.weight.detach().clone().requires_grad_()
     assert torch.autograd.gradcheck(lambda t: functional_call(bias, {"weight": t}, (edges,)), (w,))
 
@@ -195,10 +198,10 @@ def test_path_encoding_equals_paper_formula(max_hops: int) -> None:
         dense.append(b + c)
         start += n
     ref = _attention_ref(layer, x, sizes, dense)
-    torch.testing.assert_close(out, ref, **TOL)
+    torch.testing.assert_close(out, ref, atol=1e-10, rtol=0)
     params = [x, feats, path.weight, spatial.weight]
-    for a, b in zip(_grads(out, params), _grads(ref, params)):
-        torch.testing.assert_close(a, b, **TOL)
+    for ga_, gb_ in zip(_grads(out, params), _grads(ref, params)):
+        torch.testing.assert_close(ga_, gb_, atol=1e-10, rtol=0)
 
 
 def test_path_encoding_gradcheck() -> None:
@@ -214,7 +217,7 @@ def test_path_encoding_gradcheck() -> None:
     w = bias.weight.detach().clone().requires_grad_()
     used = (torch.arange(3)[None, :] < length[:, None]).double()  # [E, M]
     ref = torch.einsum("emf,mhf->eh", feats * used[..., None], w) / length.clamp(1, 3)[:, None]
-    torch.testing.assert_close(f(feats, w), ref, **TOL)
+    torch.testing.assert_close(f(feats, w), ref, atol=1e-10, rtol=0)
     assert torch.autograd.gradcheck(f, (feats, w))
 
 
@@ -272,9 +275,9 @@ def test_degree_encoding_equals_paper_formula(directed: bool) -> None:
         params.append(enc.out_embedding.weight)
     else:
         assert enc.out_embedding is None
-    torch.testing.assert_close(out, ref, **TOL)
+    torch.testing.assert_close(out, ref, atol=1e-10, rtol=0)
     for a, b in zip(_grads(out, params), _grads(ref, params)):
-        torch.testing.assert_close(a, b, **TOL)
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=0)
 
 
 def test_degree_encoding_bad_input() -> None:

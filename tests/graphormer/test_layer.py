@@ -15,7 +15,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 H, D, MAXD = 3, 5, 3
 C = H * D
-TOL = {"atol": 1e-10, "rtol": 0.0}
 
 
 def _inputs() -> tuple[Tensor, list[int], Tensor]:
@@ -32,8 +31,8 @@ def _attention(layer: ga.GraphAttention, x: Tensor, sizes: list[int], bias: list
     outs, start = [], 0
     for n, b in zip(sizes, bias):
         sl = slice(start, start + n)
-        heads = [t[sl].view(n, H, D).transpose(0, 1) for t in (q, k, v)]  # [H, n, D]
-        o = F.scaled_dot_product_attention(*heads, attn_mask=b)  # [H, n, D]
+        qh, kh, vh = (t[sl].view(n, H, D).transpose(0, 1) for t in (q, k, v))  # [H, n, D]
+        o = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=b)  # [H, n, D]
         outs.append(o.transpose(0, 1).reshape(n, C))
         start += n
     return layer.out_proj(torch.cat(outs))
@@ -71,13 +70,13 @@ def test_graphormer_layer_equals_pre_ln_reference() -> None:
     h1 = x + _attention(attn, ln1, sizes, _spatial_blocks(spatial, dist, sizes))
     ln2 = F.layer_norm(h1, (C,), layer.norm2.weight, layer.norm2.bias)
     ref = h1 + layer.linear2(F.gelu(layer.linear1(ln2)))
-    torch.testing.assert_close(out, ref, **TOL)
+    torch.testing.assert_close(out, ref, atol=1e-10, rtol=0)
     params = [x, *layer.parameters()]
     w = torch.randn_like(out)
     for a, b in zip(
         torch.autograd.grad((out * w).sum(), params), torch.autograd.grad((ref * w).sum(), params)
     ):
-        torch.testing.assert_close(a, b, **TOL)
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=0)
 
 
 def test_graphormer_layer_with_path_encoding_and_token_runs_and_learns() -> None:
@@ -118,13 +117,13 @@ def test_graph_token_equals_dense_reference() -> None:
         blocks.append(full)
         start += n
     ref = _attention(layer, torch.cat(xs), [n + 1 for n in sizes], blocks)
-    torch.testing.assert_close(out, ref, **TOL)
+    torch.testing.assert_close(out, ref, atol=1e-10, rtol=0)
     params = [x, token.embedding, spatial.weight, spatial.token_weight]
     w = torch.randn_like(out)
     for a, b in zip(
         torch.autograd.grad((out * w).sum(), params), torch.autograd.grad((ref * w).sum(), params)
     ):
-        torch.testing.assert_close(a, b, **TOL)
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=0)
 
 
 def test_graph_token_bad_input() -> None:
