@@ -8,8 +8,8 @@ path get ``max_distance + 1``. It is Graphormer's spatial encoding input (Ying e
 Transformers Really Perform Badly for Graph Representation?", Sec. 3.1.2).
 
 How: breadth-first search from every node at once, as boolean matrix products on dense
-adjacency blocks [B_k, P, P], one block per bucket of graphs of similar size (graphs padded to a
-multiple of 8 nodes; padding nodes are isolated and never reached). Each step is one ``bmm``,
+adjacency blocks [B_k, P, P], one block per size P (the B_k graphs of that size; no padding,
+so a block's distances are already in the complete graph's edge order). Each step is one ``bmm``,
 and the search stops when no pair is newly reached. The work is per graph, never all pairs of
 the whole block-diagonal batch: O(Σ_b n_b³ · diameter) flops for a batch of small graphs.
 ``scipy.sparse.csgraph`` runs one Python call per graph, and networkx one BFS per node; both
@@ -29,8 +29,6 @@ from .complete import complete_graph
 
 __all__ = ["ShortestPaths", "shortest_path_distances", "shortest_paths"]
 
-#: Graphs are padded to a multiple of this many nodes and bucketed by that size.
-_BUCKET = 8
 #: Upper bound on the elements of one [B_k, P, P, P] temporary of the path search.
 _PATH_CHUNK = 1 << 22
 
@@ -130,10 +128,12 @@ def _bfs(adj: Tensor) -> Tensor:
     reach = torch.eye(P, dtype=adj.dtype, device=adj.device).expand(B, P, P).contiguous()
     seen = reach.clone()  # Σ_{d' < d} R_{d'} [B, P, P]
     total = P * B
+    # float32 sums of 0/1 are exact below 2^24 elements; larger blocks sum in float64
+    acc = torch.float32 if B * P * P < (1 << 24) else torch.float64
     steps = 1
     for _ in range(1, P):
         reach = torch.baddbmm(reach, adj, reach).clamp_(max=1.0)  # R_d [B, P, P]
-        now = int(torch.count_nonzero(reach))
+        now = int(reach.sum(dtype=acc))
         if now == total:
             break
         seen += reach
@@ -205,58 +205,63 @@ def shortest_paths(
     validate_edge_index(edge_index, num_nodes, num_nodes)
     device = edge_index.device
     sizes = _graph_sizes(batch, num_nodes, edge_index)  # [B]
-    g = complete_graph(lengths=sizes.tolist(), device=device)
     B = sizes.numel()
     starts = torch.cumsum(sizes, 0) - sizes  # [B] first node of each graph
     graph_of = torch.arange(B, device=device).repeat_interleave(sizes)  # [N]
     local = torch.arange(num_nodes, device=device) - starts[graph_of]  # [N] position in graph
-    padded = (sizes + _BUCKET - 1) // _BUCKET * _BUCKET  # [B] P of each graph's bucket
-
     num_pairs = sizes * sizes  # [B]
     pair_start = torch.cumsum(num_pairs, 0) - num_pairs  # [B] first complete edge of each graph
-    E_c = g.num_edges
+    E_c = int(num_pairs.sum())
     dist = torch.empty(E_c, dtype=torch.long, device=device)
     path = torch.full((E_c, max_hops), -1, dtype=torch.long, device=device)
-    e_graph = graph_of[edge_index[0]] if edge_index.numel() else edge_index[0]  # [E_in]
-    for P in torch.unique(padded).tolist():
-        members = (padded == P).nonzero().squeeze(1)  # [B_k] graphs of this bucket
-        slot = torch.full((B,), -1, dtype=torch.long, device=device)
-        slot[members] = torch.arange(members.numel(), device=device)
+
+    # graphs grouped by size (stable: ascending ids within a size); slot = rank among them
+    order = torch.argsort(sizes, stable=True)  # [B]
+    keys, per_bucket = torch.unique_consecutive(sizes[order], return_counts=True)  # [K]
+    slot = torch.empty_like(order)
+    slot[order] = torch.arange(B, device=device) - (
+        torch.cumsum(per_bucket, 0) - per_bucket
+    ).repeat_interleave(per_bucket)
+    bucket = torch.searchsorted(keys, sizes)  # [B] bucket of each graph
+    # every input edge once: its flat index (slot, target, source) in its bucket's block
+    e_graph = graph_of[edge_index[0]]  # [E_in]
+    P_e = sizes[e_graph]  # [E_in]
+    flat_all = (slot[e_graph] * P_e + local[edge_index[1]]) * P_e + local[edge_index[0]]
+    e_order = torch.argsort(bucket[e_graph], stable=True)  # [E_in] edges by bucket
+    flat_sorted = flat_all[e_order]
+    e_end = torch.cumsum(torch.bincount(bucket[e_graph], minlength=keys.numel()), 0).tolist()
+    g_end = torch.cumsum(per_bucket, 0).tolist()
+    for k, P in enumerate(keys.tolist()):
+        members = order[(g_end[k - 1] if k else 0) : g_end[k]]  # [B_k] graphs of this bucket
+        e0 = e_end[k - 1] if k else 0
+        flat = flat_sorted[e0 : e_end[k]]  # [e_in] this bucket's input edges
         # adjacency block [B_k, P, P]: adj[s, i, m] = 1 iff an edge m -> i
         adj = torch.zeros(members.numel() * P * P, device=device)
-        e_slot = slot[e_graph]  # [E_in]
-        keep = e_slot >= 0
-        flat = (e_slot * P + local[edge_index[1]]) * P + local[edge_index[0]]  # [E_in]
-        adj[flat[keep]] = 1.0
+        adj[flat] = 1.0
         adj = adj.view(-1, P, P)
         raw = _bfs(adj)  # [B_k, P, P], -1 = no path
-        n_k = sizes[members]  # [B_k]
-        ar = torch.arange(P, device=device)
-        inside = (ar[None, :, None] < n_k[:, None, None]) & (ar[None, None, :] < n_k[:, None, None])
-        d = raw[inside]  # [e_k]: graph by graph, target-major, as the complete graph's edges
-        # positions of these pairs among all pairs: the ranges [pair_start_b, + n_b²) of members
-        count = n_k * n_k  # [B_k]
-        first = torch.cumsum(count, 0) - count  # [B_k]
-        pairs = torch.arange(int(count.sum()), device=device) + (
-            pair_start[members] - first
-        ).repeat_interleave(count)  # [e_k]
+        # graph by graph, target-major: the complete graph's edge order within each graph
+        d = raw.reshape(-1, P * P)  # [B_k, P²]
+        pairs = pair_start[members, None] + torch.arange(P * P, device=device)  # [B_k, P²]
         dist[pairs] = torch.where(d < 0, max_distance + 1, d.clamp(max=max_distance))
         if max_hops:
             eid = torch.full((members.numel() * P * P,), -1, dtype=torch.long, device=device)
-            ids = torch.arange(edge_index.size(1), device=device)
-            eid.scatter_reduce_(0, flat[keep], ids[keep], reduce="amax")  # one id per (m -> i)
+            ids = e_order[e0 : e_end[k]]  # [e_in] ids of this bucket's input edges
+            eid.scatter_reduce_(0, flat, ids, reduce="amax")  # one id per (m -> i)
             eid = eid.view(-1, P, P)  # [B_k, P(target), P(source)]
             succ = _successors(adj, raw)  # [B_k, P, P]
-            s = torch.arange(members.numel(), device=device).repeat_interleave(count)  # [e_k]
-            k = torch.arange(d.numel(), device=device) - first.repeat_interleave(count)
-            i, cur = k // n_k.repeat_interleave(count), k % n_k.repeat_interleave(count)
-            left = d.clamp(min=0)  # walk from the source j = cur towards the target i
+            s = torch.arange(members.numel(), device=device)[:, None]  # [B_k, 1]
+            ar = torch.arange(P, device=device)
+            i, cur = ar[:, None].expand(P, P).reshape(-1), ar.repeat(P)  # [P²] target, source
+            left = d.clamp(min=0)  # [B_k, P²] walk from the source j = cur towards the target i
+            cur = cur.expand_as(left)
             for n in range(max_hops):
                 on = left > 0
-                nxt = succ[s, i, cur]  # [e_k]
+                nxt = succ[s, i, cur]  # [B_k, P²]
                 path[pairs, n] = torch.where(on, eid[s, nxt, cur], -1)
                 cur = torch.where(on, nxt, cur)
                 left = left - on.long()
+    g = complete_graph(lengths=sizes.tolist(), device=device)
     return ShortestPaths(g, dist, path if max_hops else None)
 
 
