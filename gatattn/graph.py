@@ -139,7 +139,7 @@ class TokenGraph:
         init(self, "_build", build)  # makes edge_index on first access (deferred graphs)
         init(self, "_num_edges", num_edges)
         init(self, "_device", device)
-        init(self, "_mask", mask)  # [B, L_q, L_k] bool when the graph was built from one
+        init(self, "_mask", mask)  # [B, 1 | L_q, L_k] bool when the graph was built from one
         init(self, "_num_src", num_src)
         init(self, "_num_dst", num_dst)
         init(self, "_structure", structure)
@@ -291,15 +291,21 @@ class TokenGraph:
         if self._edge_index is None:
             if self._num_edges is not None:
                 return self._num_edges
-            if self._mask is not None:
-                return int(self._mask.sum())
+            if self._mask is not None:  # a [B, 1, L_k] mask stands for L_q equal rows
+                rows = len(self.sequence_lengths("dst")) * self._mask.size(1)
+                return int(self._mask.sum()) * (self.num_dst // rows)
         return int(self.edge_index.size(1))
 
-    def dense_mask(self) -> Tensor | None:
+    def dense_mask(self, compact: bool = False) -> Tensor | None:
         """The batched mask [B, L_q, L_k] (True = may attend) this graph was built from by
-        ``from_mask``, or None. Dropped when edge_index is written in place."""
+        ``from_mask`` / ``from_padding_mask``, or None. Dropped when edge_index is written in
+        place. ``compact=True`` returns it as stored: [B, 1, L_k] when every query of a
+        sequence has the same keys (a padding mask), which SDPA broadcasts."""
         self._sync()
-        return self._mask
+        m = self._mask
+        if m is None or compact:
+            return m
+        return m.expand(-1, self.num_dst // m.size(0), -1)
 
     @property
     def num_nodes(self) -> int:

@@ -137,7 +137,7 @@ class DenseBackend(Backend):
                 return "tagged", f"{tag} graph: SDPA without reading the edges"
             if tag != "bipartite" and all("dense" in b.backends for b in biases):
                 return "tagged", f"{tag} graph with position biases: SDPA with their dense form"
-        elif g.dense_mask() is not None and not biases:
+        elif g.dense_mask(compact=True) is not None and not biases:
             return "mask", "graph built from a dense mask: SDPA with that mask"
         if g.num_src == 0 or g.num_dst == 0:
             return None, f"the graph has no nodes on one side (N_s={g.num_src}, N_t={g.num_dst})"
@@ -181,9 +181,9 @@ class DenseBackend(Backend):
         if plan == "tagged":
             mask, causal = self._tagged_mask(p, Lk, k_index)
         elif plan == "mask":
-            m = g.dense_mask()
+            m = g.dense_mask(compact=True)
             assert m is not None
-            mask = m.unsqueeze(1)  # [B, 1, L_q, L_k]
+            mask = m.unsqueeze(1)  # [B, 1, L_q | 1, L_k]
         else:
             mask = self._scatter_mask(p, B, Lq, Lk)
         empty: Tensor | None = None  # [B, 1 | H, L_q, 1]: targets with no edge (or all -inf)

@@ -117,18 +117,25 @@ def from_mask(mask: Tensor) -> TokenGraph:
         raise ValueError(f"mask [B, L_q, L_k] must have no empty dimension, got {list(mask.shape)}")
     batched = mask.dim() == 3
     m = (mask if batched else mask.unsqueeze(0)).clone()  # [B, L_q, L_k], ours: never changes
-    B, Lq, Lk = m.shape
+    return masked_graph(m, m.size(1), batched)
+
+
+def masked_graph(m: Tensor, num_queries: int, batched: bool) -> TokenGraph:
+    """The graph of a mask ``m`` [B, L_q, L_k] or [B, 1, L_k] (every query of sequence b
+    attends to the keys ``m[b, 0]``), which the graph keeps: the caller hands it over and
+    must not change it. Edges are made from it only when read; tag ``"masked"``."""
+    B, Lq, Lk = m.size(0), num_queries, m.size(2)
 
     def build() -> Tensor:
-        b, i, j = m.nonzero(as_tuple=True)  # sorted by (b, i, j): by target, then source
-        return torch.stack([b * Lk + j, b * Lq + i])  # [2, E]
+        b, i, j = m.expand(B, Lq, Lk).nonzero(as_tuple=True)  # sorted by (b, i, j)
+        return torch.stack([b * Lk + j, b * Lq + i])  # [2, E] by target, then source
 
     return TokenGraph._deferred(
         build,
         B * Lk,
         B * Lq,
         None,
-        device=mask.device,
+        device=m.device,
         structure="masked",
         lengths=(Lq,) * B if batched else None,
         params={"kv_lengths": (Lk,) * B} if batched else None,

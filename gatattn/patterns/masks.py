@@ -9,7 +9,7 @@ from torch import Tensor
 
 from ..graph import TokenGraph
 from ._common import MAX_EDGES, check_edge_cap, positive_int, ragged
-from .complete import from_mask
+from .complete import masked_graph
 
 __all__ = ["bipartite_graph", "from_padding_mask"]
 
@@ -50,8 +50,8 @@ def from_padding_mask(key_padding_mask: Tensor, *, max_edges: int | None = MAX_E
     B, L = key_padding_mask.shape
     if max_edges is not None and B * L * L > max_edges and not torch.compiler.is_compiling():
         check_edge_cap(int((~key_padding_mask).sum()) * L, max_edges, "from_padding_mask")
-    allowed = (~key_padding_mask)[:, None, :].expand(B, L, L)  # [B, L_q, L_k]
-    return from_mask(allowed)
+    allowed = (~key_padding_mask)[:, None, :]  # [B, 1, L_k]: a new tensor, the graph's own
+    return masked_graph(allowed, L, True)
 
 
 def _sizes(value: int | Sequence[int], name: str) -> tuple[int, ...]:

@@ -111,6 +111,9 @@ def test_padding_mask_graph_equals_multihead_attention() -> None:
     pad = torch.tensor([[False, False, True, True], [False] * 4, [True] * 4])  # [B, L]
     g = ga.from_padding_mask(pad)
     assert _plan(g, ga.make_score("scaled_dot", H, D)) == "mask"
+    # kept as [B, 1, L_k] (SDPA broadcasts it over queries), read as [B, L_q, L_k]
+    assert g.dense_mask(compact=True).shape == (3, 1, 4) and g.dense_mask().shape == (3, 4, 4)
+    assert g.num_edges == 4 * (2 + 4) and g._edge_index is None
     torch.manual_seed(0)
     mha = torch.nn.MultiheadAttention(H * D, H, batch_first=True, dtype=torch.float64).eval()
     layer = ga.GraphAttention.from_torch(mha).eval()
