@@ -84,6 +84,7 @@ def test_spatial_bias_equals_dense_formula(backend: str) -> None:
         bias.weight.normal_(0, 1.0)
     x = torch.randn(11, C, dtype=torch.float64, requires_grad=True)
     out = layer(x, g, edge_attr=dist)
+    assert layer.explain_backend(x, g).startswith("dense" if backend == "auto" else "edge")
     dense, start = [], 0
     for n in sizes:
         d = _nx_dist(ei, 11, list(range(start, start + n)), MAXD)  # [n, n]
@@ -98,6 +99,25 @@ def test_spatial_bias_equals_dense_formula(backend: str) -> None:
     torch.testing.assert_close(
         layer(x, g, edge_attr={"distance": dist, "other": dist}), out, atol=1e-10, rtol=0
     )
+
+
+def test_auto_runs_spatial_bias_on_sdpa_equal_to_the_edge_backend() -> None:
+    """The fast path (one SDPA call, the bias scattered into its mask) equals the reference."""
+    ei, _, batch = _batch()
+    g, dist = ga.shortest_path_distances(ei, 11, batch=batch, max_distance=MAXD)
+    torch.manual_seed(3)
+    fast = ga.GraphormerLayer(C, H, max_distance=MAXD).double()
+    ref = ga.GraphormerLayer(C, H, max_distance=MAXD, backend="edge").double()
+    ref.load_state_dict(fast.state_dict())
+    x = torch.randn(11, C, dtype=torch.float64, requires_grad=True)
+    assert fast.self_attn.explain_backend(x, g).startswith("dense: graph inside its sequences")
+    a, b = fast(x, g, dist), ref(x, g, dist)
+    torch.testing.assert_close(a, b, atol=1e-10, rtol=0)
+    params = [x, *fast.parameters()]
+    ga_ = torch.autograd.grad(a.square().sum(), params)
+    gb_ = torch.autograd.grad(b.square().sum(), [x, *ref.parameters()])
+    for u, v in zip(ga_, gb_):
+        torch.testing.assert_close(u, v, atol=1e-10, rtol=0)
 
 
 def test_spatial_bias_rows_and_gradcheck() -> None:
@@ -178,6 +198,7 @@ def test_path_encoding_equals_paper_formula(max_hops: int) -> None:
         path.weight.normal_(0, 1.0)
     x = torch.randn(11, C, dtype=torch.float64, requires_grad=True)
     out = layer(x, res.graph, edge_attr=res.path_inputs(feats))
+    assert layer.explain_backend(x, res.graph).startswith("dense")  # biases scattered into SDPA
 
     G = nx.DiGraph(ei.t().tolist())
     G.add_nodes_from(range(11))
