@@ -151,13 +151,16 @@ def _successors(adj: Tensor, dist: Tensor) -> Tensor:
     """
     B, P, _ = adj.shape
     out = torch.zeros(B, P, P, dtype=torch.long, device=adj.device)
-    step = max(1, _PATH_CHUNK // max(1, P**3))
+    # temporaries [b, r, P, P] of at most _PATH_CHUNK elements: graphs, then targets i, in chunks
+    rows = max(1, min(P, _PATH_CHUNK // max(1, P * P)))
+    graphs = max(1, _PATH_CHUNK // max(1, rows * P * P))
     edge = adj > 0  # [B, m, j]: edge j -> m
-    for s in range(0, B, step):
-        d = dist[s : s + step]  # [b, i, x]
-        closer = d[:, :, :, None] == (d[:, :, None, :] - 1)  # [b, i, m, j]
-        ok = closer & edge[s : s + step, None, :, :] & (d[:, :, None, :] > 0)
-        out[s : s + step] = ok.to(torch.uint8).argmax(2)  # [b, i, j]
+    for s in range(0, B, graphs):
+        for r in range(0, P, rows):
+            d = dist[s : s + graphs, r : r + rows]  # [b, r, x]: dist[i, x] for these targets
+            closer = d[:, :, :, None] == (d[:, :, None, :] - 1)  # [b, r, m, j]
+            ok = closer & edge[s : s + graphs, None, :, :] & (d[:, :, None, :] > 0)
+            out[s : s + graphs, r : r + rows] = ok.to(torch.uint8).argmax(2)  # [b, r, j]
     return out
 
 

@@ -224,3 +224,15 @@ def test_path_inputs_errors() -> None:
         res.path_inputs(torch.ones(2, 1, 1))
     with pytest.raises(ValueError, match="edge_attr has 1 rows but the paths use input edge 1"):
         res.path_inputs(torch.ones(1, 3))
+
+
+def test_path_search_in_small_chunks_gives_the_same_paths(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gatattn.patterns import shortest_path
+
+    gen = torch.Generator().manual_seed(5)
+    ei = torch.randint(0, 30, (2, 70), generator=gen)
+    whole = ga.shortest_paths(ei, 30, max_hops=4)
+    monkeypatch.setattr(shortest_path, "_PATH_CHUNK", 100)  # fewer than one graph's P³
+    chunked = ga.shortest_paths(ei, 30, max_hops=4)
+    assert whole.path is not None and chunked.path is not None
+    assert chunked.path.equal(whole.path) and chunked.distance.equal(whole.distance)
