@@ -25,7 +25,7 @@ def _load(name: str) -> ModuleType:
 
 def test_graph_transformer_short(capsys: pytest.CaptureFixture[str]) -> None:
     mod = _load("graph_transformer")
-    hist = mod.main(["--epochs", "2", "--graphs", "16"])
+    hist = mod.main(["--epochs", "2", "--graphs", "8"])
     assert len(hist["loss"]) == 2 and all(math.isfinite(v) for v in hist["loss"])
     assert all(0.0 <= a <= 1.0 for a in hist["test_accuracy"])
     assert "epoch   2" in capsys.readouterr().out
