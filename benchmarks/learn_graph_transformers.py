@@ -6,8 +6,9 @@ Generated data only (nothing is downloaded):
 * long-range: per node, the hop distance to the nearer of two marked nodes (classes 0..6, and
   7 = "farther") on random trees with chords of 30-60 nodes; node features [marked, 1].
 * CSL: circulant graphs C(41, {1, s}), s in {2, 3, 4, 5, 6, 9, 11, 12, 13, 16}, 15 per class,
-  nodes randomly permuted; 1-WL cannot separate them. Features: random-walk PE (PyG's
-  ``AddRandomWalkPE``, 8 steps), the same for every model.
+  nodes randomly permuted; 1-WL cannot separate them. Features: a positional encoding, the same
+  for every model: random-walk PE (PyG's ``AddRandomWalkPE``, 8 steps; ``csl-rw``) or 8
+  Laplacian eigenvectors (``AddLaplacianEigenvectorPE``, random signs; ``csl-lap``).
 * BA-Shapes: PyG's ``ExplainerDataset`` (a 300-node Barabási-Albert graph with 80 house motifs,
   4 classes), constant features; a random half of the nodes trains.
 * SBM: 4 blocks of 60 nodes (p_in = 0.1, p_out = 0.01) with noisy class-mean features;
@@ -33,6 +34,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import networkx as nx
@@ -42,7 +44,7 @@ from torch import Tensor, nn
 from torch_geometric.data import Batch, Data
 from torch_geometric.loader import DataLoader
 from torch_geometric.nn import GATConv, GINConv, GPSConv, TransformerConv, global_mean_pool
-from torch_geometric.transforms import AddRandomWalkPE
+from torch_geometric.transforms import AddLaplacianEigenvectorPE, AddRandomWalkPE
 from torch_geometric.utils import stochastic_blockmodel_graph, to_undirected
 
 import gatattn as ga
@@ -91,9 +93,14 @@ def long_range(seed: int, num_train: int, num_test: int) -> Task:
 CSL_SKIPS = (2, 3, 4, 5, 6, 9, 11, 12, 13, 16)
 
 
-def csl(seed: int, per_class: int) -> Task:
+def csl(seed: int, per_class: int, encoding: str = "rw") -> Task:
     gen = torch.Generator().manual_seed(seed)
-    pe = AddRandomWalkPE(walk_length=8, attr_name=None)  # concatenated to x
+    torch.manual_seed(seed)  # AddLaplacianEigenvectorPE flips signs with the global RNG
+    pe: Callable[[Data], Data] = (  # concatenated to x
+        AddRandomWalkPE(walk_length=8, attr_name=None)
+        if encoding == "rw"
+        else AddLaplacianEigenvectorPE(k=8, attr_name=None, is_undirected=True)
+    )
     graphs = []
     for label, s in enumerate(CSL_SKIPS):
         for _ in range(per_class):
@@ -107,7 +114,8 @@ def csl(seed: int, per_class: int) -> Task:
     order = torch.randperm(len(graphs), generator=gen).tolist()
     graphs = [graphs[k] for k in order]
     cut = len(graphs) * 2 // 3
-    return Task("CSL (RW-PE)", graphs[:cut], graphs[cut:], "graph", 10, 0, 25)
+    name = "CSL (RW-PE)" if encoding == "rw" else "CSL (LapPE)"
+    return Task(name, graphs[:cut], graphs[cut:], "graph", 10, 0, 25)
 
 
 def ba_shapes(seed: int) -> Task:
@@ -265,16 +273,23 @@ def train_once(task: Task, kind: str, seed: int) -> tuple[float, float]:
     return hits / total, statistics.mean(seconds)
 
 
-def tasks(quick: bool, seed: int = 0) -> list[Task]:
-    lr_task = long_range(seed, 24 if quick else 240, 8 if quick else 80)
-    lr_task.epochs = 2 if quick else 30
-    csl_task = csl(seed, 3 if quick else 15)
-    csl_task.epochs = 2 if quick else 50
-    ba = ba_shapes(seed)
-    ba.epochs = 2 if quick else 100
-    sb = sbm(seed)
-    sb.epochs = 2 if quick else 100
-    return [lr_task, csl_task, ba, sb]
+TASKS = ("long-range", "csl-rw", "csl-lap", "ba-shapes", "sbm")
+
+
+def make_task(name: str, quick: bool, seed: int = 0) -> Task:
+    """One task by name (``TASKS``), with its number of epochs."""
+    if name == "long-range":
+        task, epochs = long_range(seed, 24 if quick else 240, 8 if quick else 80), 30
+    elif name in ("csl-rw", "csl-lap"):
+        task, epochs = csl(seed, 3 if quick else 15, name.removeprefix("csl-")), 50
+    elif name == "ba-shapes":
+        task, epochs = ba_shapes(seed), 100
+    elif name == "sbm":
+        task, epochs = sbm(seed), 100
+    else:
+        raise SystemExit(f"unknown task {name!r}; choose from {', '.join(TASKS)}")
+    task.epochs = 2 if quick else epochs
+    return task
 
 
 def main(argv: list[str] | None = None) -> dict[str, dict[str, list[float]]]:
@@ -283,12 +298,13 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, list[float]]]:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated model names")
+    parser.add_argument("--tasks", default=",".join(TASKS), help="comma-separated task names")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     chosen = [m.strip() for m in args.models.split(",")]
     results: dict[str, dict[str, list[float]]] = {}
     print("| task | model | test accuracy | s / epoch |\n|---|---|---|---:|")
-    for task in tasks(args.quick):
+    for task in (make_task(t.strip(), args.quick) for t in args.tasks.split(",")):
         for name in chosen:
             accs, secs = [], []
             for seed in range(args.seeds):
