@@ -85,11 +85,12 @@ def supported_modules() -> dict[type, str]:
 
 
 def is_hf_model(model: object) -> bool:
-    """True for a ``transformers.PreTrainedModel`` (without importing transformers)."""
-    import sys
-
-    tf = sys.modules.get("transformers")
-    return tf is not None and isinstance(model, getattr(tf, "PreTrainedModel", ()))
+    """True for a ``transformers.PreTrainedModel``, read from the class hierarchy (importing
+    ``transformers.PreTrainedModel`` to test isinstance would cost seconds on every call)."""
+    return any(
+        c.__name__ == "PreTrainedModel" and c.__module__.startswith("transformers.")
+        for c in type(model).__mro__
+    )
 
 
 def _looks_like_attention(m: nn.Module) -> bool:
