@@ -38,6 +38,7 @@ from ..scores import DenseContext, Edges, ScoreFunction
 
 __all__ = [
     "IMPLEMENTATION",
+    "SETTINGS",
     "GraphSettings",
     "ScaledScore",
     "UnsupportedModelError",
@@ -48,6 +49,8 @@ __all__ = [
 
 #: The name under which gatattn registers itself in transformers' attention interfaces.
 IMPLEMENTATION = "gatattn"
+#: The attribute of a converted attention module that holds its ``GraphSettings``.
+SETTINGS = "gatattn"
 
 #: ``graph_fn(lengths) -> TokenGraph`` over sum(lengths) tokens (as ``pretrained.GraphFn``).
 GraphFn = Callable[[list[int]], TokenGraph]
@@ -286,7 +289,7 @@ def graph_attention(
         UnsupportedModelError: the module was not converted, or the call asks for a feature
             that gatattn does not reproduce (soft-capping, sliding windows, sinks, biases).
     """
-    settings = getattr(module, "gatattn", None)
+    settings = getattr(module, SETTINGS, None)
     name = type(module).__name__
     if not isinstance(settings, GraphSettings):
         raise UnsupportedModelError(
@@ -329,7 +332,9 @@ def graph_attention(
     assert res.scores is not None and res.weights is not None
     if recorder is not None and Lq == Lk:
         flat = res.out.reshape(B * Lq, -1)  # [N_t, H·D], before the output projection
-        recorder.append((module, Attention(flat, graph.edge_index, res.scores, res.weights, graph), valid))
+        recorder.append(
+            (module, Attention(flat, graph.edge_index, res.scores, res.weights, graph), valid)
+        )
     return out, _dense_weights(res.weights, graph, B, Lq, Lk).to(value.dtype)
 
 

@@ -21,7 +21,14 @@ from typing import Any
 from torch import nn
 
 from ..backends import check_backend_name
-from .attention import IMPLEMENTATION, GraphFn, GraphSettings, UnsupportedModelError, graph_attention
+from .attention import (
+    IMPLEMENTATION,
+    SETTINGS,
+    GraphFn,
+    GraphSettings,
+    UnsupportedModelError,
+    graph_attention,
+)
 
 __all__ = ["FAMILIES", "convert", "is_hf_model", "register", "supported_modules"]
 
@@ -45,7 +52,10 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
         "transformers.models.electra.modeling_electra",
         ("ElectraSelfAttention", "ElectraCrossAttention"),
     ),
-    "distilbert": ("transformers.models.distilbert.modeling_distilbert", ("DistilBertSelfAttention",)),
+    "distilbert": (
+        "transformers.models.distilbert.modeling_distilbert",
+        ("DistilBertSelfAttention",),
+    ),
     "gpt2": ("transformers.models.gpt2.modeling_gpt2", ("GPT2Attention",)),
     "vit": ("transformers.models.vit.modeling_vit", ("ViTAttention",)),
     "deit": ("transformers.models.deit.modeling_deit", ("DeiTAttention",)),
@@ -179,7 +189,7 @@ def convert(
     settings = GraphSettings(backend=backend, graph_fn=graph_fn, family="+".join(families))
     configs: dict[int, Any] = {}
     for m, _ in plan.values():
-        m.gatattn = settings  # a plain attribute: not a parameter, buffer or state_dict key
+        setattr(m, SETTINGS, settings)  # a plain attribute: no parameter, buffer or state_dict key
         configs[id(m.config)] = m.config
     for sub in new.modules():
         cfg = getattr(sub, "config", None)

@@ -42,5 +42,5 @@ def load_folder(path: str | Path, *, backend: str = "auto") -> tuple[nn.Module, 
     except ImportError as err:
         raise ImportError(f"loading {folder} needs transformers: pip install gatattn[hf]") from err
     model = transformers.AutoModel.from_pretrained(folder, local_files_only=True)
-    tokenizer = transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    return convert(model.eval(), backend=backend, inplace=True), tokenizer
+    model = convert(model.eval(), backend=backend, inplace=True)  # refuses before the tokenizer
+    return model, transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True)

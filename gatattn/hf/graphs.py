@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from ..graph import TokenGraph
 from ..nn import Attention
-from .attention import GraphFn, GraphSettings, recording
+from .attention import SETTINGS, GraphFn, GraphSettings, recording
 
 __all__ = ["ModelGraphs", "attention_graphs", "compact"]
 
@@ -67,7 +67,7 @@ def compact(att: Attention, valid: Tensor | None) -> Attention:
 
 def _settings(model: nn.Module) -> GraphSettings:
     for m in model.modules():
-        s = getattr(m, "gatattn", None)
+        s = getattr(m, SETTINGS, None)
         if isinstance(s, GraphSettings):
             return s
     raise ValueError(

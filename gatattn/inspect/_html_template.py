@@ -114,6 +114,8 @@ function highlight(side, idx, vals) {
   svg.querySelector("text.tok." + (side === "i" ? "q" : "k") + "[data-" + side + "='" + idx + "']").classList.add("active");
   for (const line of svg.querySelectorAll("line.edge[data-" + side + "='" + idx + "']")) {
     line.classList.add("hl");
+    // a faint edge stays visible while highlighted (the attribute keeps the true opacity)
+    line.style.strokeOpacity = Math.max(0.3, +line.getAttribute("stroke-opacity"));
     const e = +line.getAttribute("data-e"), t = side === "i" ? L.src[e] : L.dst[e];
     const x = other === "k" ? XR + 170 : 8;
     svg.appendChild(el("text", { class: "val", x: x, y: TOP + t * ROW + ROW / 2,
@@ -122,7 +124,10 @@ function highlight(side, idx, vals) {
 }
 function clearHighlight() {
   svg.classList.remove("dim");
-  for (const n of svg.querySelectorAll(".hl, .active")) n.classList.remove("hl", "active");
+  for (const n of svg.querySelectorAll(".hl, .active")) {
+    n.classList.remove("hl", "active");
+    n.style.strokeOpacity = "";
+  }
   for (const n of svg.querySelectorAll("text.val")) n.remove();
 }
 

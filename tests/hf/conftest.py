@@ -108,5 +108,12 @@ def cast(batch: dict[str, Any], dtype: torch.dtype) -> dict[str, Any]:
 def hf() -> SimpleNamespace:
     """The builders of this file for the tests: ``hf.build(family, dtype)``, ``hf.inputs``..."""
     return SimpleNamespace(
-        build=build, inputs=inputs, cast=cast, config=config, tokenizer=tokenizer, FAMILIES=FAMILIES, H=H, L=L
+        build=build,
+        inputs=inputs,
+        cast=cast,
+        config=config,
+        tokenizer=tokenizer,
+        FAMILIES=FAMILIES,
+        H=H,
+        L=L,
     )

@@ -32,7 +32,7 @@ def test_keeps_every_weight_and_key_on_a_copy(hf: SimpleNamespace) -> None:
 
 def test_inplace_and_graph_fn_default(hf: SimpleNamespace) -> None:
     model = hf.build("bert")
-    batch, valid = hf.inputs("bert", padded=False)
+    batch, _ = hf.inputs("bert", padded=False)
     ref = model(**batch).last_hidden_state
     window = lambda lengths: ga.window_graph(window=1, lengths=lengths)  # noqa: E731
     same = ga.hf.convert(model, inplace=True, graph_fn=window)
@@ -63,16 +63,22 @@ def test_unsupported_models_name_the_module_class() -> None:
     assert isinstance(err.value, TypeError) and isinstance(err.value, ValueError)
     llama = transformers.LlamaModel(
         transformers.LlamaConfig(
-            vocab_size=40, hidden_size=16, intermediate_size=24, num_hidden_layers=1,
-            num_attention_heads=4, num_key_value_heads=2,
-        )  # fmt: skip
+            vocab_size=40,
+            hidden_size=16,
+            intermediate_size=24,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+        )
     )
     with pytest.raises(UnsupportedModelError, match=r"LlamaAttention \(layers\.0\.self_attn\)"):
         ga.convert(llama)
     resnet = transformers.ResNetModel(
         transformers.ResNetConfig(embedding_size=8, hidden_sizes=[8], depths=[1], num_channels=3)
     )
-    with pytest.raises(UnsupportedModelError, match="found no supported attention module in ResNetModel"):
+    with pytest.raises(
+        UnsupportedModelError, match="found no supported attention module in ResNetModel"
+    ):
         ga.convert(resnet)
 
 
@@ -107,7 +113,9 @@ def test_attention_function_errors(hf: SimpleNamespace) -> None:
     with pytest.raises(UnsupportedModelError, match="2 key/value heads for 4 query heads"):
         graph_attention(**args)
     per_head = torch.ones(2, 4, 3, 3, dtype=torch.bool)
-    with pytest.raises(UnsupportedModelError, match=r"shared by the heads, got shape \[2, 4, 3, 3\]"):
+    with pytest.raises(
+        UnsupportedModelError, match=r"shared by the heads, got shape \[2, 4, 3, 3\]"
+    ):
         graph_attention(**_attn_args(module, attention_mask=per_head))
     biased = torch.zeros(2, 1, 3, 3, dtype=torch.float64)
     biased[0, 0, 0, 1] = 0.5
@@ -122,7 +130,9 @@ def test_eager_float_mask_is_a_graph(hf: SimpleNamespace) -> None:
     conv = ga.convert(hf.build("bert"))
     module = conv.encoder.layer[0].attention.self
     allowed = torch.tensor([[1, 1, 0], [1, 1, 0], [1, 1, 1]], dtype=torch.bool)
-    floats = torch.zeros(3, 3, dtype=torch.float64).masked_fill(~allowed, torch.finfo(torch.float64).min)
+    floats = torch.zeros(3, 3, dtype=torch.float64).masked_fill(
+        ~allowed, torch.finfo(torch.float64).min
+    )
     args = _attn_args(module, output_attentions=True)
     a = graph_attention(**{**args, "attention_mask": allowed.expand(2, 1, 3, 3)})
     b = graph_attention(**{**args, "attention_mask": floats.expand(2, 1, 3, 3)})

@@ -20,7 +20,17 @@ transformers = pytest.importorskip("transformers")
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-FAMILIES = ["bert", "roberta", "xlm-roberta", "camembert", "electra", "distilbert", "gpt2", "vit", "deit"]
+FAMILIES = [
+    "bert",
+    "roberta",
+    "xlm-roberta",
+    "camembert",
+    "electra",
+    "distilbert",
+    "gpt2",
+    "vit",
+    "deit",
+]
 TEXT = [f for f in FAMILIES if f not in ("vit", "deit")]
 
 
@@ -80,7 +90,13 @@ def test_gpt2_left_padding_and_generation(hf: SimpleNamespace) -> None:
     position_ids = (batch["attention_mask"].cumsum(1) - 1).clamp(min=0)
     a, b = (_run(m, {**batch, "position_ids": position_ids}) for m in (lm, conv))
     assert (a.logits - b.logits)[valid].abs().max() <= 1e-10
-    assert max((x - y).permute(0, 2, 1, 3)[valid].abs().max() for x, y in zip(a.attentions, b.attentions)) <= 1e-10
+    assert (
+        max(
+            (x - y).permute(0, 2, 1, 3)[valid].abs().max()
+            for x, y in zip(a.attentions, b.attentions)
+        )
+        <= 1e-10
+    )
     prompt = batch["input_ids"][:1, :4]
     kw = {"max_new_tokens": 5, "do_sample": False, "pad_token_id": 0}
     assert torch.equal(lm.generate(prompt, **kw), conv.generate(prompt, **kw))
@@ -90,7 +106,9 @@ def test_task_heads_and_cross_attention(hf: SimpleNamespace) -> None:
     """Models built from the same modules: a classification head, and BERT as a causal decoder
     with cross-attention (BertCrossAttention: a bipartite graph per sequence)."""
     torch.manual_seed(0)
-    clf = transformers.BertForSequenceClassification(hf.config("bert", num_labels=3)).double().eval()
+    clf = (
+        transformers.BertForSequenceClassification(hf.config("bert", num_labels=3)).double().eval()
+    )
     batch, valid = hf.inputs("bert")
     assert (clf(**batch).logits - ga.convert(clf)(**batch).logits).abs().max() <= 1e-10
     torch.manual_seed(0)

