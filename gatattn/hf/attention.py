@@ -33,7 +33,7 @@ from ..backends import Problem, attend
 from ..graph import TokenGraph
 from ..kernels import edge_dot
 from ..nn import Attention
-from ..patterns import bipartite_graph, causal_graph, complete_graph
+from ..patterns import bipartite_graph, causal_graph, complete_graph, from_mask
 from ..scores import DenseContext, Edges, ScoreFunction
 
 __all__ = [
@@ -158,17 +158,6 @@ def _bool_mask(mask: Tensor, module: nn.Module, B: int, Lq: int, Lk: int) -> Ten
     return mask[:, 0].expand(B, Lq, Lk)
 
 
-def _graph_from_bool(allowed: Tensor) -> TokenGraph:
-    """A block-diagonal graph from a batched mask [B, L_q, L_k]: sequence b's queries are nodes
-    b·L_q + i, its keys b·L_k + j, and j → i is an edge where ``allowed[b, i, j]``."""
-    B, Lq, Lk = allowed.shape
-    b, i, j = allowed.nonzero(as_tuple=True)  # sorted by (b, i, j): target-major
-    ei = torch.stack([b * Lk + j, b * Lq + i])  # [2, E]
-    return TokenGraph(
-        ei, B * Lk, B * Lq, lengths=[Lq] * B, params={"kv_lengths": (Lk,) * B}, validate=False
-    )
-
-
 def _swap_graph(
     graph_fn: GraphFn, valid: Tensor, allowed: Tensor | None, causal: bool
 ) -> TokenGraph:
@@ -215,7 +204,8 @@ def mask_graph(
 
     Without a mask: the complete graph of each sequence, the causal graph (``causal``, L_q > 1),
     or the complete bipartite graph (L_q != L_k, cross-attention or a cached decoding step).
-    With a mask [B, 1, L_q, L_k]: N(i) = { j : mask[b, i, j] } in each sequence b. With
+    With a mask [B, 1, L_q, L_k]: N(i) = { j : mask[b, i, j] } in each sequence b, as
+    ``ga.from_mask`` (the dense backend runs it as one SDPA call with that mask). With
     ``graph_fn`` (self-attention only): the swapped graph ∩ the model's mask.
 
     Returns:
@@ -228,7 +218,7 @@ def mask_graph(
         keys = valid if valid is not None else torch.ones(B, Lk, dtype=torch.bool, device=device)
         return _swap_graph(graph_fn, keys, allowed, causal), valid
     if allowed is not None:
-        return _graph_from_bool(allowed), valid
+        return from_mask(allowed), valid  # tag 'masked': one SDPA call with this mask
     if Lq != Lk:
         return bipartite_graph([Lq] * B, [Lk] * B, device=device), None
     if causal:

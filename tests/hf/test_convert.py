@@ -43,15 +43,20 @@ def test_inplace_and_graph_fn_default(hf: SimpleNamespace) -> None:
     assert (swapped - ref).abs().max() > 1e-3  # the window changes the function
 
 
-def test_unpadded_and_padded_graphs_run_on_the_dispatched_backend(
+def test_unpadded_and_padded_graphs_run_on_the_dense_backend(
     hf: SimpleNamespace, caplog: pytest.LogCaptureFixture
 ) -> None:
-    conv = ga.convert(hf.build("bert"))
-    batch, _ = hf.inputs("bert", padded=False)
-    with caplog.at_level(logging.DEBUG, logger="gatattn.dispatch"):
-        conv(**batch)
-    chosen = [r.getMessage() for r in caplog.records if r.name == "gatattn.dispatch"]
-    assert len(chosen) == 2 and all(m.startswith("backend dense") for m in chosen), chosen
+    """Complete, causal and padded graphs (BERT, GPT-2) all run on the dense backend (SDPA)."""
+    for family in ("bert", "gpt2"):
+        conv = ga.convert(hf.build(family))
+        for padded in (False, True):
+            batch, _ = hf.inputs(family, padded=padded)
+            caplog.clear()
+            with caplog.at_level(logging.DEBUG, logger="gatattn.dispatch"):
+                conv(**batch)
+            chosen = [r.getMessage() for r in caplog.records if r.name == "gatattn.dispatch"]
+            assert len(chosen) == 2, chosen
+            assert all(m.startswith("backend dense") for m in chosen), (family, padded, chosen)
 
 
 def test_unsupported_models_name_the_module_class() -> None:
