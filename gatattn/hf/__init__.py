@@ -10,7 +10,7 @@ transformers is imported only when one of these runs: ``import gatattn`` stays l
 """
 
 from .attention import GraphSettings, ScaledScore, UnsupportedModelError, graph_attention
-from .convert import FAMILIES, convert, is_hf_model, register, supported_modules
+from .families import FAMILIES, convert, is_hf_model, register, supported_modules
 from .folder import load_folder
 from .graphs import ModelGraphs, attention_graphs, compact
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from torch import nn
 
-from .convert import convert
+from .families import convert
 
 __all__ = ["load_folder"]
 

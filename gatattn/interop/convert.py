@@ -34,7 +34,7 @@ def convert(model: nn.Module, *, backend: str = "auto") -> nn.Module:
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"convert needs an nn.Module, got {type(model).__name__}")
-    from ..hf.convert import is_hf_model  # Hugging Face models: docs/hf.md
+    from ..hf.families import is_hf_model  # Hugging Face models: docs/hf.md
 
     if is_hf_model(model):
         from ..hf import convert as convert_hf

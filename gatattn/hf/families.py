@@ -120,19 +120,29 @@ def _plan(model: nn.Module) -> dict[str, tuple[nn.Module, str]]:
         family = next((f for cls, f in known.items() if isinstance(m, cls)), None)
         if family is not None:
             found[name] = (m, family)
-    unknown = []
-    for name, m in model.named_modules():
-        if name in found or not _looks_like_attention(m):
-            continue
-        inside = any(n.startswith(name + ".") or name.startswith(n + ".") for n in found)
-        if not inside:  # neither wraps a supported module (BertAttention) nor sits inside one
-            unknown.append(f"{type(m).__name__} ({name or 'the model itself'})")
+    others = [
+        (name, m)
+        for name, m in model.named_modules()
+        if name not in found
+        and _looks_like_attention(m)
+        # neither wraps a supported module (BertAttention) nor sits inside one
+        and not any(n.startswith(name + ".") or name.startswith(n + ".") for n in found)
+    ]
+    # name the innermost ones (T5Attention, not the T5LayerSelfAttention around it), per class
+    unknown: dict[str, list[str]] = {}
+    for name, m in others:
+        if not any(n.startswith(name + ".") for n, _ in others):
+            unknown.setdefault(type(m).__name__, []).append(name or "the model itself")
     kinds = ", ".join(sorted({c.__name__ for c in known}))
     model_name = type(model).__name__
     if unknown:
+        listed = ", ".join(
+            f"{cls} ({paths[0]}" + (f" and {len(paths) - 1} more)" if len(paths) > 1 else ")")
+            for cls, paths in unknown.items()
+        )
         raise UnsupportedModelError(
             f"gatattn.convert cannot convert {model_name}: unsupported attention module "
-            f"{', '.join(unknown)}. Supported attention modules: {kinds}"
+            f"{listed}. Supported attention modules: {kinds}"
         )
     if not found:
         raise UnsupportedModelError(
