@@ -43,6 +43,7 @@ __all__ = [
     "ScaledScore",
     "UnsupportedModelError",
     "graph_attention",
+    "is_cross_attention",
     "mask_graph",
     "recording",
 ]
@@ -95,6 +96,7 @@ class GraphSettings:
         same_mask = (mask is None and ref is None) or (
             mask is not None and ref is not None and ref() is mask
         )
+        key = (*key, None if mask is None else mask._version)  # an in-place edit: rebuild
         if same_mask and c.get("key") == key:
             return c["value"]
         value = build()
@@ -116,11 +118,11 @@ class ScaledScore(ScoreFunction):
     """
 
     backends = frozenset({"edge", "dense", "block", "flex"})
-    name = "scaled_dot"
 
     def __init__(self, scale: float) -> None:
         super().__init__()
         self.scale = float(scale)
+        self.name = f"scaled_dot(s={self.scale:.4g})"
 
     def sdpa_scale(self, head_dim: int) -> float | None:
         return self.scale
@@ -206,7 +208,8 @@ def mask_graph(
     or the complete bipartite graph (L_q != L_k, cross-attention or a cached decoding step).
     With a mask [B, 1, L_q, L_k]: N(i) = { j : mask[b, i, j] } in each sequence b, as
     ``ga.from_mask`` (the dense backend runs it as one SDPA call with that mask). With
-    ``graph_fn`` (self-attention only): the swapped graph ∩ the model's mask.
+    ``graph_fn`` (the caller passes it for self-attention only): the swapped graph ∩ the
+    model's mask.
 
     Returns:
         (graph over B·L_q targets and B·L_k sources, valid [B, L_k] bool or None = all real).
@@ -214,7 +217,7 @@ def mask_graph(
     B, Lq, Lk = shape
     allowed = None if mask is None else _bool_mask(mask, module, B, Lq, Lk)  # [B, L_q, L_k]
     valid = None if allowed is None else allowed.any(1)  # [B, L_k] keys someone may attend
-    if graph_fn is not None and Lq == Lk:
+    if graph_fn is not None:
         keys = valid if valid is not None else torch.ones(B, Lk, dtype=torch.bool, device=device)
         return _swap_graph(graph_fn, keys, allowed, causal), valid
     if allowed is not None:
@@ -224,6 +227,14 @@ def mask_graph(
     if causal:
         return causal_graph(lengths=[Lq] * B, device=device), None
     return complete_graph(lengths=[Lq] * B, device=device), None
+
+
+def is_cross_attention(module: nn.Module) -> bool:
+    """True for a cross-attention module (BertCrossAttention, GPT-2's ``crossattention``):
+    its queries and keys are different token sets, so no graph swap and no recording."""
+    return bool(getattr(module, "is_cross_attention", False)) or (
+        "CrossAttention" in type(module).__name__
+    )
 
 
 def _wants_weights(module: nn.Module, kwargs: dict[str, Any]) -> bool:
@@ -300,7 +311,8 @@ def graph_attention(
     if causal and key.size(2) > Lq:  # an empty static cache: SDPA crops the keys the same way
         key, value = key[:, :, :Lq], value[:, :, :Lq]
     Lk = key.size(2)
-    graph_fn = kwargs.get("graph_fn", settings.graph_fn)
+    cross = is_cross_attention(module)
+    graph_fn = None if cross or Lq != Lk else kwargs.get("graph_fn", settings.graph_fn)
     cache_key = (B, Lq, Lk, causal, graph_fn, query.device)
     graph, valid = settings.cached(
         cache_key,
@@ -320,7 +332,7 @@ def graph_attention(
     if not need:
         return out, None
     assert res.scores is not None and res.weights is not None
-    if recorder is not None and Lq == Lk:
+    if recorder is not None and not cross and Lq == Lk:
         flat = res.out.reshape(B * Lq, -1)  # [N_t, H·D], before the output projection
         recorder.append(
             (module, Attention(flat, graph.edge_index, res.scores, res.weights, graph), valid)

@@ -138,3 +138,16 @@ def test_minilm_folder_equals_gatattn_pretrained_encoder() -> None:
         assert torch.equal(a.edge_index, b.edge_index)
         assert (a.weights - b.weights).abs().max() <= 1e-10
         assert (a.scores - b.scores).abs().max() <= 1e-10
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"scale_attn_weights": False}, {"scale_attn_by_inverse_layer_idx": True}],
+    ids=["unscaled", "inverse-layer"],
+)
+def test_gpt2_scale_options(options: dict[str, bool], hf: SimpleNamespace) -> None:
+    """GPT-2's own scale s (1, or 1/(√D (l + 1))) is the score's: α_ij = s <q_i, k_j>."""
+    model = hf.build("gpt2", **options)
+    batch, valid = hf.inputs("gpt2")
+    hidden, att = _errors(_run(model, batch), _run(ga.convert(model), batch), valid)
+    assert hidden <= 1e-10 and att <= 1e-10

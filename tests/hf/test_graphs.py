@@ -112,3 +112,19 @@ def test_errors(hf: SimpleNamespace) -> None:
         ga.hf.attention_graphs(conv, [], tokenizer=hf.tokenizer())
     with pytest.raises(FileNotFoundError, match="has no config.json"):
         ga.hf.load_folder("no-such-folder")
+
+
+def test_cross_attention_is_neither_swapped_nor_recorded(hf: SimpleNamespace) -> None:
+    """In a decoder, graph_fn and the recorded graphs concern self-attention only, even when
+    the encoder memory has as many tokens as the input."""
+    dec = ga.convert(hf.build("bert", is_decoder=True, add_cross_attention=True))
+    batch, _ = hf.inputs("bert", padded=False)
+    memory = torch.randn(3, 7, 20, dtype=torch.float64)  # [B, L, C]: the same length L = 7
+    res = ga.hf.attention_graphs(
+        dec, **batch, encoder_hidden_states=memory, graph_fn=window_and_cls, output_attentions=True
+    )
+    assert len(res.attentions) == 2  # the two self-attention layers, not the cross ones
+    want = window_and_cls([7, 7, 7]) & ga.causal_graph(lengths=[7, 7, 7])
+    assert all(torch.equal(a.edge_index, want.edge_index) for a in res.attentions)
+    cross = res.output.cross_attentions[0]  # [B, H, L, L_mem]: every memory token, no swap
+    assert bool((cross > 0).all())
