@@ -4,8 +4,9 @@ Like BertViz's head and model views, but drawn from gatattn's graphs: only the e
 layer's TokenGraph are drawn, so a sparse graph (a window, global tokens) shows as sparse.
 
 * Head view: the tokens twice, queries i on the left and keys j on the right, one line per edge
-  j → i with opacity Attn_ij (eq. 2) or the min-max scaled α_ij (eq. 1); choose the layer and
-  the head (or the mean over heads); hover a token to highlight its edges and read the values.
+  j → i with opacity Attn_ij / max Attn (eq. 2) or the min-max scaled α_ij (eq. 1); choose the
+  layer and the head (or the mean over heads); hover a token to highlight its edges and read
+  the values.
 * Model view: a grid of all layers × heads, one thumbnail each; a click opens it in the head view.
 
 The file loads nothing from the network and names no external address.
@@ -71,7 +72,10 @@ def _from_dense(t: Tensor, n: int, layer: int, batch: int) -> dict[str, Any]:
             f"got {list(t.shape)}"
         )
     if t.size(1) != n:
-        raise ValueError(f"layer {layer}: the attention has {t.size(1)} tokens, got {n} tokens")
+        raise ValueError(
+            f"layer {layer}: the attention has {t.size(1)} tokens, got {n} tokens (give one per "
+            "position, padding included, or use ga.hf.attention_graphs, which drops padding)"
+        )
     w = t.detach().double().cpu()  # [H, L, L], row = query
     dst, src = (w > 0).any(0).nonzero(as_tuple=True)  # [E] the edges: Attn > 0 in some head
     return {
@@ -97,11 +101,13 @@ def attention_html(
     """One self-contained HTML document (inline CSS and JavaScript) that shows attention graphs.
 
     .. math::
-        \\text{line } j \\to i \\text{ drawn with opacity } \\mathrm{Attn}_{ij}
+        \\text{line } j \\to i \\text{ drawn with opacity }
+        \\mathrm{Attn}_{ij} / \\max \\mathrm{Attn}
         \\ \\text{ or } \\ (\\alpha_{ij} - \\min \\alpha) / (\\max \\alpha - \\min \\alpha)
 
     for every edge of each layer's graph (duplicate edges merged: weights add, scores add as
-    log Σ exp). Heads: one head, or the mean over heads.
+    log Σ exp), the max and min taken over the drawn edges. Heads: one head, or the mean over
+    heads.
 
     Args:
         attentions: one ``ga.Attention`` per layer (``attention_graphs(...).attentions``,

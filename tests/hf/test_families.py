@@ -103,8 +103,9 @@ def test_gpt2_left_padding_and_generation(hf: SimpleNamespace) -> None:
 
 
 def test_task_heads_and_cross_attention(hf: SimpleNamespace) -> None:
-    """Models built from the same modules: a classification head, and BERT as a causal decoder
-    with cross-attention (BertCrossAttention: a bipartite graph per sequence)."""
+    """Models built from the same modules: a classification head, BERT as a causal decoder
+    with cross-attention (BertCrossAttention: a bipartite graph per sequence), and an
+    encoder-decoder of two BERTs."""
     torch.manual_seed(0)
     clf = (
         transformers.BertForSequenceClassification(hf.config("bert", num_labels=3)).double().eval()
@@ -122,6 +123,19 @@ def test_task_heads_and_cross_attention(hf: SimpleNamespace) -> None:
     assert len(b.cross_attentions) == 2
     for x, y in zip(a.cross_attentions, b.cross_attentions, strict=True):
         assert (x - y).permute(0, 2, 1, 3)[valid].abs().max() <= 1e-10
+    # an encoder-decoder of two BERTs (sub-configs): both sides converted
+    cfg = transformers.EncoderDecoderConfig.from_encoder_decoder_configs(
+        hf.config("bert"), hf.config("bert", is_decoder=True, add_cross_attention=True)
+    )
+    cfg.decoder_start_token_id, cfg.pad_token_id = 2, 1
+    torch.manual_seed(0)
+    seq2seq = transformers.EncoderDecoderModel(cfg).double().eval()
+    conv = ga.convert(seq2seq)
+    assert conv.config.encoder._attn_implementation == "gatattn"
+    assert conv.config.decoder._attn_implementation == "gatattn"
+    kw = {**batch, "decoder_input_ids": batch["input_ids"][:, :5]}
+    with torch.no_grad():
+        assert (seq2seq(**kw).logits - conv(**kw).logits).abs().max() <= 1e-10
 
 
 def test_minilm_folder_equals_gatattn_pretrained_encoder() -> None:
