@@ -86,16 +86,23 @@ def _encode(tokenizer: Any, sentences: list[str]) -> tuple[dict[str, Tensor], li
     return {"input_ids": input_ids, "attention_mask": mask}, pieces
 
 
-def _default_tokens(inputs: dict[str, Any], n: int, lengths: list[int]) -> list[str]:
-    """Names of the nodes when no tokenizer is given: token ids, or [CLS] + patches (ViT)."""
+def _default_tokens(model: nn.Module, inputs: dict[str, Any], lengths: list[int]) -> list[str]:
+    """Names of the nodes when no tokenizer is given: the token ids, or for images the leading
+    special tokens ([CLS], and DeiT's [DIST]) and the patches in raster order."""
     ids = inputs.get("input_ids")
     if isinstance(ids, Tensor):
         mask = inputs.get("attention_mask")
         keep = ids if mask is None else ids[mask.bool()]
         return [str(int(t)) for t in keep.flatten()]
-    per = lengths[0] if lengths else n
-    names = ["[CLS]"] + [f"patch {p}" for p in range(per - 1)]
-    return names * (n // max(per, 1))
+    cfg = getattr(model, "config", None)
+    size, patch = getattr(cfg, "image_size", None), getattr(cfg, "patch_size", None)
+    names = []
+    for n in lengths:
+        patches = (size // patch) ** 2 if isinstance(size, int) and isinstance(patch, int) else n
+        lead = max(n - patches, 0)
+        special = ["[CLS]", "[DIST]"] if lead == 2 else [f"[special {k}]" for k in range(lead)]
+        names += (["[CLS]"] if lead == 1 else special) + [f"patch {p}" for p in range(n - lead)]
+    return names
 
 
 @torch.no_grad()
@@ -163,5 +170,5 @@ def attention_graphs(
     if pieces is not None:
         tokens = [t for p in pieces for t in p]
     else:
-        tokens = _default_tokens(inputs, g.num_dst, lengths)
+        tokens = _default_tokens(model, inputs, lengths)
     return ModelGraphs(tokens, lengths, attentions, output)

@@ -92,11 +92,17 @@ def test_graph_swap_like_minilm(hf: SimpleNamespace) -> None:
 
 
 def test_vision_tokens(hf: SimpleNamespace) -> None:
-    conv = ga.convert(hf.build("vit"))
-    batch, _ = hf.inputs("vit")
-    res = ga.hf.attention_graphs(conv, **batch)
-    assert res.lengths == [10, 10, 10]
-    assert res.tokens[:3] == ["[CLS]", "patch 0", "patch 1"] and len(res.tokens) == 30
+    """ViT: [CLS] + 9 patches; DeiT: [CLS], [DIST] + 9 patches, one complete graph per image."""
+    for family, lead in (("vit", ["[CLS]"]), ("deit", ["[CLS]", "[DIST]"])):
+        conv = ga.convert(hf.build(family))
+        batch, _ = hf.inputs(family)
+        res = ga.hf.attention_graphs(conv, **batch)
+        n = len(lead) + 9
+        assert res.lengths == [n] * 3 and len(res.tokens) == 3 * n
+        assert res.tokens[:n] == [*lead, *(f"patch {p}" for p in range(9))]
+        assert torch.equal(
+            res.attentions[0].edge_index, ga.complete_graph(lengths=[n] * 3).edge_index
+        )
 
 
 def test_errors(hf: SimpleNamespace) -> None:
