@@ -183,6 +183,10 @@ def convert(
     Returns:
         the converted model (``model`` itself when ``inplace``).
 
+    Shapes:
+        unchanged: the model's inputs and outputs ([B, L, ...]); inside, each attention call
+        runs on B·L nodes and a graph with edge_index [2, E].
+
     Raises:
         UnsupportedModelError: an attention module that gatattn does not support; the message
             names its class and path.

@@ -133,6 +133,10 @@ def attention_graphs(
     Returns:
         ``ModelGraphs`` (tokens, lengths, attentions [one per self-attention layer], output).
 
+    Shapes:
+        input_ids [B, L] (padded) -> per layer: edge_index [2, E], scores / weights [E, H] and
+        out [N, C] over the N = Σ lengths real tokens.
+
     Raises:
         ValueError: the model is not converted, ``text`` without a tokenizer, or neither text
             nor inputs.
