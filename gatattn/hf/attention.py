@@ -46,6 +46,7 @@ __all__ = [
     "is_cross_attention",
     "mask_graph",
     "recording",
+    "register",
 ]
 
 #: The name under which gatattn registers itself in transformers' attention interfaces.
@@ -87,6 +88,16 @@ class GraphSettings:
     graph_fn: GraphFn | None = None
     family: str = ""
     _cache: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Copies and pickles (``copy.deepcopy``, ``torch.save(model)``) start with no cache:
+        it holds a weak reference, which cannot be pickled."""
+        return {**self.__dict__, "_cache": {}}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """An unpickled model (``torch.load`` in a new process) finds ``"gatattn"`` registered."""
+        self.__dict__.update(state)
+        register()
 
     def cached(self, key: tuple[Any, ...], mask: Tensor | None, build: Callable[[], Any]) -> Any:
         """One-entry cache: every layer of one forward gets the same mask object, so the graph
@@ -338,6 +349,23 @@ def graph_attention(
             (module, Attention(flat, graph.edge_index, res.scores, res.weights, graph), valid)
         )
     return out, _dense_weights(res.weights, graph, B, Lq, Lk).to(value.dtype)
+
+
+def register() -> None:
+    """Register ``"gatattn"`` with transformers' attention and mask interfaces (idempotent).
+
+    Raises:
+        ImportError: transformers (>= 5, the attention-interface design) is not installed.
+    """
+    try:
+        from transformers import AttentionInterface
+        from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+    except ImportError as err:
+        raise ImportError(
+            f"converting Hugging Face models needs transformers >= 5 ({err}): pip install gatattn[hf]"
+        ) from err
+    AttentionInterface.register(IMPLEMENTATION, graph_attention)
+    AttentionMaskInterface.register(IMPLEMENTATION, sdpa_mask)
 
 
 def recording() -> contextvars.ContextVar[list[tuple[nn.Module, Attention, Tensor | None]] | None]:

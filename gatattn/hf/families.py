@@ -27,7 +27,7 @@ from .attention import (
     GraphFn,
     GraphSettings,
     UnsupportedModelError,
-    graph_attention,
+    register,
 )
 
 __all__ = ["FAMILIES", "convert", "is_hf_model", "register", "supported_modules"]
@@ -60,23 +60,6 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
     "vit": ("transformers.models.vit.modeling_vit", ("ViTAttention",)),
     "deit": ("transformers.models.deit.modeling_deit", ("DeiTAttention",)),
 }
-
-
-def register() -> None:
-    """Register ``"gatattn"`` with transformers' attention and mask interfaces (idempotent).
-
-    Raises:
-        ImportError: transformers (>= 5, the attention-interface design) is not installed.
-    """
-    try:
-        from transformers import AttentionInterface
-        from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
-    except ImportError as err:
-        raise ImportError(
-            f"converting Hugging Face models needs transformers >= 5 ({err}): pip install gatattn[hf]"
-        ) from err
-    AttentionInterface.register(IMPLEMENTATION, graph_attention)
-    AttentionMaskInterface.register(IMPLEMENTATION, sdpa_mask)
 
 
 def supported_modules() -> dict[type, str]:

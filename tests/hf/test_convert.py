@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import io
 import logging
 from types import SimpleNamespace
 
@@ -28,6 +30,14 @@ def test_keeps_every_weight_and_key_on_a_copy(hf: SimpleNamespace) -> None:
     assert conv.config._attn_implementation == "gatattn"
     assert type(conv.h[0].attn).__name__ == "GPT2Attention"  # the module itself stays
     conv.load_state_dict(sd)  # and loads the original's state_dict as it is
+    batch, _ = hf.inputs("gpt2")
+    out = conv(**batch).last_hidden_state  # fills the graph cache (a weak reference)
+    buffer = io.BytesIO()
+    torch.save(conv, buffer)  # the whole converted model pickles
+    buffer.seek(0)
+    again = torch.load(buffer, weights_only=False)
+    assert torch.equal(again(**batch).last_hidden_state, out)
+    assert torch.equal(copy.deepcopy(conv)(**batch).last_hidden_state, out)
 
 
 def test_inplace_and_graph_fn_default(hf: SimpleNamespace) -> None:
