@@ -5,7 +5,7 @@
 See docs/math.md for the equations and docs/architecture.md for the layers of the package.
 """
 
-from . import analysis, plot, pretrained
+from . import analysis, hf, plot, pretrained
 from ._version import __version__
 from .analysis import attention_flow, attention_rollout
 from .export import from_networkx, layered_graph, to_networkx, write_graph
@@ -81,6 +81,7 @@ __all__ = [
     "from_networkx",
     "from_padding_mask",
     "global_graph",
+    "hf",
     "knn_graph",
     "layered_graph",
     "make_score",
