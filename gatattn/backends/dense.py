@@ -178,6 +178,8 @@ class DenseBackend(Backend):
             return t.view(B, n, H, D).transpose(1, 2)
 
         causal = False
+        mask: Tensor | None = None  # bool (True = may attend) or additive float
+        rows: Tensor | None = None  # [B, 1, L_q, 1] targets without an edge, when known
         if plan == "tagged":
             mask, causal = self._tagged_mask(p, Lk, k_index)
         elif plan == "mask":
@@ -185,10 +187,10 @@ class DenseBackend(Backend):
             assert m is not None
             mask = m.unsqueeze(1)  # [B, 1, L_q | 1, L_k]
         else:
-            mask = self._scatter_mask(p, B, Lq, Lk)
+            mask, rows = self._scatter_mask(p, B, Lq, Lk)
         empty: Tensor | None = None  # [B, 1 | H, L_q, 1]: targets with no edge (or all -inf)
         if mask is not None:
-            empty, mask = _guard_empty_rows(mask)
+            empty, mask = _guard_empty_rows(mask, rows)
         out = F.scaled_dot_product_attention(
             pad(q, q_index, Lq),
             pad(k, k_index, Lk),
@@ -232,44 +234,65 @@ class DenseBackend(Backend):
         return (bias if allowed is None else bias.masked_fill(~allowed, float("-inf"))), False
 
     @staticmethod
-    def _scatter_mask(p: Problem, B: int, Lq: int, Lk: int) -> Tensor:
+    def _scatter_mask(p: Problem, B: int, Lq: int, Lk: int) -> tuple[Tensor, Tensor | None]:
         """M [B, 1 | H, L_q, L_k]: the edges (True) as a bool mask without biases; with biases
-        their per-edge values [E, 1 | H] on the edges and −∞ elsewhere (differentiable)."""
+        their per-edge values [E, 1 | H] on the edges and −∞ elsewhere (differentiable, and
+        contiguous in SDPA's layout). Also the rows without any edge [B, 1, L_q, 1] when no
+        bias value is −∞ (then those are the only rows SDPA cannot normalise), else None."""
         g = p.graph
         keys = dense_keys(g)
         assert isinstance(keys, Tensor)
+        dev = keys.device
+
+        def edgeless() -> Tensor:  # [B, 1, L_q, 1], from the in-degrees: once per graph
+            rows = torch.ones(B * Lq, dtype=torch.bool, device=dev)
+            return rows.index_fill(0, torch.div(keys, Lk, rounding_mode="floor"), False).view(
+                B, 1, Lq, 1
+            )
+
         _, biases = p.score.parts()
         if not biases:
 
             def allowed() -> Tensor:
-                flat = torch.zeros(B * Lq * Lk, dtype=torch.bool, device=keys.device)
+                flat = torch.zeros(B * Lq * Lk, dtype=torch.bool, device=dev)
                 return flat.index_fill(0, keys, True).view(B, 1, Lq, Lk)
 
-            return g.derived("dense_allowed", allowed, keys.device)
+            return g.derived("dense_allowed", allowed, dev), g.derived(
+                "dense_edgeless", edgeless, dev
+            )
         edges = Edges(g.edge_index[0], g.edge_index[1], g, p.edge_attr)
-        vals = sum((b(edges) for b in biases), torch.zeros((), device=keys.device))
+        vals = sum((b(edges) for b in biases), torch.zeros((), device=dev))
         vals = vals.to(p.q.dtype)
         if vals.dim() < 2:
             vals = vals.expand(keys.numel(), 1) if vals.dim() == 0 else vals.unsqueeze(-1)
         width = vals.size(-1)  # 1 or H
-        grid = torch.full((B * Lq * Lk, width), float("-inf"), dtype=vals.dtype, device=keys.device)
-        grid = grid.index_put((keys,), vals.expand(keys.numel(), width))  # [B·L_q·L_k, 1 | H]
-        return grid.view(B, Lq, Lk, width).permute(0, 3, 1, 2)  # [B, 1 | H, L_q, L_k]
+        vals = vals.expand(keys.numel(), width)  # [E, 1 | H]
+        grid_size = Lq * Lk
+        seq, rest = torch.div(keys, grid_size, rounding_mode="floor"), keys % grid_size  # [E]
+        heads = torch.arange(width, device=dev)  # [1 | H]
+        flat = (seq[:, None] * width + heads) * grid_size + rest[:, None]  # [E, 1 | H]
+        grid = torch.full((B * width * grid_size,), float("-inf"), dtype=vals.dtype, device=dev)
+        grid = grid.index_put((flat.reshape(-1),), vals.reshape(-1))  # [B·(1 | H)·L_q·L_k]
+        rows = None
+        if torch.compiler.is_compiling() or not bool(torch.isneginf(vals).any()):
+            rows = g.derived("dense_edgeless", edgeless, dev)
+        return grid.view(B, width, Lq, Lk), rows
 
-
-def _guard_empty_rows(mask: Tensor) -> tuple[Tensor | None, Tensor]:
+def _guard_empty_rows(mask: Tensor, rows: Tensor | None = None) -> tuple[Tensor | None, Tensor]:
     """Rows of ``mask`` that allow no key -> (rows [.., L_q, 1] or None, a mask SDPA can run).
 
     SDPA returns NaN on such rows (and NaN gradients); the graph formula gives 0. The rows are
     opened to every key (any finite row would do) and their output is zeroed afterwards, which
-    also zeroes their gradient.
+    also zeroes their gradient. ``rows`` gives them when known (from the graph's in-degrees);
+    otherwise they are found by a pass over the mask.
     """
-    if mask.dtype == torch.bool:
-        empty = ~mask.any(-1, keepdim=True)  # [.., L_q, 1]
-        if torch.compiler.is_compiling() or bool(empty.any()):
-            return empty, mask | empty
+    if rows is None:
+        if mask.dtype == torch.bool:
+            rows = ~mask.any(-1, keepdim=True)  # [.., L_q, 1]
+        else:
+            rows = torch.isneginf(mask).all(-1, keepdim=True)  # [.., L_q, 1]
+    if not torch.compiler.is_compiling() and not bool(rows.any()):
         return None, mask
-    empty = torch.isneginf(mask).all(-1, keepdim=True)  # [.., L_q, 1]
-    if torch.compiler.is_compiling() or bool(empty.any()):
-        return empty, mask.masked_fill(empty, 0.0)
-    return None, mask
+    if mask.dtype == torch.bool:
+        return rows, mask | rows
+    return rows, mask.masked_fill(rows, 0.0)
