@@ -116,8 +116,11 @@ def from_mask(mask: Tensor) -> TokenGraph:
     if mask.dim() == 3 and 0 in mask.shape:
         raise ValueError(f"mask [B, L_q, L_k] must have no empty dimension, got {list(mask.shape)}")
     batched = mask.dim() == 3
-    m = (mask if batched else mask.unsqueeze(0)).clone()  # [B, L_q, L_k], ours: never changes
-    return masked_graph(m, m.size(1), batched)
+    m = mask if batched else mask.unsqueeze(0)  # [B, L_q, L_k]
+    Lq = m.size(1)
+    if m.stride(1) == 0:  # an expanded [B, 1, L_k] (a key padding mask): keep it compact
+        m = m[:, :1]
+    return masked_graph(m.clone(), Lq, batched)  # a copy: the caller's tensor may change
 
 
 def masked_graph(m: Tensor, num_queries: int, batched: bool) -> TokenGraph:

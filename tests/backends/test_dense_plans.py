@@ -107,6 +107,16 @@ def test_from_mask_copies_the_mask_and_an_edit_withdraws_it() -> None:
     _assert_equal(*_both(g, score))
 
 
+def test_an_expanded_key_mask_stays_compact() -> None:
+    keys = torch.tensor([[True, True, False], [True, False, False]])  # [B, L_k]
+    g = ga.from_mask(keys[:, None, :].expand(2, 4, 3))  # every query row the same
+    assert g.dense_mask(compact=True).shape == (2, 1, 3) and g.dense_mask().shape == (2, 4, 3)
+    assert g.num_edges == 4 * 3 and (g.num_dst, g.num_src) == (8, 6)
+    full = ga.from_mask(keys[:, None, :].expand(2, 4, 3).clone())
+    assert torch.equal(g.edge_index, full.edge_index)
+    _assert_equal(*_both(g, ga.make_score("scaled_dot", H, D)))
+
+
 def test_padding_mask_graph_equals_multihead_attention() -> None:
     pad = torch.tensor([[False, False, True, True], [False] * 4, [True] * 4])  # [B, L]
     g = ga.from_padding_mask(pad)
