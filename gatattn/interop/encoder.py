@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from ..graph import TokenGraph
 from ..nn.block import TransformerBlock
 from .checks import check_mask_dtype
-from .mha import GraphMultiheadAttention
+from .mha import GraphMultiheadAttention, raise_not_scriptable
 
 __all__ = ["GraphTransformerEncoderLayer"]
 
@@ -85,6 +85,10 @@ class GraphTransformerEncoderLayer(TransformerBlock):
             self.activation_relu_or_gelu = 2
         else:
             self.activation_relu_or_gelu = 0
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        """``torch.jit.script`` calls this first: refuse with a clear message."""
+        raise_not_scriptable(self)
 
     @property
     def batch_first(self) -> bool:

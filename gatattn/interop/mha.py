@@ -12,7 +12,7 @@ tests/interop/test_mha.py).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 from torch import Tensor, nn
@@ -346,6 +346,23 @@ class GraphMultiheadAttention(nn.Module):
 
     def extra_repr(self) -> str:
         return f"batch_first={self.batch_first}, backend={self.backend!r}"
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        """``torch.jit.script`` calls this first: refuse with a clear message."""
+        raise_not_scriptable(self)
+
+
+def raise_not_scriptable(module: nn.Module) -> NoReturn:
+    """The drop-ins are plain Python (graphs, dispatch): TorchScript cannot compile them.
+
+    Raises:
+        TypeError: always, naming the module and the supported alternatives.
+    """
+    raise TypeError(
+        f"{type(module).__name__} cannot be compiled by TorchScript (torch.jit.script, "
+        "deprecated since torch 2.13): its graph construction and backend dispatch are Python. "
+        "Use torch.compile or torch.export instead (docs/interop.md)"
+    )
 
 
 def _load_gatattn_010(
