@@ -9,7 +9,8 @@ Boolean masks follow nn.MultiheadAttention: ``True`` means *not allowed* (the op
   the dense backend runs it with one SDPA call; ``is_causal`` alone: the causal graph.
 * boolean masks shared by the heads: N(i) = { j : M[b, i, j] = 0 }, the batched ``from_mask``
   graph of the allowed [B, L, S] mask (the dense backend runs the mask itself).
-* float or per-head masks: every (i, j) of a sequence is an edge and M rides on it as a bias,
+* float or per-head masks, or any mask when the weights are returned: every (i, j) of a
+  sequence is an edge and M rides on it as a bias,
   α_ij = <q_i, k_j>/√D + M[b, h, i, j]; an entry of -inf gives weight 0. The graph has a fixed
   size (B·L·S edges, no data-dependent shapes, so torch.compile traces it).
 
@@ -143,6 +144,7 @@ def attention_graph(
     key_padding_mask: Tensor | None,
     attn_mask: Tensor | None,
     causal: bool,
+    need_weights: bool,
     dtype: torch.dtype,
     device: torch.device,
 ) -> tuple[TokenGraph, Tensor | None]:
@@ -155,6 +157,9 @@ def attention_graph(
         attn_mask: [L, S] or [B·H, L, S] (True = not allowed, or additive float) or None.
         causal: torch's causal kernel (``is_causal`` without padding mask or weights): key j
             is allowed for query i iff j <= i (top-left aligned, as SDPA); the masks are unused.
+        need_weights: the caller wants per-edge weights. Boolean masks then also take the
+            fixed-size graph with a 0 / -inf bias, whose edge_index needs no data-dependent
+            ``nonzero`` (torch.compile) and costs what torch's dense weights cost.
 
     Shapes:
         -> edge_index [2, E]; bias [E, 1 | H] in edge order (sorted by target, then source),
@@ -169,7 +174,7 @@ def attention_graph(
         return full_graph(batch, tgt_len, src_len, device), None
     per_head = attn_mask is not None and attn_mask.dim() == 3
     floats = any(m is not None and m.is_floating_point() for m in (attn_mask, key_padding_mask))
-    if not floats and not per_head:  # one boolean pattern for every head: the graph is the mask
+    if not (floats or per_head or need_weights):  # one boolean pattern: the graph is the mask
         banned = torch.zeros((), dtype=torch.bool, device=device)
         if attn_mask is not None:
             banned = attn_mask.view(1, tgt_len, src_len)  # [1, L, S]

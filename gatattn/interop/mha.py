@@ -265,7 +265,7 @@ class GraphMultiheadAttention(nn.Module):
             B, H, L, S + extra,
             key_padding_mask=pad_keys(key_padding_mask, extra),
             attn_mask=pad_keys(attn_mask, extra),
-            causal=causal, dtype=q.dtype, device=q.device,
+            causal=causal, need_weights=need_weights, dtype=q.dtype, device=q.device,
         )  # fmt: skip
         xq = q.reshape(B * L, -1)  # [B·L, C]
         xk = xq if key is query else k.reshape(B * S, -1)  # [B·S, kdim]

@@ -278,7 +278,7 @@ def test_unmasked_calls_get_tagged_graphs_for_the_dense_backend(
     tgt: int, src: int, is_causal: bool, tag: str
 ) -> None:
     graph, bias = attention_graph(
-        B, H, tgt, src, key_padding_mask=None, attn_mask=None, causal=is_causal,
+        B, H, tgt, src, key_padding_mask=None, attn_mask=None, causal=is_causal, need_weights=False,
         dtype=torch.float32, device=torch.device("cpu"),
     )  # fmt: skip
     assert graph.structure == tag and bias is None
@@ -289,7 +289,7 @@ def test_unmasked_calls_get_tagged_graphs_for_the_dense_backend(
 
 
 def test_bool_masks_need_no_bias_but_float_and_per_head_masks_do() -> None:
-    kw = {"causal": False, "dtype": torch.float64, "device": torch.device("cpu")}
+    kw = {"causal": False, "need_weights": False, "dtype": torch.float64, "device": torch.device("cpu")}
     for masks, has_bias in (
         (make_masks("attn_bool+kpm_bool", L, S), False),
         (make_masks("attn_float", L, S), True),
