@@ -76,7 +76,11 @@ class GraphMultiheadAttention(nn.Module):
     dropout.
     """
 
-    __constants__ = ["batch_first"]
+    in_proj_weight: Tensor | None
+    q_proj_weight: Tensor | None
+    k_proj_weight: Tensor | None
+    v_proj_weight: Tensor | None
+    in_proj_bias: Tensor | None
     bias_k: Tensor | None
     bias_v: Tensor | None
 
@@ -136,6 +140,7 @@ class GraphMultiheadAttention(nn.Module):
             nn.init.xavier_uniform_(self.in_proj_weight)
         else:
             for w in (self.q_proj_weight, self.k_proj_weight, self.v_proj_weight):
+                assert w is not None
                 nn.init.xavier_uniform_(w)
         if self.in_proj_bias is not None:
             nn.init.zeros_(self.in_proj_bias)
@@ -257,9 +262,7 @@ class GraphMultiheadAttention(nn.Module):
                 f"query has batch size {B} but key and value have {k.size(0)} "
                 f"(query {list(query.shape)}, key {list(key.shape)})"
             )
-        check_mask_shapes(
-            key_padding_mask, attn_mask, batch=B, num_heads=H, tgt_len=L, src_len=S
-        )
+        check_mask_shapes(key_padding_mask, attn_mask, batch=B, num_heads=H, tgt_len=L, src_len=S)
         extra = int(self.bias_k is not None) + int(self.add_zero_attn)  # extra key nodes
         graph, bias = attention_graph(
             B, H, L, S + extra,

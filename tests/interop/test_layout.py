@@ -86,7 +86,7 @@ def test_in_proj_weight_can_be_assigned_and_bias_exists() -> None:
     assert twin.in_proj_bias is not None and twin.in_proj_bias.shape == (3 * C,)
     twin.in_proj_weight = nn.Parameter(torch.ones(3 * C, C))
     twin.out_proj.weight = nn.Parameter(torch.ones(C, C))
-    assert [n for n, _ in twin.named_parameters()][0] == "in_proj_weight"
+    assert next(n for n, _ in twin.named_parameters()) == "in_proj_weight"
     assert twin.state_dict()["in_proj_weight"].eq(1).all()
     no_bias = ga.GraphMultiheadAttention(C, H, bias=False)
     assert no_bias.in_proj_bias is None and no_bias.out_proj.bias is None

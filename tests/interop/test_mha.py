@@ -289,7 +289,12 @@ def test_unmasked_calls_get_tagged_graphs_for_the_dense_backend(
 
 
 def test_bool_masks_need_no_bias_but_float_and_per_head_masks_do() -> None:
-    kw = {"causal": False, "need_weights": False, "dtype": torch.float64, "device": torch.device("cpu")}
+    kw = {
+        "causal": False,
+        "need_weights": False,
+        "dtype": torch.float64,
+        "device": torch.device("cpu"),
+    }
     for masks, has_bias in (
         (make_masks("attn_bool+kpm_bool", L, S), False),
         (make_masks("attn_float", L, S), True),
