@@ -32,6 +32,7 @@ __all__ = [
 #   "causal"    j <= i within each sequence
 #   "window", "global", "bigbird", "block", "strided", "fixed", "star", "knn", "radius",
 #   "bipartite" (set by gatattn.patterns)
+#   "masked"    built from a dense mask (``from_mask``); ``dense_mask()`` returns it
 # ``lengths`` holds per-sequence node counts of a block-diagonal batch (None: one sequence).
 
 
@@ -66,7 +67,11 @@ class TokenGraph:
         edge_index [2, E]; ``to_dense_mask()`` [N_t, N_s]; ``positions`` [N].
     """
 
-    _edge_index: Tensor
+    _edge_index: Tensor | None
+    _build: Callable[[], Tensor] | None
+    _num_edges: int | None
+    _device: torch.device
+    _mask: Tensor | None
     _num_src: int
     _num_dst: int
     _structure: str | None
@@ -101,18 +106,77 @@ class TokenGraph:
             raise ValueError(
                 f"lengths={list(seq)} sum to {sum(seq)} but the graph has {num_dst} target nodes"
             )
+        self._setup(
+            edge_index,
+            None,
+            None,
+            edge_index.device,
+            None,
+            int(num_src),
+            int(num_dst),
+            structure,
+            seq,
+            params,
+            verified,
+        )
+
+    def _setup(
+        self,
+        edge_index: Tensor | None,
+        build: Callable[[], Tensor] | None,
+        num_edges: int | None,
+        device: torch.device,
+        mask: Tensor | None,
+        num_src: int,
+        num_dst: int,
+        structure: str | None,
+        lengths: tuple[int, ...] | None,
+        params: Mapping[str, Any] | None,
+        verified: bool,
+    ) -> None:
         init = object.__setattr__
         init(self, "_edge_index", edge_index)
-        init(self, "_num_src", int(num_src))
-        init(self, "_num_dst", int(num_dst))
+        init(self, "_build", build)  # makes edge_index on first access (deferred graphs)
+        init(self, "_num_edges", num_edges)
+        init(self, "_device", device)
+        init(self, "_mask", mask)  # [B, 1 | L_q, L_k] bool when the graph was built from one
+        init(self, "_num_src", num_src)
+        init(self, "_num_dst", num_dst)
         init(self, "_structure", structure)
-        init(self, "_lengths", seq)
+        init(self, "_lengths", lengths)
         init(self, "_params", dict(params or {}))
         # one cache of derived data (CSR, padding indices, block layouts...), keyed by
         # (key, device); valid while edge_index keeps the version it had when filled
         init(self, "_cache", {})
-        init(self, "_version", edge_index._version)
+        init(self, "_version", -1 if edge_index is None else edge_index._version)
         init(self, "_verified", bool(verified and structure is not None))
+
+    @classmethod
+    def _deferred(
+        cls,
+        build: Callable[[], Tensor],
+        num_src: int,
+        num_dst: int,
+        num_edges: int | None,
+        *,
+        device: torch.device | str | None = None,
+        structure: str,
+        lengths: tuple[int, ...] | None = None,
+        params: Mapping[str, Any] | None = None,
+        mask: Tensor | None = None,
+    ) -> TokenGraph:
+        """A builder's graph whose edge_index [2, E] is made by ``build()`` on first access.
+
+        The dense backend never reads the edges of a complete, causal or mask graph, so they
+        are not made there: no O(E) memory, and no data-dependent sizes under torch.compile.
+        The builder guarantees that ``structure`` (and ``mask``) describe ``build()`` exactly.
+        """
+        g = cls.__new__(cls)
+        dev = torch.device("cpu") if device is None else torch.device(device)
+        g._setup(
+            None, build, num_edges, dev, mask, num_src, num_dst, structure, lengths, params, True
+        )
+        return g
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError(
@@ -123,8 +187,15 @@ class TokenGraph:
     # ------------------------------------------------------------------ read-only attributes
     @property
     def edge_index(self) -> Tensor:
-        """LongTensor [2, E]: row 0 source j, row 1 target i."""
-        return self._edge_index
+        """LongTensor [2, E]: row 0 source j, row 1 target i (made on first access when the
+        builder deferred it)."""
+        edge_index = self._edge_index
+        if edge_index is None:
+            assert self._build is not None
+            edge_index = self._build()
+            object.__setattr__(self, "_edge_index", edge_index)
+            object.__setattr__(self, "_version", edge_index._version)
+        return edge_index
 
     @property
     def num_src(self) -> int:
@@ -157,13 +228,14 @@ class TokenGraph:
         """Drop every derived value if edge_index was written in place since it was cached.
         (Not under torch.compile, which cannot read a version counter; compiled code reads the
         cache as it was when tracing.)"""
-        if torch.compiler.is_compiling():
+        if torch.compiler.is_compiling() or self._edge_index is None:
             return
         version = self._edge_index._version
         if version != self._version:
             self._cache.clear()
             object.__setattr__(self, "_version", version)
             object.__setattr__(self, "_verified", False)
+            object.__setattr__(self, "_mask", None)  # the mask no longer describes the edges
 
     def derived(self, key: Hashable, fn: Callable[[], T], device: torch.device | None = None) -> T:
         """The value ``fn()`` derived from this graph, computed once per (key, device).
@@ -216,7 +288,24 @@ class TokenGraph:
     @property
     def num_edges(self) -> int:
         """E, the number of edges (duplicates count separately)."""
+        if self._edge_index is None:
+            if self._num_edges is not None:
+                return self._num_edges
+            if self._mask is not None:  # a [B, 1, L_k] mask stands for L_q equal rows
+                rows = len(self.sequence_lengths("dst")) * self._mask.size(1)
+                return int(self._mask.sum()) * (self.num_dst // rows)
         return int(self.edge_index.size(1))
+
+    def dense_mask(self, compact: bool = False) -> Tensor | None:
+        """The batched mask [B, L_q, L_k] (True = may attend) this graph was built from by
+        ``from_mask`` / ``from_padding_mask``, or None. Dropped when edge_index is written in
+        place. ``compact=True`` returns it as stored: [B, 1, L_k] when every query of a
+        sequence has the same keys (a padding mask), which SDPA broadcasts."""
+        self._sync()
+        m = self._mask
+        if m is None or compact:
+            return m
+        return m.expand(-1, self.num_dst // m.size(0), -1)
 
     @property
     def num_nodes(self) -> int:
@@ -231,13 +320,28 @@ class TokenGraph:
     @property
     def device(self) -> torch.device:
         """The device of edge_index."""
-        return self.edge_index.device
+        return self._device if self._edge_index is None else self._edge_index.device
 
     def to(self, device: torch.device | str) -> TokenGraph:
         """The same graph with edge_index on ``device`` (a new graph unless already there)."""
-        if self.edge_index.device == torch.device(device):
+        if self.device == torch.device(device):
             return self
         self._sync()  # an in-place edit since the last use withdraws the trust first
+        if self._edge_index is None:
+            assert self._build is not None and self._structure is not None
+            build = self._build
+            mask = None if self._mask is None else self._mask.to(device)
+            return TokenGraph._deferred(
+                lambda: build().to(device),
+                self.num_src,
+                self.num_dst,
+                self.num_edges,
+                device=device,
+                structure=self._structure,
+                lengths=self.lengths,
+                params=self.params,
+                mask=mask,
+            )
         return TokenGraph(
             self.edge_index.to(device),
             self.num_src,

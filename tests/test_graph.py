@@ -63,7 +63,7 @@ def test_from_mask_round_trip_and_sdpa_convention() -> None:
     assert torch.equal(g.to_dense_mask(), mask)
     # mask[i, j] = True means query i attends key j: edge j -> i, i.e. (src=j, dst=i)
     assert g.edge_index[:, 0].tolist() == [0, 0] and g.edge_index[:, 1].tolist() == [2, 0]
-    assert g.structure is None
+    assert g.structure == "masked"
     assert ga.from_mask(torch.ones(3, 3, dtype=torch.bool)).structure == "complete"
 
 
@@ -77,8 +77,10 @@ def test_from_mask_bipartite() -> None:
 def test_from_mask_errors() -> None:
     with pytest.raises(TypeError, match="must be boolean .* got dtype torch.float32"):
         ga.from_mask(torch.ones(3, 3))
-    with pytest.raises(ValueError, match=r"shape \[N_t, N_s\], got \[2, 3, 3\]"):
-        ga.from_mask(torch.ones(2, 3, 3, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"shape \[N_t, N_s\] or \[B, L_q, L_k\], got \[1, 2, 3, 3\]"):
+        ga.from_mask(torch.ones(1, 2, 3, 3, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"no empty dimension, got \[0, 3, 3\]"):
+        ga.from_mask(torch.ones(0, 3, 3, dtype=torch.bool))
     with pytest.raises(TypeError, match="must be a torch.Tensor, got list"):
         ga.from_mask([[True]])  # type: ignore[arg-type]
 

@@ -1,18 +1,34 @@
-"""The dense backend: ``F.scaled_dot_product_attention`` for complete and causal graphs.
+"""The dense backend: one ``F.scaled_dot_product_attention`` call for graphs that live inside
+their sequences.
 
 On the complete graph of one sequence, graph attention is dense attention (docs/math.md, eq. 4):
 
-    out = softmax(s · Q Kᵀ + B) V,   s = 1/√D (scaled_dot) or 1 (dot)      [H, L, D]
+    out = softmax(s · Q Kᵀ + M) V,   s = 1/√D (scaled_dot) or 1 (dot)      [B, H, L_q, D]
 
-B is 0, or the dense form of position biases (ALiBi, relative position), or −∞ outside the
-graph (causal, no self-loops, padding). A block-diagonal batch (``graph.lengths``) runs without a
-Python loop over sequences: tokens are scattered into a padded [B, H, L_max, D] tensor with one
-``index_copy`` (sequences of one length need no padding at all, and their output is a view), then
-one SDPA call runs every sequence, and padded keys are masked out.
+and any graph whose edges stay inside the sequences of a batch is the same formula with the
+additive mask (docs/math.md, eq. 5)
 
-Which graphs: those whose tag is complete, causal or bipartite *and* holds
-(``TokenGraph.trusted_structure``: true by construction for the builders, checked in O(E) once
-per graph otherwise). A raw edge_index has no tag, so dispatch routes it elsewhere.
+    M[b, h, i, j] = Σ_biases b_h(i, j)  if (j → i) is an edge,   −∞ otherwise.
+
+Three plans, chosen per graph (``DenseBackend.plan``):
+
+``tagged``   a complete, causal or bipartite graph whose tag holds (``trusted_structure``),
+             with no bias or only position biases (their dense form): SDPA's ``is_causal`` or
+             a small [L, L] mask; the edges are never read.
+``mask``     a graph built from a dense mask (``from_mask``, ``from_padding_mask``, the
+             drop-ins' masks) without biases: SDPA gets that mask as it is.
+``scatter``  any other graph inside its sequences, without duplicate edges (checked once per
+             graph in O(E), cached): the flat index of every edge in the padded [B, L_q, L_k]
+             grid is computed once; M is built by one scatter of the edges (and of the biases'
+             per-edge values [E, H], evaluated exactly as on the edge backend, so any
+             ``ScoreBias`` runs here: Graphormer's distances, edge features, float masks).
+
+A block-diagonal batch (``graph.lengths``) runs without a Python loop over sequences: tokens are
+scattered into a padded [B, H, L_max, D] tensor with one ``index_copy`` (sequences of one length
+need no padding at all, and their output is a view), and padded keys are masked out.
+
+A target with no in-edge (or whose every edge has bias −∞) gets out_i = 0, as on the edge
+backend (the neighbourhood softmax of an empty or all −∞ set is 0); SDPA alone would give NaN.
 """
 
 from __future__ import annotations
@@ -21,10 +37,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..scores import DenseContext
+from ..graph import TokenGraph
+from ..scores import DenseContext, Edges
 from .base import Backend, BackendOutput, Problem
 
-__all__ = ["DenseBackend"]
+__all__ = ["MIN_DENSE_DENSITY", "DenseBackend", "dense_density", "dense_keys"]
+
+#: ``backend="auto"`` takes the scatter plan when the edges fill at least this share of the
+#: padded per-sequence grid B·L_q·L_k (SDPA does the whole grid; the edge path only E).
+MIN_DENSE_DENSITY = 0.25
 
 
 def _side(lengths: tuple[int, ...], n: int, device: torch.device) -> tuple[int, Tensor | None]:
@@ -39,56 +60,115 @@ def _side(lengths: tuple[int, ...], n: int, device: torch.device) -> tuple[int, 
     return L, seq * L + pos
 
 
+def _grid(g: TokenGraph) -> tuple[int, int, int]:
+    """(B, L_q, L_k): the padded grid of the graph's sequences."""
+    q_len, k_len = g.sequence_lengths("dst"), g.sequence_lengths("src")
+    return len(q_len), max(q_len, default=0), max(k_len, default=0)
+
+
+def dense_density(g: TokenGraph) -> float:
+    """E / (B · L_q · L_k): the share of the padded per-sequence grid the edges fill, O(1)."""
+    B, Lq, Lk = _grid(g)
+    return g.num_edges / max(B * Lq * Lk, 1)
+
+
+def dense_keys(g: TokenGraph) -> Tensor | str:
+    """Flat index of every edge in the padded grid, LongTensor [E]:
+
+        key(j → i) = (seq(i) · L_q + pos(i)) · L_k + pos(j)
+
+    or, when the graph cannot be one masked SDPA call, the reason (a str): the two sides have
+    different numbers of sequences, an edge joins two sequences, or an edge repeats (SDPA
+    counts a key once; the edge softmax counts each copy). Cached per graph, O(E).
+    """
+
+    def build() -> Tensor | str:
+        q_len, k_len = g.sequence_lengths("dst"), g.sequence_lengths("src")
+        if len(q_len) != len(k_len):
+            return (
+                f"queries come in {len(q_len)} sequences but keys in {len(k_len)}: no per-"
+                "sequence grid"
+            )
+        B, Lq, Lk = _grid(g)
+        src, dst = g.edge_index[0], g.edge_index[1]  # [E]
+        seq = g.sequence("dst").index_select(0, dst)  # [E]
+        if not torch.equal(seq, g.sequence("src").index_select(0, src)):
+            return "an edge joins two sequences of the batch"
+        pos_i = g.positions("dst").index_select(0, dst)  # [E]
+        pos_j = g.positions("src").index_select(0, src)  # [E]
+        keys = (seq * Lq + pos_i) * Lk + pos_j  # [E]
+        if keys.numel() and int(torch.bincount(keys, minlength=B * Lq * Lk).max()) > 1:
+            return "the graph has duplicate edges (SDPA would count them once)"
+        return keys
+
+    if torch.compiler.is_compiling():
+        return "under torch.compile the per-edge grid index is not built"
+    return g.derived("dense_keys", build)
+
+
 class DenseBackend(Backend):
-    """Graph attention on a complete, causal or bipartite (batched) graph by one SDPA call.
+    """Graph attention by one SDPA call on graphs that stay inside their sequences.
 
     .. math::
-        \\mathrm{out} = \\mathrm{softmax}(s\\,QK^\\top + B + M)\\,V
+        \\mathrm{out} = \\mathrm{softmax}(s\\,QK^\\top + M)\\,V
 
-    with M = 0 on edges and −∞ elsewhere (Vaswani et al. 2017, "Attention Is All You Need").
-    Scores: those declaring ``"dense"`` (scaled_dot, dot, ``sdpa_scale``), plus biases declaring
-    it (ALiBi, relative position). Returns out [N_t, H, D]; scores and weights are None.
+    with M = the biases on edges and −∞ elsewhere (Vaswani et al. 2017, "Attention Is All You
+    Need"; docs/math.md, eqs. 4-5). Scores: those declaring ``"dense"`` (scaled_dot, dot: any
+    ``sdpa_scale``) plus any ``ScoreBias``. Returns out [N_t, H, D]; scores and weights are
+    None (``attend`` takes them from the edge formula when asked).
     """
 
     name = "dense"
 
-    def supports(self, p: Problem) -> str | None:
+    def plan(self, p: Problem) -> tuple[str | None, str]:
+        """("tagged" | "mask" | "scatter", why) when SDPA can run ``p``, else (None, why not)."""
         why = self.score_support(p)
         if why is not None:
-            return why
+            return None, why
         base, biases = p.score.parts()
         if base.sdpa_scale(p.q.size(-1)) is None:
-            return f"score {base.name!r} is not s·<q_i, k_j>, which SDPA computes"
+            return None, f"score {base.name!r} is not s·<q_i, k_j>, which SDPA computes"
         g = p.graph
         tag = g.trusted_structure()
-        if tag is None:
-            if g.structure in ("complete", "causal", "bipartite"):
-                return (
-                    f"the graph's {g.structure!r} tag does not match its edges (the edge count, "
-                    "their (target, source) order or an edge outside the pattern differs)"
+        if tag is not None:
+            if tag != "bipartite" and g.num_src != g.num_dst:
+                return None, f"graph is bipartite (num_src={g.num_src}, num_dst={g.num_dst})"
+            if not biases:
+                return "tagged", f"{tag} graph: SDPA without reading the edges"
+            if tag != "bipartite" and all("dense" in b.backends for b in biases):
+                return "tagged", f"{tag} graph with position biases: SDPA with their dense form"
+        elif g.dense_mask(compact=True) is not None and not biases:
+            return "mask", "graph built from a dense mask: SDPA with that mask"
+        if g.num_src == 0 or g.num_dst == 0:
+            return None, f"the graph has no nodes on one side (N_s={g.num_src}, N_t={g.num_dst})"
+        keys = dense_keys(g)
+        if isinstance(keys, str):
+            if g.structure in ("complete", "causal", "bipartite") and tag is None:
+                keys = (
+                    f"the graph's {g.structure!r} tag does not match its edges, and {keys}"
                 )
-            shown = g.structure or "none (a raw edge_index)"
-            return f"graph structure tag is {shown!r}, not 'complete', 'causal' or 'bipartite'"
-        if tag != "bipartite" and g.num_src != g.num_dst:
-            return f"graph is bipartite (num_src={g.num_src}, num_dst={g.num_dst})"
-        if tag == "bipartite" and biases:
-            return "position biases are not defined between query and key sets of a bipartite graph"
-        return None
+            return None, keys
+        return "scatter", "graph inside its sequences: SDPA with the edges (and biases) as a mask"
+
+    def supports(self, p: Problem) -> str | None:
+        plan, why = self.plan(p)
+        return None if plan is not None else why
 
     def run(self, p: Problem) -> BackendOutput:
-        why = self.supports(p)  # cached per graph: a direct call never trusts an unchecked tag
-        if why is not None:
+        plan, why = self.plan(p)  # cached per graph: a direct call never trusts an unchecked tag
+        if plan is None:
             raise ValueError(f"dense backend cannot run score {p.score.name!r}: {why}")
         q, k, v, g = p.q, p.k, p.v, p.graph
-        base, biases = p.score.parts()
+        base, _ = p.score.parts()
         H, D = q.size(1), q.size(2)
-        scale = base.sdpa_scale(D)
-        q_len, k_len = g.sequence_lengths("dst"), g.sequence_lengths("src")
-        B = len(q_len)
+        B, Lq, Lk = _grid(g)
         # padding indices depend only on the graph: computed once per graph, reused by every layer
-        (Lq, q_index), (L, k_index) = g.derived(
+        (_, q_index), (_, k_index) = g.derived(
             "dense_sides",
-            lambda: (_side(q_len, g.num_dst, q.device), _side(k_len, g.num_src, q.device)),
+            lambda: (
+                _side(g.sequence_lengths("dst"), g.num_dst, q.device),
+                _side(g.sequence_lengths("src"), g.num_src, q.device),
+            ),
             q.device,
         )
 
@@ -97,6 +177,40 @@ class DenseBackend(Backend):
                 t = t.new_zeros(B * n, H, D).index_copy(0, index, t)  # [B·n, H, D]
             return t.view(B, n, H, D).transpose(1, 2)
 
+        causal = False
+        if plan == "tagged":
+            mask, causal = self._tagged_mask(p, Lk, k_index)
+        elif plan == "mask":
+            m = g.dense_mask(compact=True)
+            assert m is not None
+            mask = m.unsqueeze(1)  # [B, 1, L_q | 1, L_k]
+        else:
+            mask = self._scatter_mask(p, B, Lq, Lk)
+        empty: Tensor | None = None  # [B, 1 | H, L_q, 1]: targets with no edge (or all -inf)
+        if mask is not None:
+            empty, mask = _guard_empty_rows(mask)
+        out = F.scaled_dot_product_attention(
+            pad(q, q_index, Lq),
+            pad(k, k_index, Lk),
+            pad(v, k_index, Lk),
+            attn_mask=mask,
+            dropout_p=p.dropout if p.training else 0.0,
+            is_causal=causal,
+            scale=base.sdpa_scale(D),
+        )  # [B, H, L_q, D]
+        if empty is not None:
+            out = out.masked_fill(empty, 0.0)
+        out = out.transpose(1, 2).reshape(B * Lq, H, D)  # [B·L_q, H, D]
+        if q_index is not None:
+            out = out.index_select(0, q_index)  # [N_t, H, D]
+        return BackendOutput(out, None, None)
+
+    @staticmethod
+    def _tagged_mask(p: Problem, L: int, k_index: Tensor | None) -> tuple[Tensor | None, bool]:
+        """(mask [.., L_q, L_k] or None, is_causal) of a trusted complete / causal / bipartite
+        graph: its own pattern, padded keys, and the dense form of position biases."""
+        g, q = p.graph, p.q
+        _, biases = p.score.parts()
         causal = g.structure == "causal"
         self_loops = bool(g.params.get("self_loops", True))
         allowed: Tensor | None = None  # [.., L, L] boolean, True = may attend
@@ -107,25 +221,55 @@ class DenseBackend(Backend):
         elif not self_loops:
             allowed = ~torch.eye(L, dtype=torch.bool, device=q.device)
         if k_index is not None and not causal:  # right padding: causal rows never see padded keys
-            lens = torch.tensor(k_len, device=q.device)  # [B]
+            lens = torch.tensor(g.sequence_lengths("src"), device=q.device)  # [B]
             keys = (torch.arange(L, device=q.device) < lens[:, None])[:, None, None, :]
             allowed = keys if allowed is None else allowed & keys  # [B, 1, 1, L]
-        mask: Tensor | None = allowed
-        if biases:
-            pos = torch.arange(L, device=q.device)
-            ctx = DenseContext(pos, pos)
-            bias = torch.stack([b.dense(ctx) for b in biases]).sum(0).to(q.dtype)  # [H, L, L]
-            mask = bias if allowed is None else bias.masked_fill(~allowed, float("-inf"))
-        out = F.scaled_dot_product_attention(
-            pad(q, q_index, Lq),
-            pad(k, k_index, L),
-            pad(v, k_index, L),
-            attn_mask=mask,
-            dropout_p=p.dropout if p.training else 0.0,
-            is_causal=causal and allowed is None,
-            scale=scale,
-        )  # [B, H, L, D]
-        out = out.transpose(1, 2).reshape(B * Lq, H, D)  # [B·L_q, H, D]
-        if q_index is not None:
-            out = out.index_select(0, q_index)  # [N_t, H, D]
-        return BackendOutput(out, None, None)
+        if not biases:
+            return allowed, causal and allowed is None
+        pos = torch.arange(L, device=q.device)
+        ctx = DenseContext(pos, pos)
+        bias = torch.stack([b.dense(ctx) for b in biases]).sum(0).to(q.dtype)  # [H, L, L]
+        return (bias if allowed is None else bias.masked_fill(~allowed, float("-inf"))), False
+
+    @staticmethod
+    def _scatter_mask(p: Problem, B: int, Lq: int, Lk: int) -> Tensor:
+        """M [B, 1 | H, L_q, L_k]: the edges (True) as a bool mask without biases; with biases
+        their per-edge values [E, 1 | H] on the edges and −∞ elsewhere (differentiable)."""
+        g = p.graph
+        keys = dense_keys(g)
+        assert isinstance(keys, Tensor)
+        _, biases = p.score.parts()
+        if not biases:
+
+            def allowed() -> Tensor:
+                flat = torch.zeros(B * Lq * Lk, dtype=torch.bool, device=keys.device)
+                return flat.index_fill(0, keys, True).view(B, 1, Lq, Lk)
+
+            return g.derived("dense_allowed", allowed, keys.device)
+        edges = Edges(g.edge_index[0], g.edge_index[1], g, p.edge_attr)
+        vals = sum((b(edges) for b in biases), torch.zeros((), device=keys.device))
+        vals = vals.to(p.q.dtype)
+        if vals.dim() < 2:
+            vals = vals.expand(keys.numel(), 1) if vals.dim() == 0 else vals.unsqueeze(-1)
+        width = vals.size(-1)  # 1 or H
+        grid = torch.full((B * Lq * Lk, width), float("-inf"), dtype=vals.dtype, device=keys.device)
+        grid = grid.index_put((keys,), vals.expand(keys.numel(), width))  # [B·L_q·L_k, 1 | H]
+        return grid.view(B, Lq, Lk, width).permute(0, 3, 1, 2)  # [B, 1 | H, L_q, L_k]
+
+
+def _guard_empty_rows(mask: Tensor) -> tuple[Tensor | None, Tensor]:
+    """Rows of ``mask`` that allow no key -> (rows [.., L_q, 1] or None, a mask SDPA can run).
+
+    SDPA returns NaN on such rows (and NaN gradients); the graph formula gives 0. The rows are
+    opened to every key (any finite row would do) and their output is zeroed afterwards, which
+    also zeroes their gradient.
+    """
+    if mask.dtype == torch.bool:
+        empty = ~mask.any(-1, keepdim=True)  # [.., L_q, 1]
+        if torch.compiler.is_compiling() or bool(empty.any()):
+            return empty, mask | empty
+        return None, mask
+    empty = torch.isneginf(mask).all(-1, keepdim=True)  # [.., L_q, 1]
+    if torch.compiler.is_compiling() or bool(empty.any()):
+        return empty, mask.masked_fill(empty, 0.0)
+    return None, mask

@@ -3,8 +3,11 @@
 ``attend`` is the one entry point of attention; ``GraphAttention`` and the drop-ins call it.
 With ``backend="auto"`` the order of preference is:
 
-1. dense (one SDPA call) when the graph's complete / causal / bipartite tag holds
-   (``TokenGraph.trusted_structure``) and the score is s·<q_i, k_j> (+ position biases).
+1. dense (one SDPA call) when the score is s·<q_i, k_j> (+ any bias) and the graph is a
+   complete / causal / bipartite graph whose tag holds (``TokenGraph.trusted_structure``), a
+   graph built from a dense mask, or any graph inside its sequences that fills at least
+   MIN_DENSE_DENSITY of the padded per-sequence grid (``dense.dense_density``, O(1); the
+   O(E) check that no edge crosses sequences or repeats follows, cached).
 2. edge for small graphs (E < MIN_BLOCK_EDGES): fixed costs dominate there.
 3. flex (CUDA) or block (block-sparse torch) when the score declares them and the tiles of the
    adjacency are dense enough. The density is first *estimated* from a fixed-seed sample of
@@ -25,7 +28,7 @@ import torch
 from ..graph import TokenGraph
 from .base import Backend, BackendOutput, Problem
 from .block import MIN_DENSITY, BlockBackend, block_layout, estimate_density
-from .dense import DenseBackend
+from .dense import MIN_DENSE_DENSITY, DenseBackend, dense_density
 from .edge import EdgeBackend, edge_scores_and_weights
 from .flex import FlexBackend
 
@@ -98,8 +101,17 @@ def select_backend(requested: str, p: Problem) -> tuple[str, str]:
 
 def _auto(p: Problem) -> tuple[str, str]:
     g, score = p.graph, p.score
-    if BACKENDS["dense"].supports(p) is None:
-        return "dense", f"{g.structure} graph and score {score.name!r}: one SDPA call"
+    dense = BACKENDS["dense"]
+    assert isinstance(dense, DenseBackend)
+    # O(1) first: the scatter plan's O(E) check only runs for graphs dense enough to pay
+    if (
+        g.trusted_structure() is not None
+        or g.dense_mask(compact=True) is not None
+        or dense_density(g) >= MIN_DENSE_DENSITY
+    ):
+        plan, why = dense.plan(p)
+        if plan is not None:
+            return "dense", f"{why} (score {score.name!r})"
     if g.num_edges < MIN_BLOCK_EDGES:
         return "edge", f"small graph (E={g.num_edges} < {MIN_BLOCK_EDGES}): edge backend"
     block_why = BACKENDS["block"].supports(p)

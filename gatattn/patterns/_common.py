@@ -18,7 +18,7 @@ from torch import Tensor
 
 from ..graph import TokenGraph, check_lengths
 
-__all__ = ["MAX_EDGES", "Layout", "check_edge_cap", "layout", "positive_int", "ragged", "union"]
+__all__ = ["MAX_EDGES", "Layout", "check_edge_cap", "layout", "positive_int", "ragged", "sequence_lengths", "union"]
 
 #: Default edge cap of every builder. A builder that would create more edges raises a ValueError
 #: naming the count; pass ``max_edges=<larger int>`` (or ``max_edges=None``) to allow it. At
@@ -67,6 +67,18 @@ class Layout(NamedTuple):
         )
 
 
+def sequence_lengths(
+    n: int | None, lengths: Sequence[int] | Tensor | None, name: str
+) -> tuple[int, ...]:
+    """Resolve ``n`` (one sequence) or ``lengths=[L_1, ..., L_B]`` into the tuple of lengths."""
+    if (n is None) == (lengths is None):
+        raise ValueError(f"{name} takes either n or lengths=[...], not both and not neither")
+    if n is not None:
+        return (positive_int(n, "n"),)
+    assert lengths is not None
+    return check_lengths(lengths)
+
+
 def layout(
     n: int | None,
     lengths: Sequence[int] | Tensor | None,
@@ -74,13 +86,7 @@ def layout(
     device: torch.device | str | None = None,
 ) -> Layout:
     """Resolve ``n`` (one sequence) or ``lengths=[L_1, ..., L_B]`` (a batch) into a Layout."""
-    if (n is None) == (lengths is None):
-        raise ValueError(f"{name} takes either n or lengths=[...], not both and not neither")
-    if n is not None:
-        seq: tuple[int, ...] = (positive_int(n, "n"),)
-    else:
-        assert lengths is not None
-        seq = check_lengths(lengths)
+    seq = sequence_lengths(n, lengths, name)
     lens = torch.tensor(seq, device=device)  # [B]
     starts = torch.cumsum(lens, 0) - lens  # [B]
     length = lens.repeat_interleave(lens)  # [N]

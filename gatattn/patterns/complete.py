@@ -52,39 +52,52 @@ def complete_graph(
     else:
         assert lengths is not None
         seq = check_lengths(lengths)
-    lens = torch.tensor(seq, device=device)  # [B]
-    num = int(lens.sum())
-    starts = torch.cumsum(lens, 0) - lens  # [B]
-    node_len = lens.repeat_interleave(lens)  # [N] length of each node's sequence
-    node_start = starts.repeat_interleave(lens)  # [N]
-    dst = torch.arange(num, device=device).repeat_interleave(node_len)  # [E]
-    edge_start = torch.cumsum(node_len, 0) - node_len  # [N] first edge of each target
-    src = node_start[dst] + torch.arange(dst.numel(), device=device) - edge_start[dst]  # [E]
-    edge_index = torch.stack([src, dst])
-    if not self_loops:
-        edge_index = edge_index[:, src != dst]
-    return TokenGraph(
-        edge_index,
+    num = sum(seq)
+    count = sum(m * m for m in seq) if self_loops else sum(m * (m - 1) for m in seq)
+
+    def build() -> Tensor:  # deferred: the dense backend never reads these edges
+        lens = torch.tensor(seq, device=device)  # [B]
+        starts = torch.cumsum(lens, 0) - lens  # [B]
+        node_len = lens.repeat_interleave(lens, output_size=num)  # [N] its sequence's length
+        node_start = starts.repeat_interleave(lens, output_size=num)  # [N]
+        dst = torch.arange(num, device=device).repeat_interleave(node_len)  # [E]
+        edge_start = torch.cumsum(node_len, 0) - node_len  # [N] first edge of each target
+        src = node_start[dst] + torch.arange(dst.numel(), device=device) - edge_start[dst]  # [E]
+        edge_index = torch.stack([src, dst])
+        return edge_index if self_loops else edge_index[:, src != dst]
+
+    return TokenGraph._deferred(
+        build,
         num,
         num,
+        count,
+        device=device,
         structure="complete",
         lengths=seq if lengths is not None else None,
         params={"self_loops": self_loops},
-        validate=False,
-        verified=True,
     )
 
 
 def from_mask(mask: Tensor) -> TokenGraph:
-    """Build a TokenGraph from a boolean mask [N_t, N_s] in the SDPA convention.
+    """Build a TokenGraph from a boolean mask in the SDPA convention (True = may attend).
 
-    .. math:: N(i) = \\{ j : mask[i, j] \\}
+    .. math:: N(i) = \\{ j : mask[i, j] \\}  \\qquad  N(b, i) = \\{ (b, j) : mask[b, i, j] \\}
 
-    Edges come out sorted by target, then source. A full mask is tagged ``"complete"``.
+    A 2-D mask [N_t, N_s] is one sequence; a full square one is tagged ``"complete"``. A 3-D
+    mask [B, L_q, L_k] is a block-diagonal batch: query (b, i) is node b·L_q + i, key (b, j) is
+    node b·L_k + j, ``lengths = [L_q] * B`` and ``params["kv_lengths"] = [L_k] * B``. Any mask
+    that is not a full square one is tagged ``"masked"``: the graph keeps (a copy of) the mask,
+    ``dense_mask()``, which the dense backend hands to SDPA as it is, and edge_index is made from
+    it only when something reads it. So a padded batch, or any mask, stays one SDPA call.
+
+    Edges come out sorted by target, then source.
 
     Raises:
-        TypeError: the mask is not boolean (float masks are additive biases, not graphs).
-        ValueError: the mask is not 2-D.
+        TypeError: the mask is not a boolean tensor (float masks are additive biases).
+        ValueError: the mask is not 2-D or 3-D, or has an empty dimension.
+
+    Shapes:
+        mask [N_t, N_s] or [B, L_q, L_k] -> edge_index [2, E], E = mask.sum().
     """
     if not isinstance(mask, Tensor):
         raise TypeError(f"mask must be a torch.Tensor, got {type(mask).__name__}")
@@ -93,17 +106,38 @@ def from_mask(mask: Tensor) -> TokenGraph:
             f"mask must be boolean (True = may attend), got dtype {mask.dtype}; an additive "
             "float mask is a score bias, not a graph"
         )
-    if mask.dim() != 2:
-        raise ValueError(f"mask must have shape [N_t, N_s], got {list(mask.shape)}")
-    num_dst, num_src = mask.shape
-    dst, src = mask.nonzero(as_tuple=True)
-    full = bool(mask.all()) and num_dst == num_src and num_src > 0
-    return TokenGraph(
-        torch.stack([src, dst]),
-        num_src,
-        num_dst,
-        structure="complete" if full else None,
-        params={"self_loops": True} if full else None,
-        validate=False,
-        verified=full,
+    if mask.dim() not in (2, 3):
+        raise ValueError(
+            f"mask must have shape [N_t, N_s] or [B, L_q, L_k], got {list(mask.shape)}"
+        )
+    if mask.dim() == 2 and mask.size(0) == mask.size(1) and mask.numel() > 0:
+        if not torch.compiler.is_compiling() and bool(mask.all()):
+            return complete_graph(mask.size(0), device=mask.device)
+    if mask.dim() == 3 and 0 in mask.shape:
+        raise ValueError(f"mask [B, L_q, L_k] must have no empty dimension, got {list(mask.shape)}")
+    batched = mask.dim() == 3
+    m = (mask if batched else mask.unsqueeze(0)).clone()  # [B, L_q, L_k], ours: never changes
+    return masked_graph(m, m.size(1), batched)
+
+
+def masked_graph(m: Tensor, num_queries: int, batched: bool) -> TokenGraph:
+    """The graph of a mask ``m`` [B, L_q, L_k] or [B, 1, L_k] (every query of sequence b
+    attends to the keys ``m[b, 0]``), which the graph keeps: the caller hands it over and
+    must not change it. Edges are made from it only when read; tag ``"masked"``."""
+    B, Lq, Lk = m.size(0), num_queries, m.size(2)
+
+    def build() -> Tensor:
+        b, i, j = m.expand(B, Lq, Lk).nonzero(as_tuple=True)  # sorted by (b, i, j)
+        return torch.stack([b * Lk + j, b * Lq + i])  # [2, E] by target, then source
+
+    return TokenGraph._deferred(
+        build,
+        B * Lk,
+        B * Lq,
+        None,
+        device=m.device,
+        structure="masked",
+        lengths=(Lq,) * B if batched else None,
+        params={"kv_lengths": (Lk,) * B} if batched else None,
+        mask=m,
     )

@@ -9,6 +9,7 @@ from torch import Tensor
 
 from ..graph import TokenGraph
 from ._common import MAX_EDGES, check_edge_cap, positive_int, ragged
+from .complete import masked_graph
 
 __all__ = ["bipartite_graph", "from_padding_mask"]
 
@@ -23,8 +24,14 @@ def from_padding_mask(key_padding_mask: Tensor, *, max_edges: int | None = MAX_E
 
     .. math:: N(i) = \\{ j : \\mathrm{row}(j) = \\mathrm{row}(i),\\; \\lnot m[j] \\}
 
-    Self-loops: for non-padded tokens. A fully padded row gives targets with no edges (output 0).
-    ``lengths = [L] * B``, so positions restart in every row. Tag: ``None`` (irregular).
+    A fully padded row gives targets with no edges (output 0). ``lengths = [L] * B``, so
+    positions restart in every row. It is ``from_mask`` of the [B, L, L] mask ``¬m[b, j]``
+    (tag ``"masked"``): the dense backend runs it as one SDPA call with that mask, and
+    edge_index is made only when read.
+
+    Args:
+        key_padding_mask: bool [B, L], True = padding.
+        max_edges: edge cap checked when edge_index is made (None: no cap).
 
     Shapes:
         key_padding_mask [B, L] bool -> edge_index [2, E], E = L · Σ_b (valid keys of b),
@@ -35,20 +42,16 @@ def from_padding_mask(key_padding_mask: Tensor, *, max_edges: int | None = MAX_E
         raise TypeError(
             f"key_padding_mask must be a bool tensor [B, L] (True = padding), got {dtype}"
         )
-    if key_padding_mask.dim() != 2 or key_padding_mask.size(1) == 0:
+    if key_padding_mask.dim() != 2 or 0 in key_padding_mask.shape:
         raise ValueError(
-            f"key_padding_mask must have shape [B, L] with L >= 1, got {list(key_padding_mask.shape)}"
+            "key_padding_mask must have shape [B, L] with B, L >= 1, got "
+            f"{list(key_padding_mask.shape)}"
         )
     B, L = key_padding_mask.shape
-    valid = ~key_padding_mask  # [B, L]
-    keys = valid.flatten().nonzero().flatten()  # [K] non-padded positions, row-major
-    per_row = valid.sum(1)  # [B]
-    row_ptr = torch.cumsum(per_row, 0) - per_row  # [B] first key of each row in ``keys``
-    row = torch.arange(B, device=valid.device).repeat_interleave(L)  # [B L]
-    check_edge_cap(int(per_row.sum()) * L, max_edges, "from_padding_mask")
-    ei = ragged(row_ptr[row], per_row[row])  # [2, E] rows index into ``keys``
-    ei[0] = keys[ei[0]]
-    return TokenGraph(ei, B * L, B * L, lengths=[L] * B, validate=False)
+    if max_edges is not None and B * L * L > max_edges and not torch.compiler.is_compiling():
+        check_edge_cap(int((~key_padding_mask).sum()) * L, max_edges, "from_padding_mask")
+    allowed = (~key_padding_mask)[:, None, :]  # [B, 1, L_k]: a new tensor, the graph's own
+    return masked_graph(allowed, L, True)
 
 
 def _sizes(value: int | Sequence[int], name: str) -> tuple[int, ...]:

@@ -14,7 +14,16 @@ import torch
 from torch import Tensor
 
 from ..graph import TokenGraph
-from ._common import MAX_EDGES, Layout, check_edge_cap, layout, positive_int, ragged, union
+from ._common import (
+    MAX_EDGES,
+    Layout,
+    check_edge_cap,
+    layout,
+    positive_int,
+    ragged,
+    sequence_lengths,
+    union,
+)
 
 __all__ = [
     "block_graph",
@@ -67,10 +76,24 @@ def causal_graph(
     Shapes:
         edge_index [2, E], E = Σ_b L_b (L_b + 1) / 2, sorted by target then source.
     """
-    lay = layout(n, lengths, "causal_graph", device)
-    count = lay.pos + 1  # [N]
-    check_edge_cap(int(count.sum()), max_edges, "causal_graph")
-    return lay.graph(ragged(lay.start, count), "causal", {})
+    seq = sequence_lengths(n, lengths, "causal_graph")
+    num_edges = sum(m * (m + 1) // 2 for m in seq)
+    check_edge_cap(num_edges, max_edges, "causal_graph")
+
+    def build() -> Tensor:  # deferred: the dense backend never reads these edges
+        lay = layout(n, lengths, "causal_graph", device)
+        return ragged(lay.start, lay.pos + 1)  # in-degree p_i + 1
+
+    return TokenGraph._deferred(
+        build,
+        sum(seq),
+        sum(seq),
+        num_edges,
+        device=device,
+        structure="causal",
+        lengths=seq if lengths is not None else None,
+        params={},
+    )
 
 
 def window_graph(

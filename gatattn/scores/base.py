@@ -167,7 +167,9 @@ class ScoreBias(nn.Module):
     """Base type of an additive bias b(i, j) [E, H] that does not look at q or k.
 
     Attributes:
-        backends: the backends that can add this bias (``dense`` and ``block`` need ``dense``).
+        backends: the backends that can add this bias by its dense form ``dense(ctx)``
+            (``"dense"``, ``"block"``); the dense backend also adds any bias by its per-edge
+            values, so every bias runs there.
         name: registry name.
     """
 
@@ -200,7 +202,9 @@ class Biased(ScoreFunction):
         self.name = "+".join([score.name, *(b.name for b in biases)])
         backends = score.backends - {"flex"}
         for b in biases:
-            backends = backends & b.backends
+            # the dense backend adds any bias: from its dense form, or by scattering its
+            # per-edge values into SDPA's additive mask (backends/dense.py, "scatter")
+            backends = backends & (b.backends | {"dense"})
         self.backends = backends | {"edge"}  # type: ignore[misc]
 
     def parts(self) -> tuple[ScoreFunction, tuple[ScoreBias, ...]]:

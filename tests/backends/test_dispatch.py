@@ -44,7 +44,8 @@ INTENDED: dict[str, tuple[Callable[[], ga.TokenGraph], str]] = {
     "window_dilated": (lambda: ga.window_graph(N, 16, dilation=2), "block"),
     "window_causal": (lambda: ga.window_graph(N, 32, causal=True), "block"),
     "global": (lambda: ga.global_graph(N, [0, 1], window=32), "block"),
-    "bigbird": (lambda: ga.bigbird_graph(N, block_size=64, seed=0), "block"),
+    # 55 % of the 1024² grid: one masked SDPA call beats 16 x 16 tiles
+    "bigbird": (lambda: ga.bigbird_graph(N, block_size=64, seed=0), "dense"),
     "block": (lambda: ga.block_graph(N, 64), "block"),
     "strided": (lambda: ga.strided_graph(N, 32), "block"),
     "fixed": (lambda: ga.fixed_graph(N, 32), "block"),
@@ -84,12 +85,18 @@ def test_auto_picks_the_intended_backend(name: str) -> None:
         assert _explain("scaled_dot", g).startswith(f"{want}: ")
 
 
-def test_raw_edge_index_is_never_dense() -> None:
-    """A complete graph given as a raw edge_index has no tag, so it takes the block path."""
+def test_raw_edge_index_goes_dense_only_once_checked() -> None:
+    """A complete graph given as a raw edge_index has no tag: the scatter plan checks its
+    edges (no repeats, none across sequences) before SDPA runs it with the edges as mask."""
     ei = ga.complete_graph(300).edge_index
-    assert _explain("scaled_dot", ei).startswith("block: ")
-    with pytest.raises(ValueError, match=r"backend='dense' cannot run .* not 'complete'"):
-        _explain("scaled_dot", ei, backend="dense")
+    assert _explain("scaled_dot", ei).startswith("dense: graph inside its sequences")
+    doubled = torch.cat([ei, ei[:, :5]], 1)  # five repeated edges: SDPA would count them once
+    assert not _explain("scaled_dot", doubled).startswith("dense")
+    with pytest.raises(ValueError, match=r"backend='dense' cannot run .* duplicate edges"):
+        _explain("scaled_dot", doubled, backend="dense")
+    crossing = ga.TokenGraph(torch.tensor([[0, 3], [3, 0]]), 6, 6, lengths=[3, 3])
+    with pytest.raises(ValueError, match="an edge joins two sequences"):
+        _explain("scaled_dot", crossing, backend="dense")
 
 
 @pytest.mark.parametrize(

@@ -200,7 +200,7 @@ def test_from_padding_mask_matches_formula() -> None:
     row = torch.arange(3).repeat_interleave(4)
     expected = (row[:, None] == row[None, :]) & valid[None, :]  # [12, 12]
     assert torch.equal(g.to_dense_mask(), expected)
-    assert g.lengths == (4, 4, 4) and g.structure is None
+    assert g.lengths == (4, 4, 4) and g.structure == "masked"
     assert torch.equal(g.in_degree()[8:], torch.zeros(4, dtype=torch.long))  # fully padded row
 
 
@@ -321,7 +321,7 @@ BAD: list[tuple[Callable[[], object], type[Exception], str]] = [
     (lambda: ga.radius_graph(torch.randn(5, 2), 0.0), ValueError, r"r must be a number > 0, got 0.0"),
     (lambda: ga.radius_graph(torch.randn(5, 2), -1), ValueError, r"r must be a number > 0, got -1"),
     (lambda: ga.from_padding_mask(torch.zeros(2, 3)), TypeError, r"bool tensor \[B, L\] \(True = padding\), got torch.float32"),
-    (lambda: ga.from_padding_mask(torch.zeros(6, dtype=torch.bool)), ValueError, r"shape \[B, L\] with L >= 1, got \[6\]"),
+    (lambda: ga.from_padding_mask(torch.zeros(6, dtype=torch.bool)), ValueError, r"shape \[B, L\] with B, L >= 1, got \[6\]"),
     (lambda: ga.bipartite_graph([2, 3], [4]), ValueError, r"n_q has 2 sequences but n_kv has 1"),
     (lambda: ga.bipartite_graph(0, 3), ValueError, r"n_q must be an int >= 1, got 0"),
     (lambda: ga.bipartite_graph([], []), ValueError, r"n_q must name at least one sequence"),
