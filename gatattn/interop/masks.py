@@ -8,7 +8,8 @@ Boolean masks follow nn.MultiheadAttention: ``True`` means *not allowed* (the op
 * no mask: the complete (or, for L != S, complete bipartite) graph of every sequence, tagged, so
   the dense backend runs it with one SDPA call; ``is_causal`` alone: the causal graph.
 * boolean masks shared by the heads: N(i) = { j : M[b, i, j] = 0 }, the batched ``from_mask``
-  graph of the allowed [B, L, S] mask (the dense backend runs the mask itself).
+  graph of the allowed [B, L, S] mask ([B, 1, S] for padding alone); the dense backend hands
+  that mask to SDPA and the edges are never made.
 * float or per-head masks, or any mask when the weights are returned: every (i, j) of a
   sequence is an edge and M rides on it as a bias,
   α_ij = <q_i, k_j>/√D + M[b, h, i, j]; an entry of -inf gives weight 0. The graph has a fixed
@@ -25,6 +26,7 @@ from torch import Tensor
 
 from ..graph import TokenGraph
 from ..patterns import bipartite_graph, causal_graph, complete_graph
+from ..patterns.complete import masked_graph
 from ..scores import DenseContext, Edges, ScoreBias
 
 __all__ = ["AttnMaskBias", "additive_mask", "attention_graph", "pad_keys"]
@@ -121,20 +123,6 @@ def full_graph(batch: int, tgt_len: int, src_len: int, device: torch.device) -> 
     return bipartite_graph([tgt_len] * batch, [src_len] * batch, device=device)
 
 
-def from_mask(allowed: Tensor) -> TokenGraph:
-    """The block-diagonal graph of a batched SDPA-convention mask [B, L, S] (True = may attend).
-
-    Target b·L + i attends to source b·S + j iff allowed[b, i, j].
-    """
-    B, L, S = allowed.shape
-    b, i, j = allowed.nonzero(as_tuple=True)  # [E] each, sorted by (b, i, j)
-    edge_index = torch.stack([b * S + j, b * L + i])  # [2, E] (source, target)
-    return TokenGraph(
-        edge_index, B * S, B * L, lengths=[L] * B, params={"kv_lengths": [S] * B},
-        validate=False,
-    )  # fmt: skip
-
-
 def attention_graph(
     batch: int,
     num_heads: int,
@@ -168,19 +156,22 @@ def attention_graph(
     if causal:
         if tgt_len == src_len:
             return causal_graph(lengths=[tgt_len] * batch, device=device), None
-        allowed = torch.ones(tgt_len, src_len, dtype=torch.bool, device=device).tril()
-        return from_mask(allowed.expand(batch, tgt_len, src_len)), None
+        tril = torch.ones(tgt_len, src_len, dtype=torch.bool, device=device).tril()
+        return masked_graph(tril.expand(batch, tgt_len, src_len), tgt_len, True), None
     if attn_mask is None and key_padding_mask is None:
         return full_graph(batch, tgt_len, src_len, device), None
     per_head = attn_mask is not None and attn_mask.dim() == 3
     floats = any(m is not None and m.is_floating_point() for m in (attn_mask, key_padding_mask))
     if not (floats or per_head or need_weights):  # one boolean pattern: the graph is the mask
-        banned = torch.zeros((), dtype=torch.bool, device=device)
-        if attn_mask is not None:
+        if attn_mask is None:  # padding only: the same keys for every query, [B, 1, S]
+            assert key_padding_mask is not None
+            allowed = ~key_padding_mask.view(batch, 1, src_len)
+        else:
             banned = attn_mask.view(1, tgt_len, src_len)  # [1, L, S]
-        if key_padding_mask is not None:
-            banned = banned | key_padding_mask.view(batch, 1, src_len)  # [B, L, S]
-        return from_mask(~banned.expand(batch, tgt_len, src_len)), None
+            if key_padding_mask is not None:
+                banned = banned | key_padding_mask.view(batch, 1, src_len)  # [B, L, S]
+            allowed = (~banned).expand(batch, tgt_len, src_len)  # [B, L, S]
+        return masked_graph(allowed, tgt_len, True), None  # kept by the graph, never changed
     merged = additive_mask(
         batch, num_heads, tgt_len, src_len,
         key_padding_mask=key_padding_mask, attn_mask=attn_mask, dtype=dtype,
