@@ -115,6 +115,18 @@ def _device(*masks: Tensor | None) -> torch.device | None:
     return None
 
 
+def as_bool(mask: Tensor | None) -> Tensor | None:
+    """A float mask whose entries are all 0 or -inf as the boolean mask it encodes (True =
+    -inf, not allowed); any other mask as it is. nn.TransformerEncoder(Layer) turns a boolean
+    padding mask into such a float mask before calling attention; as a boolean mask it is a
+    graph, which the dense backend runs without per-edge biases. The check reads the values,
+    so it is skipped under torch.compile (the float path is exact too)."""
+    if mask is None or not mask.is_floating_point() or torch.compiler.is_compiling():
+        return mask
+    banned = torch.isneginf(mask)
+    return banned if bool((banned | (mask == 0)).all()) else mask
+
+
 def full_graph(batch: int, tgt_len: int, src_len: int, device: torch.device) -> TokenGraph:
     """Every query of sequence b joined to every key of sequence b (tagged for the dense
     backend): complete for self-attention shapes, complete bipartite otherwise."""
@@ -161,6 +173,8 @@ def attention_graph(
     if attn_mask is None and key_padding_mask is None:
         return full_graph(batch, tgt_len, src_len, device), None
     per_head = attn_mask is not None and attn_mask.dim() == 3
+    if not (per_head or need_weights):  # torch's layers hand over bool masks as 0 / -inf floats
+        key_padding_mask, attn_mask = as_bool(key_padding_mask), as_bool(attn_mask)
     floats = any(m is not None and m.is_floating_point() for m in (attn_mask, key_padding_mask))
     if not (floats or per_head or need_weights):  # one boolean pattern: the graph is the mask
         if attn_mask is None:  # padding only: the same keys for every query, [B, 1, S]
