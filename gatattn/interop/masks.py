@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from ..graph import TokenGraph
-from ..patterns import bipartite_graph, causal_graph, complete_graph
+from ..patterns import causal_graph
 from ..patterns.complete import masked_graph
 from ..scores import DenseContext, Edges, ScoreBias
 
@@ -128,11 +128,35 @@ def as_bool(mask: Tensor | None) -> Tensor | None:
 
 
 def full_graph(batch: int, tgt_len: int, src_len: int, device: torch.device) -> TokenGraph:
-    """Every query of sequence b joined to every key of sequence b (tagged for the dense
-    backend): complete for self-attention shapes, complete bipartite otherwise."""
-    if tgt_len == src_len:
-        return complete_graph(lengths=[tgt_len] * batch, device=device)
-    return bipartite_graph([tgt_len] * batch, [src_len] * batch, device=device)
+    """Every query of sequence b joined to every key of sequence b, tagged complete (L = S) or
+    bipartite, so the dense backend runs it without reading the edges.
+
+    .. math:: N(b, i) = \\{ (b, j) : 0 \\le j < S \\}
+
+    The same graph as ``complete_graph(lengths=[L] * B)`` / ``bipartite_graph``, with edges made
+    only when read, and from sizes that do not depend on data (torch.compile traces them).
+
+    Shapes:
+        edge_index [2, B·L·S], sorted by target, then source.
+    """
+
+    def build() -> Tensor:
+        dst = torch.arange(batch * tgt_len, device=device).repeat_interleave(src_len)  # [E]
+        first = (dst // tgt_len) * src_len  # [E] first key of the query's sequence
+        src = first + torch.arange(src_len, device=device).repeat(batch * tgt_len)  # [E]
+        return torch.stack([src, dst])
+
+    complete = tgt_len == src_len
+    return TokenGraph._deferred(
+        build,
+        batch * src_len,
+        batch * tgt_len,
+        batch * tgt_len * src_len,
+        device=device,
+        structure="complete" if complete else "bipartite",
+        lengths=(tgt_len,) * batch,
+        params={"self_loops": True} if complete else {"kv_lengths": (src_len,) * batch},
+    )
 
 
 def attention_graph(
