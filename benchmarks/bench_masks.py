@@ -34,9 +34,9 @@ import torch
 from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import harness  # noqa: E402  (benchmarks/ is not a package)
+import harness  # benchmarks/ is not a package
 
-import gatattn as ga  # noqa: E402
+import gatattn as ga
 
 D_MODEL, HEADS, FF, LAYERS = 64, 4, 64, 2
 CASES: dict[str, tuple[int, list[int]]] = {
@@ -55,7 +55,9 @@ def no_fastpath() -> Iterator[None]:
         torch.backends.mha.set_fastpath_enabled(old)
 
 
-def models(seed: int) -> dict[str, tuple[nn.Module, Callable[[], contextlib.AbstractContextManager[None]]]]:
+def models(
+    seed: int,
+) -> dict[str, tuple[nn.Module, Callable[[], contextlib.AbstractContextManager[None]]]]:
     torch.manual_seed(seed)
     layer = nn.TransformerEncoderLayer(D_MODEL, HEADS, FF, dropout=0.0, batch_first=True)
     ref = nn.TransformerEncoder(layer, LAYERS)
@@ -83,7 +85,13 @@ def run(repeat: int) -> list[tuple[str, str, str, float]]:
             calls: dict[str, Callable[[], None]] = {}
             for name, (model, ctx) in ms.items():
 
-                def call(model: nn.Module = model, ctx: Callable = ctx, mode: str = mode) -> None:
+                def call(
+                    model: nn.Module = model,
+                    ctx: Callable = ctx,
+                    mode: str = mode,
+                    x: Tensor = x,
+                    pad: Tensor = pad,
+                ) -> None:
                     if mode == "eval fwd":
                         model.eval()
                         with torch.no_grad(), ctx():
