@@ -135,6 +135,8 @@ def project(layer: Layer, x: Tensor, xk: Tensor, xv: Tensor) -> tuple[Tensor, Te
     """
     H, D, C = layer.num_heads, layer.head_dim, layer.embed_dim
     w, b = layer.in_proj_weight, layer.in_proj_bias
+    if b is not None and b.dtype != x.dtype:  # e.g. a half bias with fp64 weights: as torch's
+        b = b.to(x.dtype)  # 3-D matmul + add promotes (a 2-D addmm would refuse the mix)
     if w is not None and xk is x and xv is x:
         q, k, v = F.linear(x, w, b).view(-1, 3, H, D).unbind(1)  # 3 x [N, H, D]
         return q, k, v
