@@ -225,10 +225,13 @@ class GraphMultiheadAttention(nn.Module):
             or None when ``need_weights`` is False.
 
         Raises:
-            ShapeAssertionError / ShapeRuntimeError (ValueErrors that are also torch's
-            AssertionError / RuntimeError): bad ranks, widths or mask shapes, ``is_causal``
-            without ``attn_mask``.  DtypeAssertionError (a TypeError): masks neither bool nor
-            float.  TypeError: inputs or masks that are not tensors.
+            ShapeAssertionError: bad ranks, widths or padding-mask shape (a ValueError and
+                torch's AssertionError).
+            ShapeRuntimeError: a wrongly shaped ``attn_mask``, ``is_causal`` without
+                ``attn_mask`` (a ValueError and torch's RuntimeError).
+            DtypeAssertionError: a mask neither bool nor float (a TypeError and an
+                AssertionError).
+            TypeError: inputs or masks that are not tensors.
         """
         key_padding_mask = check_mask_dtype(key_padding_mask, "key_padding_mask", attn_mask)
         attn_mask = check_mask_dtype(attn_mask, "attn_mask")
