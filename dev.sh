@@ -22,7 +22,7 @@ setup() {
     [ -x "$PY" ] || python3 -m venv "$VENV"
     "$PY" -m pip install --quiet --upgrade pip </dev/null
     "$PY" -c "import torch" 2>/dev/null || "$PY" -m pip install --quiet "$TORCH_SPEC" </dev/null
-    "$PY" -m pip install --quiet -e ".[test,plot,analysis,pretrained,docs]" sentence-transformers </dev/null
+    "$PY" -m pip install --quiet -e ".[test,plot,analysis,pretrained,hf,docs]" sentence-transformers </dev/null
     echo "$want" > "$STAMP"
 }
 

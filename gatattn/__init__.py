@@ -5,15 +5,17 @@
 See docs/math.md for the equations and docs/architecture.md for the layers of the package.
 """
 
-from . import analysis, plot, pretrained
+from . import analysis, hf, plot, pretrained
 from ._version import __version__
 from .analysis import attention_flow, attention_rollout
 from .export import from_networkx, layered_graph, to_networkx, write_graph
 from .graph import TokenGraph, as_token_graph
+from .graphormer import AddShortestPaths, DegreeEncoding, GraphormerLayer, GraphToken
 from .interop import GraphMultiheadAttention, GraphTransformerEncoderLayer, convert
 from .kernels import neighbourhood_softmax
 from .nn import Attention, GraphAttention
 from .patterns import (
+    ShortestPaths,
     bigbird_graph,
     bipartite_graph,
     block_graph,
@@ -25,6 +27,8 @@ from .patterns import (
     global_graph,
     knn_graph,
     radius_graph,
+    shortest_path_distances,
+    shortest_paths,
     star_graph,
     strided_graph,
     window_graph,
@@ -33,24 +37,33 @@ from .pyg import GraphTransformerBlock
 from .scores import (
     ALiBi,
     EdgeFeatureBias,
+    PathEncodingBias,
     RelativePositionBias,
     ScoreBias,
     ScoreFunction,
+    SpatialBias,
     make_score,
     register_score,
 )
 
 __all__ = [
     "ALiBi",
+    "AddShortestPaths",
     "Attention",
+    "DegreeEncoding",
     "EdgeFeatureBias",
     "GraphAttention",
     "GraphMultiheadAttention",
+    "GraphToken",
     "GraphTransformerBlock",
     "GraphTransformerEncoderLayer",
+    "GraphormerLayer",
+    "PathEncodingBias",
     "RelativePositionBias",
     "ScoreBias",
     "ScoreFunction",
+    "ShortestPaths",
+    "SpatialBias",
     "TokenGraph",
     "__version__",
     "analysis",
@@ -68,6 +81,7 @@ __all__ = [
     "from_networkx",
     "from_padding_mask",
     "global_graph",
+    "hf",
     "knn_graph",
     "layered_graph",
     "make_score",
@@ -76,6 +90,8 @@ __all__ = [
     "pretrained",
     "radius_graph",
     "register_score",
+    "shortest_path_distances",
+    "shortest_paths",
     "star_graph",
     "strided_graph",
     "to_networkx",

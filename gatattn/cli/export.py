@@ -8,7 +8,10 @@ The default ``--model tiny`` is a small built-in model with random but seeded we
 
 (the toy encoder of ``gatattn.cli._toy``, which ``gatattn demo`` trains)
 so the pictures show the mechanics (who attends to whom, per head), not linguistic meaning.
-``--model minilm`` runs the pretrained all-MiniLM-L6-v2 encoder (``gatattn[pretrained]``).
+``--model minilm`` runs the pretrained all-MiniLM-L6-v2 encoder (``gatattn[pretrained]``), and
+``--model <folder>`` any Hugging Face model saved in a local folder (config, safetensors,
+tokenizer; ``gatattn[hf]``), converted by ``gatattn.convert``. ``--html`` also writes the
+interactive view ``attention.html`` (``ga.plot.attention_html``).
 """
 
 from __future__ import annotations
@@ -38,6 +41,9 @@ example:
       the strongest edges and the PageRank of the tokens.
 
   gatattn export --tokens the cat sat --format json --heads 2 --layers 3 --out out/
+  gatattn export --model path/to/bert-folder --text "the cat sat" --html --out out/
+      a Hugging Face model folder (save_pretrained), and out/attention.html: the interactive
+      head and model views (open it in a browser; it loads nothing from the network)
   python -c "import networkx as nx; print(nx.read_graphml('out/layer0.graphml'))"
 """
 
@@ -106,18 +112,46 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--format", choices=["graphml", "gexf", "json"], default="graphml", help="graph file type"
     )
-    parser.add_argument("--model", choices=["tiny", "minilm"], default="tiny", help="default tiny")
+    parser.add_argument(
+        "--model",
+        default="tiny",
+        metavar="tiny|minilm|FOLDER",
+        help="tiny (default), minilm, or a local Hugging Face model folder",
+    )
     parser.add_argument("--layers", type=int, default=2, help="tiny model: layers (default 2)")
     parser.add_argument("--heads", type=int, default=3, help="tiny model: heads (default 3)")
     parser.add_argument("--dim", type=int, default=24, help="tiny model: width (default 24)")
     parser.add_argument("--seed", type=int, default=0, help="tiny model: seed (default 0)")
     parser.add_argument("--no-png", action="store_true", help="write the graph files only")
     parser.add_argument(
+        "--html", action="store_true", help="also write attention.html, the interactive view"
+    )
+    parser.add_argument(
         "--threshold", type=float, default=0.1, help="graph.png: hide edges below this weight"
     )
 
 
+def _run_folder(args: argparse.Namespace) -> tuple[list[str], list[ga.Attention]]:
+    """A local Hugging Face model folder, converted; the word pieces are the tokens."""
+    folder = Path(args.model)
+    if not (folder / "config.json").is_file():
+        raise UsageError(
+            f"--model {args.model!r} is neither tiny, minilm nor a model folder with a config.json"
+        )
+    try:
+        model, tokenizer = ga.hf.load_folder(folder)
+    except ImportError as err:
+        raise UsageError(f"--model FOLDER needs the hf extra: pip install gatattn[hf] ({err})") from None
+    except (OSError, ValueError) as err:  # no tokenizer, or an attention gatattn does not support
+        raise UsageError(f"cannot load {folder}: {err}") from None
+    text = args.text if args.text is not None else " ".join(args.tokens)
+    res = ga.hf.attention_graphs(model, text, tokenizer=tokenizer)
+    return res.tokens, res.attentions
+
+
 def _run_model(args: argparse.Namespace) -> tuple[list[str], list[ga.Attention]]:
+    if args.model not in ("tiny", "minilm"):
+        return _run_folder(args)
     if args.model == "minilm":
         try:  # the module, or the weights package that minilm() imports, may be missing
             from ..pretrained import minilm
@@ -154,6 +188,10 @@ def run(args: argparse.Namespace) -> int:
         title = f"last layer, mean over heads, weight >= {args.threshold:g}"
         ga.plot.graph(G, threshold=args.threshold, path=args.out / "graph.png", title=title)
         written += [args.out / "heatmap.png", args.out / "graph.png"]
+    if args.html:
+        title = f"{args.model} model: {' '.join(tokens)}"
+        ga.plot.attention_html(attentions, tokens, title=title, path=args.out / "attention.html")
+        written.append(args.out / "attention.html")
     print(
         f"{len(tokens)} tokens, {len(attentions)} layers, {last.num_heads} heads ({args.model} model)"
     )

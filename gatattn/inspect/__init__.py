@@ -2,7 +2,7 @@
 
 The modules import one way only::
 
-    matrices  ->  export  ->  analysis        plot (reads matrices; imported by none of them)
+    matrices  ->  export  ->  analysis        html -> plot (read matrices; imported by none of them)
 
 - ``matrices``: Attention -> arrays: head choice, duplicate-edge merge, residual adjustment
   Â = rownorm(0.5·A + 0.5·I) (eq. R1), dense matrices A[i, j] = Attn_ij (row = query).
@@ -12,12 +12,14 @@ The modules import one way only::
   strength.
 - ``plot``: ``heatmap`` and ``graph`` pictures (matplotlib is imported inside them); they stay
   under ``plot.`` (``gatattn.inspect.plot.heatmap``, like ``ga.plot.heatmap``).
+- ``html``: ``attention_html``, an interactive view in one self-contained HTML file (head and
+  model views); re-exported by ``plot`` (``ga.plot.attention_html``).
 
 ``gatattn.analysis``, ``gatattn.export`` and ``gatattn.plot`` re-export these names for the
 import paths that existed before this package.
 """
 
-from . import analysis, export, matrices, plot
+from . import analysis, export, html, matrices, plot
 from .analysis import (
     attention_entropy,
     attention_flow,
@@ -64,6 +66,7 @@ __all__ = [
     "check_weights_sum",
     "export",
     "from_networkx",
+    "html",
     "layered_graph",
     "matrices",
     "merge_duplicates",

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from ..nn import Attention
+from .html import attention_html
 from .matrices import HeadSpec, attention_matrix, check_head
 
 if TYPE_CHECKING:
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-__all__ = ["graph", "heatmap"]
+__all__ = ["attention_html", "graph", "heatmap"]
 
 
 def _save(fig: Figure, path: str | Path | None) -> None:

@@ -26,11 +26,20 @@ def convert(model: nn.Module, *, backend: str = "auto") -> nn.Module:
         model: any module (an ``nn.MultiheadAttention`` itself is converted too).
         backend: GraphAttention backend for every twin.
 
+    A Hugging Face ``transformers`` model goes to ``gatattn.hf.convert`` instead (a copy too;
+    its attention modules stay and call gatattn's attention function, docs/hf.md).
+
     Raises:
         TypeError: ``model`` is not an nn.Module.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"convert needs an nn.Module, got {type(model).__name__}")
+    from ..hf.families import is_hf_model  # Hugging Face models: docs/hf.md
+
+    if is_hf_model(model):
+        from ..hf import convert as convert_hf
+
+        return convert_hf(model, backend=backend)
     if isinstance(model, nn.MultiheadAttention):
         return GraphMultiheadAttention.from_torch(model, backend=backend)
     new = copy.deepcopy(model)

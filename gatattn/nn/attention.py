@@ -175,7 +175,8 @@ class GraphAttention(MessagePassing):
         g = as_token_graph(graph, num_src=xk.size(0), num_dst=x.size(0))
         if batch is not None:
             g = check.with_batch(g, batch)
-        edge_attr = check.check_edge_inputs(edge_attr, g.num_edges)
+        if edge_attr is not None:  # E of a mask graph is a count over its mask: only if needed
+            edge_attr = check.check_edge_inputs(edge_attr, g.num_edges)
         q, k, v = self.project(x, xk, xv)  # [N_t, H, D], [N_s, H, D], [N_s, H, D]
         p = self._problem(q, k, v, g, edge_attr, return_attention)
         res = attend(p, "edge" if p.aggregate is not None else self.backend)

@@ -48,11 +48,13 @@ from .sequence import (
     strided_graph,
     window_graph,
 )
+from .shortest_path import ShortestPaths, shortest_path_distances, shortest_paths
 from .spatial import knn_graph, radius_graph
 
 __all__ = [
     "GALLERY",
     "MAX_EDGES",
+    "ShortestPaths",
     "bigbird_block_mask",
     "bigbird_graph",
     "bipartite_graph",
@@ -65,6 +67,8 @@ __all__ = [
     "global_graph",
     "knn_graph",
     "radius_graph",
+    "shortest_path_distances",
+    "shortest_paths",
     "show",
     "star_graph",
     "strided_graph",

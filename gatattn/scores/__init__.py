@@ -3,9 +3,10 @@
     base        ScoreFunction, ScoreBias, Biased (score + biases), Edges, DenseContext
     functions   scaled_dot, dot, additive (GAT), gatv2, cosine, bilinear, neg_distance, callables
     biases      relative position (T5), ALiBi, edge features
+    structural  Graphormer's spatial (hop distance) and path (edge) encodings
     registry    names -> factories, ``make_score("gatv2+alibi", H, D)``
 
-Imports run one way: base <- functions, biases <- registry.
+Imports run one way: base <- functions, biases, structural <- registry.
 """
 
 from .base import Biased, DenseContext, Edges, ScoreBias, ScoreCallable, ScoreFunction, check_scores
@@ -21,9 +22,11 @@ from .functions import (
     ScaledDot,
 )
 from .registry import BIASES, SCORES, make_score, register_score
+from .structural import GRAPH_TOKEN_DISTANCE, PathEncodingBias, SpatialBias
 
 __all__ = [
     "BIASES",
+    "GRAPH_TOKEN_DISTANCE",
     "SCORES",
     "ALiBi",
     "Additive",
@@ -37,11 +40,13 @@ __all__ = [
     "Edges",
     "GATv2",
     "NegDistance",
+    "PathEncodingBias",
     "RelativePositionBias",
     "ScaledDot",
     "ScoreBias",
     "ScoreCallable",
     "ScoreFunction",
+    "SpatialBias",
     "alibi_slopes",
     "check_scores",
     "make_score",

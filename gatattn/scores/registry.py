@@ -11,6 +11,7 @@ from collections.abc import Callable
 from . import functions as fn
 from .base import Biased, ScoreBias, ScoreCallable, ScoreFunction
 from .biases import ALiBi, RelativePositionBias
+from .structural import SpatialBias
 
 __all__ = ["BIASES", "SCORES", "make_score", "register_score"]
 
@@ -27,10 +28,12 @@ SCORES: dict[str, Callable[[int, int], ScoreFunction]] = {
 }
 
 
-#: name -> factory(num_heads) -> ScoreBias (edge_features needs edge_dim: build it directly)
+#: name -> factory(num_heads) -> ScoreBias (edge_features needs edge_dim: build it directly;
+#: "spatial" is SpatialBias(H, max_distance=20) and reads the hop distances as edge_attr)
 BIASES: dict[str, Callable[[int], ScoreBias]] = {
     "relative_position": lambda h: RelativePositionBias(h),
     "alibi": lambda h: ALiBi(h),
+    "spatial": lambda h: SpatialBias(h),
 }
 
 

@@ -41,7 +41,7 @@ OLD_NAMES = {
         "to_networkx",
         "write_graph",
     ],
-    "plot": ["graph", "heatmap"],
+    "plot": ["attention_html", "graph", "heatmap"],  # attention_html: added with the HTML view
 }
 
 
@@ -115,7 +115,8 @@ def test_modules_import_one_way_and_no_private_names() -> None:
         "matrices": set(),
         "export": {"matrices"},
         "analysis": {"matrices", "export"},
-        "plot": {"matrices"},
+        "plot": {"matrices", "html"},
+        "html": {"matrices", "_html_template"},
     }
     for name, allowed in want.items():
         path = INSPECT / f"{name}.py"

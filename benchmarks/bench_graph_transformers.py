@@ -1,0 +1,175 @@
+"""Graph-transformer speed (docs/graph_transformers.md): Graphormer's spatial bias on batches of
+small complete graphs, and the shortest-path distances that feed it.
+
+Case S1, one attention layer, fwd+bwd, on 128 random trees with chords of 15-35 nodes
+(C=64, H=8). Every gatattn row is a ``ga.GraphAttention`` over the complete graph of each tree
+(``ga.shortest_path_distances``); the PyG rows are the same width and heads:
+
+    gatattn no bias        scaled_dot on the complete graphs (the dense backend: one SDPA call)
+    gatattn SpatialBias    scaled_dot + SpatialBias(H, 20), edge_attr = the hop distances
+    gatattn EdgeFeatureBias  scaled_dot + EdgeFeatureBias on one-hot distances [E, 22] (the
+                           closest part before SpatialBias existed)
+    GATConv / TransformerConv (input)     PyG on the trees' own edges (the usual GNN use)
+    GATConv / TransformerConv (complete)  PyG on the same complete graphs
+
+Case S2, ``ga.shortest_path_distances`` on 1,000 random trees with chords of 20-40 nodes
+(one batched call) against ``networkx.all_pairs_shortest_path_length`` per graph and SciPy's
+``scipy.sparse.csgraph.shortest_path`` (BFS, unweighted) per graph, on the same graphs.
+
+Times are medians of interleaved rounds (every method once per round), in ms.
+
+    python benchmarks/bench_graph_transformers.py            # both cases
+    python benchmarks/bench_graph_transformers.py --quick    # small sizes, a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+import gatattn as ga
+
+
+def trees_with_chords(
+    num_graphs: int, low: int, high: int, seed: int = 0
+) -> tuple[Tensor, Tensor, list[int]]:
+    """Undirected random trees (each node hangs under a random earlier one) plus n/5 random
+    chords, both directions stored. Returns (edge_index [2, E], batch [N], sizes)."""
+    gen = torch.Generator().manual_seed(seed)
+    edges, sizes, start = [], [], 0
+    for _ in range(num_graphs):
+        n = int(torch.randint(low, high + 1, (1,), generator=gen))
+        child = torch.arange(1, n)
+        parent = (torch.rand(n - 1, generator=gen) * child).long()  # [n-1] in [0, child)
+        chords = torch.randint(0, n, (2, max(1, n // 5)), generator=gen)
+        e = torch.cat([torch.stack([parent, child]), chords], 1)
+        e = e[:, e[0] != e[1]]
+        edges.append(torch.cat([e, e.flip(0)], 1) + start)
+        sizes.append(n)
+        start += n
+    batch = torch.arange(num_graphs).repeat_interleave(torch.tensor(sizes))
+    return torch.cat(edges, 1), batch, sizes
+
+
+def median_ms(methods: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
+    """Median wall time per method over interleaved rounds (after one warm-up call each)."""
+    for f in methods.values():
+        f()
+    times: dict[str, list[float]] = {name: [] for name in methods}
+    for _ in range(rounds):
+        for name, f in methods.items():
+            t0 = time.perf_counter()
+            f()
+            times[name].append((time.perf_counter() - t0) * 1e3)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def case_s1(num_graphs: int, channels: int, heads: int, rounds: int) -> dict[str, float]:
+    """One attention layer, fwd+bwd, ms."""
+    from torch_geometric.nn import GATConv, TransformerConv
+
+    ei, batch, _ = trees_with_chords(num_graphs, 15, 35, seed=1)
+    N = batch.numel()
+    g, dist = ga.shortest_path_distances(ei, N, batch=batch, max_distance=20)
+    onehot = torch.nn.functional.one_hot(dist, 22).float()  # [E_c, 22]
+    C, H = channels, heads
+    x = torch.randn(N, C, requires_grad=True)
+    plain = ga.GraphAttention(C, H)
+    spatial = ga.GraphAttention(
+        C, H, score=ga.make_score("scaled_dot", H, C // H) + ga.SpatialBias(H)
+    )
+    edgefeat = ga.GraphAttention(
+        C, H, score=ga.make_score("scaled_dot", H, C // H) + ga.EdgeFeatureBias(22, H)
+    )
+    gat = GATConv(C, C // H, heads=H)
+    tconv = TransformerConv(C, C // H, heads=H)
+    print(f"S1: {num_graphs} graphs, N={N}, input E={ei.size(1)}, complete E={g.num_edges}")
+    print(f"    no bias:     {plain.explain_backend(x, g)}")
+    print(f"    SpatialBias: {spatial.explain_backend(x, g)}")
+
+    def step(f: Callable[[], Tensor]) -> Callable[[], None]:
+        def run() -> None:
+            out = f()
+            out.sum().backward()
+
+        return run
+
+    methods = {
+        "gatattn no bias": step(lambda: plain(x, g)),
+        "gatattn SpatialBias": step(lambda: spatial(x, g, edge_attr=dist)),
+        "gatattn EdgeFeatureBias (one-hot)": step(lambda: edgefeat(x, g, edge_attr=onehot)),
+        "GATConv (input graph)": step(lambda: gat(x, ei)),
+        "TransformerConv (input graph)": step(lambda: tconv(x, ei)),
+        "GATConv (complete graph)": step(lambda: gat(x, g.edge_index)),
+        "TransformerConv (complete graph)": step(lambda: tconv(x, g.edge_index)),
+    }
+    return median_ms(methods, rounds)
+
+
+def case_s2(num_graphs: int, rounds: int) -> dict[str, float]:
+    """All-pairs hop distances of ``num_graphs`` graphs, ms."""
+    import networkx as nx
+    import numpy as np
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.csgraph import shortest_path
+
+    ei, batch, sizes = trees_with_chords(num_graphs, 20, 40, seed=2)
+    N = batch.numel()
+    starts = [0]
+    for n in sizes[:-1]:
+        starts.append(starts[-1] + n)
+    per_graph = [ei[:, batch[ei[0]] == b] - starts[b] for b in range(num_graphs)]
+    nx_graphs, sp_graphs = [], []
+    for n, e in zip(sizes, per_graph):
+        G = nx.Graph()
+        G.add_nodes_from(range(n))
+        G.add_edges_from(e.t().tolist())
+        nx_graphs.append(G)
+        sp_graphs.append(csr_matrix((np.ones(e.size(1)), (e[0].numpy(), e[1].numpy())), (n, n)))
+    print(f"S2: {num_graphs} graphs of 20-40 nodes, N={N}, E={ei.size(1)}")
+    methods = {
+        "gatattn shortest_path_distances": lambda: ga.shortest_path_distances(ei, N, batch=batch),
+        "networkx all_pairs_shortest_path_length": lambda: [
+            dict(nx.all_pairs_shortest_path_length(G)) for G in nx_graphs
+        ],
+        "scipy csgraph.shortest_path per graph": lambda: [
+            shortest_path(a, unweighted=True, directed=True) for a in sp_graphs
+        ],
+    }
+    return median_ms(methods, rounds)
+
+
+def _table(title: str, times: dict[str, float], base: str) -> None:
+    print(f"\n| {title} | ms | ÷ {base} |\n|---|---:|---:|")
+    for name, ms in times.items():
+        print(f"| {name} | {ms:,.1f} | {ms / times[base]:.2f} |")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
+    parser.add_argument("--cases", default="S1,S2", help="comma-separated: S1, S2")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--channels", type=int, default=64)
+    parser.add_argument("--heads", type=int, default=8)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    print(f"torch {torch.__version__}, {args.threads} thread(s), quick={args.quick}")
+    cases = {c.strip() for c in args.cases.split(",")}
+    if "S1" in cases:
+        t = case_s1(16 if args.quick else 128, args.channels, args.heads, args.rounds)
+        _table("S1 layer fwd+bwd", t, "gatattn no bias")
+    if "S2" in cases:
+        t = case_s2(50 if args.quick else 1000, args.rounds)
+        _table("S2 all-pairs hop distances", t, "networkx all_pairs_shortest_path_length")
+
+
+if __name__ == "__main__":
+    main()

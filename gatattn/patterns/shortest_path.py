@@ -1,0 +1,306 @@
+"""Shortest-path graphs: the complete graph of each input graph, with hop distances (Graphormer).
+
+    N(i) = { j : graph(j) = graph(i) }        dist_ij = φ(j → i), hops along the input edges
+
+φ(j → i) is the number of edges on a shortest directed path from the source j to the target i
+following the input edges row 0 → row 1 (PyG's flow), clipped to ``max_distance``; pairs with no
+path get ``max_distance + 1``. It is Graphormer's spatial encoding input (Ying et al. 2021, "Do
+Transformers Really Perform Badly for Graph Representation?", Sec. 3.1.2).
+
+How: breadth-first search from every node at once, as boolean matrix products on dense
+adjacency blocks [B_k, P, P], one block per size P (the B_k graphs of that size; no padding,
+so a block's distances are already in the complete graph's edge order). Each step is one ``bmm``,
+and the search stops when no pair is newly reached. The work is per graph, never all pairs of
+the whole block-diagonal batch: O(Σ_b n_b³ · diameter) flops for a batch of small graphs.
+``scipy.sparse.csgraph`` runs one Python call per graph, and networkx one BFS per node; both
+are slower on batches of small graphs (benchmarks/bench_graph_transformers.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..graph import TokenGraph
+from ..validation import validate_edge_index
+from .complete import complete_graph
+
+__all__ = ["ShortestPaths", "shortest_path_distances", "shortest_paths"]
+
+#: Upper bound on the elements of one [B_k, P, P, P] temporary of the path search.
+_PATH_CHUNK = 1 << 22
+
+
+@dataclass(frozen=True)
+class ShortestPaths:
+    """The result of ``shortest_paths``: the complete graph, distances and (optionally) paths.
+
+    Attributes:
+        graph: the complete graph over the nodes of each input graph (self pairs included),
+            block-diagonal by ``batch``; ``graph.lengths`` holds the node count of each graph.
+        distance: LongTensor [E_c], aligned with ``graph.edge_index``: hops from source j to
+            target i, clipped to ``max_distance``; ``max_distance + 1`` where there is no path.
+        path: LongTensor [E_c, M] (M = ``max_hops``): the ids (columns of the input
+            ``edge_index``) of the first M edges of one shortest path from j to i, in order
+            from j; -1 where the path is shorter. None when ``max_hops=0``.
+    """
+
+    graph: TokenGraph
+    distance: Tensor
+    path: Tensor | None = None
+
+    def path_inputs(self, edge_attr: Tensor) -> dict[str, Tensor]:
+        """The per-edge inputs of ``SpatialBias`` and ``PathEncodingBias`` for ``GraphAttention``.
+
+        Args:
+            edge_attr: features of the input edges [E_in, F] ([E_in] is read as [E_in, 1]).
+
+        Returns:
+            ``{"distance": [E_c], "path_attr": [E_c, M, F], "path_len": [E_c]}``: the features
+            of the edges along each path (zero rows past its end) and the number of edges used.
+
+        Raises:
+            ValueError: no paths were computed (``max_hops=0``), or ``edge_attr`` is not [E_in, F].
+        """
+        if self.path is None:
+            raise ValueError("path_inputs needs paths: call shortest_paths(..., max_hops=M > 0)")
+        attr = edge_attr.unsqueeze(-1) if edge_attr.dim() == 1 else edge_attr  # [E_in, F]
+        if attr.dim() != 2:
+            raise ValueError(f"edge_attr must be [E_in, F], got shape {list(edge_attr.shape)}")
+        valid = self.path >= 0  # [E_c, M]
+        if valid.any() and int(self.path.max()) >= attr.size(0):
+            raise ValueError(
+                f"edge_attr has {attr.size(0)} rows but the paths use input edge "
+                f"{int(self.path.max())}: pass the features of the input edges"
+            )
+        feats = attr[self.path.clamp(min=0)] * valid.unsqueeze(-1).to(attr.dtype)  # [E_c, M, F]
+        return {"distance": self.distance, "path_attr": feats, "path_len": valid.sum(-1)}
+
+
+def _check_max(value: object, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+    return value
+
+
+def _graph_sizes(batch: Tensor | None, num_nodes: int, edge_index: Tensor) -> Tensor:
+    """Node count of each input graph [B], after checking ``batch`` against ``edge_index``."""
+    if batch is None:
+        return torch.tensor([num_nodes], device=edge_index.device)
+    if not isinstance(batch, Tensor) or batch.dim() != 1 or batch.numel() != num_nodes:
+        shape = list(batch.shape) if isinstance(batch, Tensor) else type(batch).__name__
+        raise ValueError(f"batch must be a LongTensor [num_nodes={num_nodes}], got {shape}")
+    if batch.dtype != torch.long:
+        raise ValueError(f"batch must have dtype torch.long, got {batch.dtype}")
+    if int(batch.min()) < 0:
+        raise ValueError(f"batch holds a negative graph id ({int(batch.min())})")
+    if bool((batch[1:] < batch[:-1]).any()):
+        raise ValueError(
+            "batch must be sorted (the nodes of each graph contiguous, as PyG's Batch gives them)"
+        )
+    if edge_index.numel():
+        cross = batch[edge_index[0]] != batch[edge_index[1]]  # [E]
+        if bool(cross.any()):
+            e = int(cross.nonzero()[0])
+            j, i = int(edge_index[0, e]), int(edge_index[1, e])
+            raise ValueError(
+                f"batch disagrees with edge_index: edge {e} ({j} -> {i}) joins graph "
+                f"{int(batch[j])} to graph {int(batch[i])}"
+            )
+    sizes = torch.bincount(batch)  # [B] (ids with no node give 0 and are dropped)
+    return sizes[sizes > 0]
+
+
+def _bfs(adj: Tensor) -> Tensor:
+    """All-pairs hop counts of a block of graphs by breadth-first search as matrix products.
+
+    ``adj[b, i, m] = 1`` iff an edge m → i exists. R_d[i, j] = 1 iff j reaches i in at most d
+    hops: R_0 = I, R_d = min(R_{d-1} + A R_{d-1}, 1) (one ``baddbmm``). The search stops at the
+    first d with R_d = R_{d-1}; then φ(j → i) = #{d' < d : R_{d'}[i, j] = 0}, the number of
+    steps before j reached i. Float 0/1 products are exact (sums stay below 2^24).
+
+    Shapes:
+        adj [B, P, P] float -> dist [B, P, P] long, dist[b, i, j] = hops j → i, or -1 (no path).
+    """
+    B, P, _ = adj.shape
+    reach = torch.eye(P, dtype=adj.dtype, device=adj.device).expand(B, P, P).contiguous()
+    seen = reach.clone()  # Σ_{d' < d} R_{d'} [B, P, P]
+    total = P * B
+    # float32 sums of 0/1 are exact below 2^24 elements; larger blocks sum in float64
+    acc = torch.float32 if B * P * P < (1 << 24) else torch.float64
+    steps = 1
+    for _ in range(1, P):
+        reach = torch.baddbmm(reach, adj, reach).clamp_(max=1.0)  # R_d [B, P, P]
+        now = int(reach.sum(dtype=acc))
+        if now == total:
+            break
+        seen += reach
+        total, steps = now, steps + 1
+    dist = (steps - seen).long()  # [B, P, P]
+    return dist.masked_fill_(reach == 0, -1)
+
+
+def _successors(adj: Tensor, dist: Tensor) -> Tensor:
+    """First hop of a shortest path: ``succ[b, i, j] = m`` with an edge j → m and
+    dist[i, m] = dist[i, j] - 1 (the smallest such m).
+
+    Shapes:
+        adj [B, P, P], dist [B, P, P] (-1 = no path) -> succ [B, P, P] long.
+    """
+    B, P, _ = adj.shape
+    out = torch.zeros(B, P, P, dtype=torch.long, device=adj.device)
+    # temporaries [b, r, P, P] of at most _PATH_CHUNK elements: graphs, then targets i, in chunks
+    rows = max(1, min(P, _PATH_CHUNK // max(1, P * P)))
+    graphs = max(1, _PATH_CHUNK // max(1, rows * P * P))
+    edge = adj > 0  # [B, m, j]: edge j -> m
+    for s in range(0, B, graphs):
+        for r in range(0, P, rows):
+            d = dist[s : s + graphs, r : r + rows]  # [b, r, x]: dist[i, x] for these targets
+            closer = d[:, :, :, None] == (d[:, :, None, :] - 1)  # [b, r, m, j]
+            ok = closer & edge[s : s + graphs, None, :, :] & (d[:, :, None, :] > 0)
+            out[s : s + graphs, r : r + rows] = ok.to(torch.uint8).argmax(2)  # [b, r, j]
+    return out
+
+
+def shortest_paths(
+    edge_index: Tensor,
+    num_nodes: int,
+    *,
+    batch: Tensor | None = None,
+    max_distance: int = 20,
+    max_hops: int = 0,
+) -> ShortestPaths:
+    """Hop distances (and optionally one shortest path) between all node pairs of each graph.
+
+    .. math::
+        N(i) = \\{ j : \\mathrm{graph}(j) = \\mathrm{graph}(i) \\}, \\qquad
+        \\mathrm{dist}_{ij} = \\min(\\varphi(j \\to i), \\; d_{max}), \\;\\;
+        d_{max} + 1 \\text{ if no path}
+
+    φ(j → i) counts the edges of a shortest directed path from j to i along the input edges
+    (row 0 → row 1); give both directions (``torch_geometric.utils.to_undirected``) for an
+    undirected graph. Isolated nodes and 1-node graphs are fine.
+
+    Args:
+        edge_index: the input graphs' edges [2, E_in], row 0 source, row 1 target.
+        num_nodes: N, the number of nodes of all input graphs together.
+        batch: graph id of each node [N], sorted (as PyG's ``Batch`` gives it); None for one
+            graph. Edges must stay within a graph.
+        max_distance: d_max >= 0; longer distances are clipped to it (default 20).
+        max_hops: M >= 0, how many edges of one shortest path to return per pair (Graphormer's
+            ``multi_hop_max_dist``; default 0: no paths).
+
+    Returns:
+        A ``ShortestPaths`` (graph, distance [E_c], path [E_c, M] or None), with
+        E_c = Σ_b n_b², in ``complete_graph(lengths=...)`` edge order (by target, then source).
+
+    Raises:
+        ValueError: ``max_distance`` or ``max_hops`` is not an int >= 0, ``num_nodes`` < 1,
+            ``batch`` is malformed, unsorted or disagrees with ``edge_index``.
+        TypeError: ``edge_index`` is not a LongTensor.
+    """
+    max_distance = _check_max(max_distance, "max_distance")
+    max_hops = _check_max(max_hops, "max_hops")
+    if isinstance(num_nodes, bool) or not isinstance(num_nodes, int) or num_nodes < 1:
+        raise ValueError(f"num_nodes must be an int >= 1, got {num_nodes!r}")
+    validate_edge_index(edge_index, num_nodes, num_nodes)
+    device = edge_index.device
+    sizes = _graph_sizes(batch, num_nodes, edge_index)  # [B]
+    B = sizes.numel()
+    starts = torch.cumsum(sizes, 0) - sizes  # [B] first node of each graph
+    graph_of = torch.arange(B, device=device).repeat_interleave(sizes)  # [N]
+    local = torch.arange(num_nodes, device=device) - starts[graph_of]  # [N] position in graph
+    num_pairs = sizes * sizes  # [B]
+    pair_start = torch.cumsum(num_pairs, 0) - num_pairs  # [B] first complete edge of each graph
+    E_c = int(num_pairs.sum())
+    dist = torch.empty(E_c, dtype=torch.long, device=device)
+    path = torch.full((E_c, max_hops), -1, dtype=torch.long, device=device)
+
+    # graphs grouped by size (stable: ascending ids within a size); slot = rank among them
+    order = torch.argsort(sizes, stable=True)  # [B]
+    keys, per_bucket = torch.unique_consecutive(sizes[order], return_counts=True)  # [K]
+    slot = torch.empty_like(order)
+    slot[order] = torch.arange(B, device=device) - (
+        torch.cumsum(per_bucket, 0) - per_bucket
+    ).repeat_interleave(per_bucket)
+    bucket = torch.searchsorted(keys, sizes)  # [B] bucket of each graph
+    # every input edge once: its flat index (slot, target, source) in its bucket's block
+    e_graph = graph_of[edge_index[0]]  # [E_in]
+    P_e = sizes[e_graph]  # [E_in]
+    flat_all = (slot[e_graph] * P_e + local[edge_index[1]]) * P_e + local[edge_index[0]]
+    e_order = torch.argsort(bucket[e_graph], stable=True)  # [E_in] edges by bucket
+    flat_sorted = flat_all[e_order]
+    e_end = torch.cumsum(torch.bincount(bucket[e_graph], minlength=keys.numel()), 0).tolist()
+    g_end = torch.cumsum(per_bucket, 0).tolist()
+    for k, P in enumerate(keys.tolist()):
+        members = order[(g_end[k - 1] if k else 0) : g_end[k]]  # [B_k] graphs of this bucket
+        e0 = e_end[k - 1] if k else 0
+        flat = flat_sorted[e0 : e_end[k]]  # [e_in] this bucket's input edges
+        # adjacency block [B_k, P, P]: adj[s, i, m] = 1 iff an edge m -> i
+        adj = torch.zeros(members.numel() * P * P, device=device)
+        adj[flat] = 1.0
+        adj = adj.view(-1, P, P)
+        raw = _bfs(adj)  # [B_k, P, P], -1 = no path
+        # graph by graph, target-major: the complete graph's edge order within each graph
+        d = raw.reshape(-1, P * P)  # [B_k, P²]
+        pairs = pair_start[members, None] + torch.arange(P * P, device=device)  # [B_k, P²]
+        dist[pairs] = torch.where(d < 0, max_distance + 1, d.clamp(max=max_distance))
+        if max_hops:
+            eid = torch.full((members.numel() * P * P,), -1, dtype=torch.long, device=device)
+            ids = e_order[e0 : e_end[k]]  # [e_in] ids of this bucket's input edges
+            eid.scatter_reduce_(0, flat, ids, reduce="amax")  # one id per (m -> i)
+            eid = eid.view(-1, P, P)  # [B_k, P(target), P(source)]
+            succ = _successors(adj, raw)  # [B_k, P, P]
+            s = torch.arange(members.numel(), device=device)[:, None]  # [B_k, 1]
+            ar = torch.arange(P, device=device)
+            i, cur = ar[:, None].expand(P, P).reshape(-1), ar.repeat(P)  # [P²] target, source
+            left = d.clamp(min=0)  # [B_k, P²] walk from the source j = cur towards the target i
+            cur = cur.expand_as(left)
+            for n in range(max_hops):
+                on = left > 0
+                nxt = succ[s, i, cur]  # [B_k, P²]
+                path[pairs, n] = torch.where(on, eid[s, nxt, cur], -1)
+                cur = torch.where(on, nxt, cur)
+                left = left - on.long()
+    g = complete_graph(lengths=sizes.tolist(), device=device)
+    return ShortestPaths(g, dist, path if max_hops else None)
+
+
+def shortest_path_distances(
+    edge_index: Tensor,
+    num_nodes: int,
+    *,
+    batch: Tensor | None = None,
+    max_distance: int = 20,
+) -> tuple[TokenGraph, Tensor]:
+    """The complete graph of each input graph and the hop distance on each of its edges.
+
+    .. math::
+        \\mathrm{dist}_{ij} = \\min(\\varphi(j \\to i), \\; d_{max}), \\quad
+        d_{max} + 1 \\text{ when no path leads from } j \\text{ to } i
+
+    The input of ``SpatialBias`` (Ying et al. 2021, Sec. 3.1.2): pass ``edge_attr=dist`` to a
+    ``GraphAttention`` over ``g``. See ``shortest_paths`` for the method and the paths.
+
+    Args:
+        edge_index: the input graphs' edges [2, E_in] (row 0 source j, row 1 target i).
+        num_nodes: N, the number of nodes of all input graphs together.
+        batch: graph id of each node [N], sorted; None for one graph.
+        max_distance: d_max >= 0 (default 20).
+
+    Returns:
+        ``(g, dist)``: g a TokenGraph, the complete graph per input graph (block-diagonal,
+        self pairs included, tag ``"complete"``, ``g.lengths`` = node counts), and dist a
+        LongTensor [g.num_edges] aligned with ``g.edge_index``.
+
+    Shapes:
+        edge_index [2, E_in], batch [N] -> g.edge_index [2, Σ_b n_b²], dist [Σ_b n_b²].
+
+    Raises:
+        ValueError: a negative or non-integer ``max_distance``, ``num_nodes`` < 1, or a
+            ``batch`` that is malformed, unsorted or disagrees with ``edge_index``.
+    """
+    res = shortest_paths(edge_index, num_nodes, batch=batch, max_distance=max_distance)
+    return res.graph, res.distance
