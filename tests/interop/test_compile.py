@@ -161,3 +161,16 @@ def test_graph_attention_with_a_graph_built_outside() -> None:
             return self.layer(x, self.g)
 
     _compare(OnGraph(ga.window_graph(2 * L, 2)), [(x, {})], backend="aot_eager")
+
+
+def test_padded_transformer_encoder_has_no_graph_breaks() -> None:
+    # PyTorch's test_fast_path_check_with_mask_does_not_break_in_compile: a 2-layer encoder
+    # with a padding mask, for the drop-in layers and for ga.convert of torch's encoder.
+    x = torch.randn(B, L, C)
+    pad = torch.tensor([[False] * L, [False] * 4 + [True] * 2])
+    layer = ga.GraphTransformerEncoderLayer(C, H, 17, batch_first=True)
+    ours = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False).eval()
+    torch_layer = nn.TransformerEncoderLayer(C, H, 17, batch_first=True)
+    converted = ga.convert(nn.TransformerEncoder(torch_layer, 2, enable_nested_tensor=False))
+    for model in (ours, converted.eval()):
+        assert breaks(model, x, src_key_padding_mask=pad) == 0
