@@ -499,3 +499,27 @@ def test_mha_random_masks_equal_torch(
     ok = ~torch.isnan(ref_w)
     torch.testing.assert_close(w[ok], ref_w[ok], atol=1e-10, rtol=0)
     assert (w[~ok] == 0).all()
+
+
+@pytest.mark.parametrize("kind", [m for m in MASKS if m != "none"])
+@pytest.mark.parametrize("need_weights", [False, True])
+def test_every_mask_kind_runs_on_the_dense_backend(kind: str, need_weights: bool) -> None:
+    # Boolean masks (and 0 / -inf float padding, as torch's encoder hands it over) become the
+    # mask graph (plan "mask"); float and per-head masks, or any mask with weights, the full
+    # graph with a per-edge bias (plan "scatter"). Either way: one SDPA call.
+    masks = cast(make_masks(kind, L, S if "causal" not in kind else L), torch.float32)
+    src = L if "causal" in kind else S
+    causal = bool(masks.get("is_causal")) and "key_padding_mask" not in masks and not need_weights
+    graph, bias = attention_graph(
+        B, H, L, src, key_padding_mask=masks.get("key_padding_mask"),  # type: ignore[arg-type]
+        attn_mask=None if causal else masks.get("attn_mask"),  # type: ignore[arg-type]
+        causal=causal, need_weights=need_weights, dtype=torch.float32,
+        device=torch.device("cpu"),
+    )  # fmt: skip
+    q, k = torch.zeros(B * L, H, C // H), torch.zeros(B * src, H, C // H)
+    score = ScaledDot() if bias is None else ScaledDot() + AttnMaskBias()
+    p = Problem(q, k, k, graph, score, None if bias is None else {"attn_mask": bias})
+    name, why = select_backend("auto", p)
+    assert name == "dense", why
+    if kind in ("kpm_bool", "kpm_float", "attn_bool", "attn_bool+kpm_bool") and not need_weights:
+        assert bias is None and graph.structure == "masked"
