@@ -16,7 +16,8 @@ from torch import Tensor, nn
 
 from ..graph import TokenGraph
 from ..nn.block import TransformerBlock
-from .mha import GraphMultiheadAttention
+from .checks import check_mask_dtype
+from .mha import GraphMultiheadAttention, raise_not_scriptable
 
 __all__ = ["GraphTransformerEncoderLayer"]
 
@@ -76,6 +77,18 @@ class GraphTransformerEncoderLayer(TransformerBlock):
             layer_norm_eps=layer_norm_eps,
             **both,
         )
+        # torch's attribute: 1 for ReLU, 2 for GELU (its fused kernel's code), else 0
+        act = self.activation
+        if act is F.relu or isinstance(act, nn.ReLU):
+            self.activation_relu_or_gelu = 1
+        elif act is F.gelu or isinstance(act, nn.GELU):
+            self.activation_relu_or_gelu = 2
+        else:
+            self.activation_relu_or_gelu = 0
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        """``torch.jit.script`` calls this first: refuse with a clear message."""
+        raise_not_scriptable(self)
 
     @property
     def batch_first(self) -> bool:
@@ -105,9 +118,9 @@ class GraphTransformerEncoderLayer(TransformerBlock):
             dtype=ref.dtype,
             backend=backend,
         )
-        twin.self_attn = GraphMultiheadAttention.from_torch(layer.self_attn, backend=backend)
-        for name in ("linear1", "linear2", "norm1", "norm2"):
-            getattr(twin, name).load_state_dict(getattr(layer, name).state_dict())
+        twin.load_state_dict(layer.state_dict())  # the same names and shapes
+        for p_new, p_old in zip(twin.parameters(), layer.parameters(), strict=True):
+            p_new.requires_grad_(p_old.requires_grad)
         for d_new, d_old in ((twin.dropout1, layer.dropout1), (twin.dropout2, layer.dropout2)):
             d_new.p = d_old.p
         return twin.train(layer.training)
@@ -124,8 +137,12 @@ class GraphTransformerEncoderLayer(TransformerBlock):
         """nn.TransformerEncoderLayer.forward; with ``graph``, the GNN form on [N, C].
 
         Raises:
+            DtypeAssertionError (a TypeError and torch's AssertionError): a mask that is neither
+                bool nor float.
             ValueError: ``graph`` given together with dense masks (put them in the graph).
         """
+        check_mask_dtype(src_key_padding_mask, "src_key_padding_mask", src_mask)
+        check_mask_dtype(src_mask, "src_mask")
         if graph is not None and (
             src_mask is not None or src_key_padding_mask is not None or is_causal
         ):
@@ -145,7 +162,7 @@ class GraphTransformerEncoderLayer(TransformerBlock):
     ) -> Tensor:
         """SA(x): the GNN form on [N, C] with ``graph``, else torch's dense call."""
         if graph is not None:
-            return self.self_attn.attn(x, graph)  # [N, C]
+            return self.self_attn.graph_forward(x, graph)  # [N, C]
         out: Tensor = self.self_attn(
             x,
             x,

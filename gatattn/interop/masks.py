@@ -1,13 +1,22 @@
 """nn.MultiheadAttention masks -> a token graph plus an additive per-edge bias (docs/interop.md).
 
     M[b, h, i, j] = attn_mask[(b·H + h) | ·, i, j] + key_padding_mask[b, j]      (0 / -inf / float)
-    N(i) = { j : M[b, h, i, j] > -inf for some head h }                          (edges)
-    α_ij = <q_i, k_j> / √D + M[b, h, i, j]                                       (bias on each edge)
 
 Boolean masks follow nn.MultiheadAttention: ``True`` means *not allowed* (the opposite of SDPA and
-``gatattn.from_mask``), so a True entry becomes -inf. Float masks are added to the scores. Entries
-that are -inf in every head are no edge at all; -inf in some heads only stays as a per-head bias,
-which the neighbourhood softmax turns into weight 0.
+``gatattn.from_mask``), so a True entry becomes -inf. Three graphs, from cheapest to most general:
+
+* no mask: the complete (or, for L != S, complete bipartite) graph of every sequence, tagged, so
+  the dense backend runs it with one SDPA call; ``is_causal`` alone: the causal graph.
+* boolean masks shared by the heads: N(i) = { j : M[b, i, j] = 0 }, the batched ``from_mask``
+  graph of the allowed [B, L, S] mask ([B, 1, S] for padding alone); the dense backend hands
+  that mask to SDPA and the edges are never made.
+* float or per-head masks, or any mask when the weights are returned: every (i, j) of a
+  sequence is an edge and M rides on it as a bias,
+  α_ij = <q_i, k_j>/√D + M[b, h, i, j]; an entry of -inf gives weight 0. The graph has a fixed
+  size (B·L·S edges, no data-dependent shapes, so torch.compile traces it).
+
+The extra keys of ``add_bias_kv`` / ``add_zero_attn`` are nodes of each sequence's key set, joined
+to every query of that sequence: the caller pads the masks with allowed (0 / False) columns.
 """
 
 from __future__ import annotations
@@ -16,10 +25,11 @@ import torch
 from torch import Tensor
 
 from ..graph import TokenGraph
-from ..patterns import bipartite_graph, causal_graph, complete_graph
+from ..patterns import causal_graph
+from ..patterns.complete import masked_graph
 from ..scores import DenseContext, Edges, ScoreBias
 
-__all__ = ["AttnMaskBias", "additive_mask", "attention_graph", "mask_graph"]
+__all__ = ["AttnMaskBias", "additive_mask", "attention_graph", "pad_keys"]
 
 
 class AttnMaskBias(ScoreBias):
@@ -53,19 +63,20 @@ class AttnMaskBias(ScoreBias):
         return ctx.edge_attr.permute(2, 0, 1)  # [1 | H, L_q, L_k]
 
 
-def _as_additive(mask: Tensor, name: str, dtype: torch.dtype) -> Tensor:
-    """bool (True = masked out) -> 0 / -inf; float -> cast to ``dtype``; else TypeError."""
-    if not isinstance(mask, Tensor):
-        raise TypeError(f"{name} must be a Tensor or None, got {type(mask).__name__}")
+def as_additive(mask: Tensor, dtype: torch.dtype) -> Tensor:
+    """bool (True = masked out) -> 0 / -inf in ``dtype``; float -> cast to ``dtype``."""
     if mask.dtype == torch.bool:
-        zeros = torch.zeros(mask.shape, dtype=dtype, device=mask.device)
-        return zeros.masked_fill(mask, float("-inf"))
-    if mask.is_floating_point():
-        return mask.to(dtype)
-    raise TypeError(
-        f"{name} must be boolean (True = not allowed) or floating point (added to the scores), "
-        f"got dtype {mask.dtype}"
-    )
+        return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(
+            mask, float("-inf")
+        )
+    return mask.to(dtype)
+
+
+def pad_keys(mask: Tensor | None, extra: int) -> Tensor | None:
+    """Append ``extra`` allowed key columns (False / 0.0) to a mask [..., S] -> [..., S + extra]."""
+    if mask is None or extra == 0:
+        return mask
+    return torch.nn.functional.pad(mask, (0, extra))
 
 
 def additive_mask(
@@ -76,87 +87,76 @@ def additive_mask(
     *,
     key_padding_mask: Tensor | None,
     attn_mask: Tensor | None,
-    is_causal: bool,
     dtype: torch.dtype,
-    device: torch.device,
-) -> Tensor | None:
-    """nn.MultiheadAttention's merged additive mask M [B, 1 | H, L, S], or None without masks.
+) -> Tensor:
+    """nn.MultiheadAttention's merged additive mask M [B, 1 | H, L, S] (shapes checked before).
 
     Args:
-        key_padding_mask: [B, S]; True (or -inf) marks padding keys.
-        attn_mask: [L, S] shared, or [B·H, L, S] per sequence and head; True = not allowed.
-        is_causal: without ``attn_mask``, add the causal mask (j <= i, top-left aligned as SDPA).
-            With ``attn_mask`` it is only a hint that the mask is causal, as in torch.
-
-    Raises:
-        TypeError: a mask that is neither boolean nor floating point.
-        ValueError: a mask whose shape does not match (B, S), (L, S) or (B·H, L, S).
+        key_padding_mask: [B, S] or None; True (or -inf) marks padding keys.
+        attn_mask: [L, S] shared, [B·H, L, S] per sequence and head, or None.
     """
-    merged: Tensor | None = None
+    merged = torch.zeros((), dtype=dtype, device=_device(key_padding_mask, attn_mask))
     if attn_mask is not None:
-        am = _as_additive(attn_mask, "attn_mask", dtype)
-        if am.dim() == 2 and tuple(am.shape) == (tgt_len, src_len):
+        am = as_additive(attn_mask, dtype)
+        if am.dim() == 2:
             merged = am.view(1, 1, tgt_len, src_len)  # [1, 1, L, S]
-        elif am.dim() == 3 and tuple(am.shape) == (batch * num_heads, tgt_len, src_len):
-            merged = am.view(batch, num_heads, tgt_len, src_len)  # [B, H, L, S]
         else:
-            raise ValueError(
-                f"attn_mask must have shape (L, S) = {(tgt_len, src_len)} or (B*H, L, S) = "
-                f"{(batch * num_heads, tgt_len, src_len)}, got {tuple(am.shape)}"
-            )
-    elif is_causal:
-        causal = torch.ones(tgt_len, src_len, dtype=torch.bool, device=device).triu(1)
-        merged = _as_additive(causal, "causal mask", dtype).view(1, 1, tgt_len, src_len)
+            merged = am.view(batch, num_heads, tgt_len, src_len)  # [B, H, L, S]
     if key_padding_mask is not None:
-        kpm = _as_additive(key_padding_mask, "key_padding_mask", dtype)
-        if tuple(kpm.shape) != (batch, src_len):
-            raise ValueError(
-                f"key_padding_mask must have shape (B, S) = {(batch, src_len)}, "
-                f"got {tuple(kpm.shape)}"
-            )
-        kpm = kpm.view(batch, 1, 1, src_len)  # [B, 1, 1, S]
-        merged = kpm if merged is None else merged + kpm
-    return merged
+        kpm = as_additive(key_padding_mask, dtype).view(batch, 1, 1, src_len)  # [B, 1, 1, S]
+        merged = merged + kpm
+    return merged.expand(batch, -1, tgt_len, src_len)  # [B, 1 | H, L, S]
 
 
-def mask_graph(
-    batch: int,
-    tgt_len: int,
-    src_len: int,
-    merged: Tensor | None,
-    *,
-    has_float: bool,
-    device: torch.device,
-) -> tuple[TokenGraph, Tensor | None]:
-    """The block-diagonal graph of B sequences and the per-edge bias for a merged mask.
+def _device(*masks: Tensor | None) -> torch.device | None:
+    for m in masks:
+        if m is not None:
+            return m.device
+    return None
 
-    Target node b·L + i attends to source node b·S + j iff M[b, h, i, j] > -inf for some h.
-    The bias is returned only when it is not all zero by construction: for float masks
-    (``has_float``) or per-head masks.
+
+def as_bool(mask: Tensor | None) -> Tensor | None:
+    """A float mask whose entries are all 0 or -inf as the boolean mask it encodes (True =
+    -inf, not allowed); any other mask as it is. nn.TransformerEncoder(Layer) turns a boolean
+    padding mask into such a float mask before calling attention; as a boolean mask it is a
+    graph, which the dense backend runs without per-edge biases. The check reads the values,
+    so it is skipped under torch.compile (the float path is exact too)."""
+    if mask is None or not mask.is_floating_point() or torch.compiler.is_compiling():
+        return mask
+    banned = torch.isneginf(mask)
+    return banned if bool((banned | (mask == 0)).all()) else mask
+
+
+def full_graph(batch: int, tgt_len: int, src_len: int, device: torch.device) -> TokenGraph:
+    """Every query of sequence b joined to every key of sequence b, tagged complete (L = S) or
+    bipartite, so the dense backend runs it without reading the edges.
+
+    .. math:: N(b, i) = \\{ (b, j) : 0 \\le j < S \\}
+
+    The same graph as ``complete_graph(lengths=[L] * B)`` / ``bipartite_graph``, with edges made
+    only when read, and from sizes that do not depend on data (torch.compile traces them).
 
     Shapes:
-        merged [B, 1 | H, L, S] -> edge_index [2, E] (sorted by target, then source),
-        bias [E, 1 | H] or None.
+        edge_index [2, B·L·S], sorted by target, then source.
     """
-    if merged is None:  # tagged graphs: the dense backend runs them with one SDPA call
-        if tgt_len == src_len:
-            return complete_graph(lengths=[tgt_len] * batch, device=device), None
-        return bipartite_graph([tgt_len] * batch, [src_len] * batch, device=device), None
-    merged = merged.expand(batch, -1, tgt_len, src_len)  # [B, 1 | H, L, S]
-    allowed = torch.isfinite(merged).any(1)  # [B, L, S]; NaN or -inf in all heads: no edge
-    b, i, j = allowed.nonzero(as_tuple=True)  # [E] each, sorted by (b, i, j)
-    edge_index = torch.stack([b * src_len + j, b * tgt_len + i])  # [2, E] (source, target)
-    graph = TokenGraph(
-        edge_index,
+
+    def build() -> Tensor:
+        dst = torch.arange(batch * tgt_len, device=device).repeat_interleave(src_len)  # [E]
+        first = (dst // tgt_len) * src_len  # [E] first key of the query's sequence
+        src = first + torch.arange(src_len, device=device).repeat(batch * tgt_len)  # [E]
+        return torch.stack([src, dst])
+
+    complete = tgt_len == src_len
+    return TokenGraph._deferred(
+        build,
         batch * src_len,
         batch * tgt_len,
-        lengths=[tgt_len] * batch if tgt_len == src_len else None,
-        validate=False,
+        batch * tgt_len * src_len,
+        device=device,
+        structure="complete" if complete else "bipartite",
+        lengths=(tgt_len,) * batch,
+        params={"self_loops": True} if complete else {"kv_lengths": (src_len,) * batch},
     )
-    bias = None
-    if has_float or merged.size(1) > 1:
-        bias = merged.permute(0, 2, 3, 1)[b, i, j]  # [E, 1 | H]
-    return graph, bias
 
 
 def attention_graph(
@@ -167,33 +167,52 @@ def attention_graph(
     *,
     key_padding_mask: Tensor | None,
     attn_mask: Tensor | None,
-    is_causal: bool,
+    causal: bool,
+    need_weights: bool,
     dtype: torch.dtype,
     device: torch.device,
 ) -> tuple[TokenGraph, Tensor | None]:
     """nn.MultiheadAttention's masks -> (graph over B·S sources and B·L targets, bias or None).
 
-    Without masks the graph is tagged (complete, bipartite, or causal for ``is_causal`` alone),
-    so a fast backend can run it; otherwise it is built from the merged mask (``mask_graph``).
+    Source b·S + j is key j of sequence b, target b·L + i query i of sequence b.
+
+    Args:
+        key_padding_mask: [B, S] (True or -inf = padding) or None.
+        attn_mask: [L, S] or [B·H, L, S] (True = not allowed, or additive float) or None.
+        causal: torch's causal kernel (``is_causal`` without padding mask or weights): key j
+            is allowed for query i iff j <= i (top-left aligned, as SDPA); the masks are unused.
+        need_weights: the caller wants per-edge weights. Boolean masks then also take the
+            fixed-size graph with a 0 / -inf bias, whose edge_index needs no data-dependent
+            ``nonzero`` (torch.compile) and costs what torch's dense weights cost.
 
     Shapes:
-        key_padding_mask [B, S], attn_mask [L, S] or [B·H, L, S] -> edge_index [2, E],
-        bias [E, 1 | H] or None.
+        -> edge_index [2, E]; bias [E, 1 | H] in edge order (sorted by target, then source),
+        or None.
     """
-    if is_causal and attn_mask is None and key_padding_mask is None and tgt_len == src_len:
-        return causal_graph(lengths=[tgt_len] * batch, device=device), None
+    if causal:
+        if tgt_len == src_len:
+            return causal_graph(lengths=[tgt_len] * batch, device=device), None
+        tril = torch.ones(tgt_len, src_len, dtype=torch.bool, device=device).tril()
+        return masked_graph(tril.expand(batch, tgt_len, src_len), tgt_len, True), None
+    if attn_mask is None and key_padding_mask is None:
+        return full_graph(batch, tgt_len, src_len, device), None
+    per_head = attn_mask is not None and attn_mask.dim() == 3
+    if not (per_head or need_weights):  # torch's layers hand over bool masks as 0 / -inf floats
+        key_padding_mask, attn_mask = as_bool(key_padding_mask), as_bool(attn_mask)
+    floats = any(m is not None and m.is_floating_point() for m in (attn_mask, key_padding_mask))
+    if not (floats or per_head or need_weights):  # one boolean pattern: the graph is the mask
+        if attn_mask is None:  # padding only: the same keys for every query, [B, 1, S]
+            assert key_padding_mask is not None
+            allowed = ~key_padding_mask.view(batch, 1, src_len)
+        else:
+            banned = attn_mask.view(1, tgt_len, src_len)  # [1, L, S]
+            if key_padding_mask is not None:
+                banned = banned | key_padding_mask.view(batch, 1, src_len)  # [B, L, S]
+            allowed = (~banned).expand(batch, tgt_len, src_len)  # [B, L, S]
+        return masked_graph(allowed, tgt_len, True), None  # kept by the graph, never changed
     merged = additive_mask(
-        batch,
-        num_heads,
-        tgt_len,
-        src_len,
-        key_padding_mask=key_padding_mask,
-        attn_mask=attn_mask,
-        is_causal=is_causal,
-        dtype=dtype,
-        device=device,
-    )  # [B, 1 | H, L, S] or None
-    has_float = any(
-        isinstance(m, Tensor) and m.is_floating_point() for m in (key_padding_mask, attn_mask)
-    )
-    return mask_graph(batch, tgt_len, src_len, merged, has_float=has_float, device=device)
+        batch, num_heads, tgt_len, src_len,
+        key_padding_mask=key_padding_mask, attn_mask=attn_mask, dtype=dtype,
+    )  # fmt: skip
+    bias = merged.permute(0, 2, 3, 1).reshape(-1, merged.size(1))  # [B·L·S, 1 | H], edge order
+    return full_graph(batch, tgt_len, src_len, device), bias

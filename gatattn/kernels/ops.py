@@ -26,7 +26,14 @@ CHUNK_ELEMENTS = 1 << 22
 
 
 def chunk_bounds(num_edges: int, per_edge: int) -> list[tuple[int, int]]:
-    """Split ``range(num_edges)`` into chunks of at most CHUNK_ELEMENTS // per_edge edges."""
+    """Split ``range(num_edges)`` into chunks of at most CHUNK_ELEMENTS // per_edge edges.
+
+    Under torch.compile it is one chunk: the edge count may be symbolic (``dynamic=True``) or
+    data-dependent (edges from a mask), so no Python loop can run over it, and inductor fuses
+    the gather with its reduction, so no [E, H, D] tensor is materialised anyway.
+    """
+    if torch.compiler.is_compiling():
+        return [(0, num_edges)]
     step = max(1, CHUNK_ELEMENTS // max(1, per_edge))
     return [(s, min(s + step, num_edges)) for s in range(0, num_edges, step)]
 

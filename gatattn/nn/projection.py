@@ -27,6 +27,7 @@ __all__ = [
     "load_legacy_projections",
     "mha_from_layer",
     "mha_options",
+    "project",
 ]
 
 _NAMES = ("q", "k", "v")
@@ -88,20 +89,68 @@ class ProjectionView:
         return self if layer is None else Projection(layer, self.index)
 
 
-def add_projections(module: nn.Module, C: int, kdim: int, vdim: int, bias: bool) -> None:
+def add_projections(
+    module: nn.Module,
+    C: int,
+    kdim: int,
+    vdim: int,
+    bias: bool,
+    *,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> None:
     """Register W_q, W_k, W_v on ``module`` as nn.MultiheadAttention does: ``in_proj_weight``
     [3C, C] when kdim == vdim == C, else ``q_proj_weight`` [C, C], ``k_proj_weight`` [C, kdim],
     ``v_proj_weight`` [C, vdim] (the others registered as None, so names and order match);
-    ``in_proj_bias`` [3C] or None. Values are set by ``init_like_mha``."""
+    ``in_proj_bias`` [3C] or None, on ``device`` with ``dtype``. Values are set by
+    ``init_like_mha``."""
     same = kdim == C and vdim == C
     module.__dict__["_qkv_same_embed_dim"] = same  # read by torch transformer fast paths
     shapes = {"in_proj_weight": (3 * C, C)} if same else {}
     if not same:
         shapes.update(q_proj_weight=(C, C), k_proj_weight=(C, kdim), v_proj_weight=(C, vdim))
+    fk: dict[str, Any] = {"device": device, "dtype": dtype}
     for name in ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight"):
         shape = shapes.get(name)
-        module.register_parameter(name, None if shape is None else nn.Parameter(torch.empty(shape)))
-    module.register_parameter("in_proj_bias", nn.Parameter(torch.empty(3 * C)) if bias else None)
+        param = None if shape is None else nn.Parameter(torch.empty(shape, **fk))
+        module.register_parameter(name, param)
+    module.register_parameter(
+        "in_proj_bias", nn.Parameter(torch.empty(3 * C, **fk)) if bias else None
+    )
+
+
+def project(layer: Layer, x: Tensor, xk: Tensor, xv: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """q = W_q x, k = W_k x_k, v = W_v x_v (eq. 0) from the stored projections, split into
+    heads. Self-attention (``xk is x and xv is x``) runs one GEMM with the packed [3C, C]
+    weight, and ``xk is xv`` one GEMM for keys and values, as nn.MultiheadAttention does.
+
+    Args:
+        layer: a module holding the projections of ``add_projections`` and ``num_heads``,
+            ``head_dim``, ``embed_dim``.
+        x: query features [N_t, C].  xk: key features [N_s, kdim].  xv: value features
+            [N_s, vdim].
+
+    Shapes:
+        -> q [N_t, H, D], k [N_s, H, D], v [N_s, H, D].
+    """
+    H, D, C = layer.num_heads, layer.head_dim, layer.embed_dim
+    w, b = layer.in_proj_weight, layer.in_proj_bias
+    if b is not None and b.dtype != x.dtype:  # e.g. a half bias with fp64 weights: as torch's
+        b = b.to(x.dtype)  # 3-D matmul + add promotes (a 2-D addmm would refuse the mix)
+    if w is not None and xk is x and xv is x:
+        q, k, v = F.linear(x, w, b).view(-1, 3, H, D).unbind(1)  # 3 x [N, H, D]
+        return q, k, v
+    bq, bk, bv = (None, None, None) if b is None else b.chunk(3)
+    if w is not None:
+        wq, wk, wv = w.chunk(3)
+    else:
+        wq, wk, wv = layer.q_proj_weight, layer.k_proj_weight, layer.v_proj_weight
+    q = F.linear(x, wq, bq).view(-1, H, D)  # [N_t, H, D]
+    if w is not None and xk is xv:
+        bkv = None if b is None else b[C:]
+        k, v = F.linear(xk, w[C:], bkv).view(-1, 2, H, D).unbind(1)  # 2 x [N_s, H, D]
+        return q, k, v
+    return q, F.linear(xk, wk, bk).view(-1, H, D), F.linear(xv, wv, bv).view(-1, H, D)
 
 
 def init_like_mha(layer: Layer) -> None:

@@ -95,7 +95,7 @@ def test_convert_keeps_sharing_training_mode_and_requires_grad() -> None:
     assert twin["a"] is twin["b"]
     assert isinstance(twin["a"], ga.GraphMultiheadAttention) and twin["a"].training
     assert not twin["a"].out_proj.weight.requires_grad
-    assert twin["a"].attn.q_proj.weight.requires_grad
+    assert twin["a"].in_proj_weight.requires_grad
     assert twin["head"] is not model["head"]  # a deep copy
 
 

@@ -175,16 +175,48 @@ def test_mha_need_weights_false_returns_none() -> None:
     torch.testing.assert_close(out, mha(x, x, x, need_weights=False)[0], atol=1e-10, rtol=0)
 
 
-def test_is_causal_without_mask_builds_the_causal_graph() -> None:
-    # torch needs the mask as well; the twin builds it (documented difference).
+def test_is_causal_without_mask_raises_like_torch() -> None:
     mha = nn.MultiheadAttention(C, H, batch_first=True).double().eval()
     twin = ga.GraphMultiheadAttention.from_torch(mha)
     x = torch.randn(B, L, C, dtype=torch.float64)
-    causal = nn.Transformer.generate_square_subsequent_mask(L, dtype=torch.float64)
-    o1, w1 = mha(x, x, x, attn_mask=causal, is_causal=True)
-    o2, w2 = twin(x, x, x, is_causal=True)
+    with pytest.raises(RuntimeError, match="Need attn_mask"):
+        mha(x, x, x, is_causal=True)
+    for catch in (RuntimeError, ValueError):
+        with pytest.raises(catch, match="is_causal=True needs attn_mask.*Need attn_mask"):
+            twin(x, x, x, is_causal=True)
+
+
+@pytest.mark.parametrize("need_weights", [False, True])
+@pytest.mark.parametrize("kpm", [False, True])
+def test_is_causal_hint_with_mask_equals_torch(need_weights: bool, kpm: bool) -> None:
+    # torch runs its causal kernel when nothing needs the mask (no padding mask, no weights),
+    # and uses the mask otherwise; the twin builds the causal graph or the mask's graph.
+    mha = nn.MultiheadAttention(C, H, batch_first=True).double().eval()
+    twin = ga.GraphMultiheadAttention.from_torch(mha)
+    x = torch.randn(B, L, C, dtype=torch.float64)
+    causal = torch.ones(L, L, dtype=torch.bool).triu(1)  # True = not allowed
+    kw = {"key_padding_mask": kpm_bool(B, L)} if kpm else {}
+    o1, w1 = mha(x, x, x, attn_mask=causal, is_causal=True, need_weights=need_weights, **kw)
+    o2, w2 = twin(x, x, x, attn_mask=causal, is_causal=True, need_weights=need_weights, **kw)
     torch.testing.assert_close(o2, o1, atol=1e-10, rtol=0)
-    torch.testing.assert_close(w2, w1, atol=1e-10, rtol=0)
+    assert (w1 is None) == (w2 is None) == (not need_weights)
+    if w1 is not None:
+        torch.testing.assert_close(w2, w1, atol=1e-10, rtol=0)
+
+
+def test_is_causal_fast_path_ignores_a_wrong_mask_like_torch() -> None:
+    # is_causal=True, need_weights=False and no padding mask: torch does not read attn_mask.
+    mha = nn.MultiheadAttention(C, H, batch_first=True).double().eval()
+    twin = ga.GraphMultiheadAttention.from_torch(mha)
+    x = torch.randn(B, L, C, dtype=torch.float64)
+    wrong = torch.zeros(L + 2, L + 1)
+    ref = mha(x, x, x, attn_mask=wrong, is_causal=True, need_weights=False)[0]
+    out = twin(x, x, x, attn_mask=wrong, is_causal=True, need_weights=False)[0]
+    torch.testing.assert_close(out, ref, atol=1e-10, rtol=0)
+    causal = nn.Transformer.generate_square_subsequent_mask(L, dtype=torch.float64)
+    torch.testing.assert_close(out, mha(x, x, x, attn_mask=causal)[0], atol=1e-10, rtol=0)
+    with pytest.raises(RuntimeError, match="The shape of the 2D attn_mask"):  # mask read: checked
+        twin(x, x, x, attn_mask=wrong, is_causal=True, need_weights=True)
 
 
 def test_fully_masked_query_gives_zero_attention_like_torch_sdpa_path() -> None:
@@ -234,9 +266,8 @@ def test_mha_attributes_match_torch() -> None:
     twin = ga.GraphMultiheadAttention(C, H, dropout=0.25, kdim=9, vdim=11, batch_first=True)
     assert (twin.embed_dim, twin.num_heads, twin.head_dim) == (C, H, C // H)
     assert (twin.kdim, twin.vdim, twin.dropout, twin.batch_first) == (9, 11, 0.25, True)
-    assert twin.out_proj is twin.attn.out_proj
     assert not twin._qkv_same_embed_dim and twin.in_proj_weight is None
-    assert "out_proj.weight" not in dict(twin.named_parameters())  # no duplicate registration
+    assert twin.bias_k is None and twin.bias_v is None and not twin.add_zero_attn
 
 
 @pytest.mark.parametrize(
@@ -247,7 +278,7 @@ def test_unmasked_calls_get_tagged_graphs_for_the_dense_backend(
     tgt: int, src: int, is_causal: bool, tag: str
 ) -> None:
     graph, bias = attention_graph(
-        B, H, tgt, src, key_padding_mask=None, attn_mask=None, is_causal=is_causal,
+        B, H, tgt, src, key_padding_mask=None, attn_mask=None, causal=is_causal, need_weights=False,
         dtype=torch.float32, device=torch.device("cpu"),
     )  # fmt: skip
     assert graph.structure == tag and bias is None
@@ -258,7 +289,12 @@ def test_unmasked_calls_get_tagged_graphs_for_the_dense_backend(
 
 
 def test_bool_masks_need_no_bias_but_float_and_per_head_masks_do() -> None:
-    kw = {"is_causal": False, "dtype": torch.float64, "device": torch.device("cpu")}
+    kw = {
+        "causal": False,
+        "need_weights": False,
+        "dtype": torch.float64,
+        "device": torch.device("cpu"),
+    }
     for masks, has_bias in (
         (make_masks("attn_bool+kpm_bool", L, S), False),
         (make_masks("attn_float", L, S), True),
@@ -274,46 +310,9 @@ def test_bool_masks_need_no_bias_but_float_and_per_head_masks_do() -> None:
 
 
 # ---------------------------------------------------------------------- bad input
-def test_mha_rejects_bias_kv_and_zero_attn() -> None:
-    with pytest.raises(ValueError, match="add_bias_kv=True"):
-        ga.GraphMultiheadAttention(C, H, add_bias_kv=True)
-    with pytest.raises(ValueError, match="add_zero_attn=True"):
-        ga.GraphMultiheadAttention(C, H, add_zero_attn=True)
-    with pytest.raises(ValueError, match="add_bias_kv"):
-        ga.GraphMultiheadAttention.from_torch(nn.MultiheadAttention(C, H, add_bias_kv=True))
+def test_from_torch_rejects_other_modules() -> None:
     with pytest.raises(TypeError, match="nn.MultiheadAttention"):
         ga.GraphMultiheadAttention.from_torch(nn.Linear(C, C))  # type: ignore[arg-type]
-
-
-@pytest.mark.parametrize(
-    ("kwargs", "err", "match"),
-    [
-        ({"key_padding_mask": torch.zeros(B, L + 1, dtype=torch.bool)}, ValueError, r"\(2, 5\)"),
-        ({"key_padding_mask": torch.zeros(B, L, dtype=torch.long)}, TypeError, "torch.int64"),
-        ({"attn_mask": torch.zeros(L, L + 1, dtype=torch.bool)}, ValueError, r"got \(5, 6\)"),
-        ({"attn_mask": torch.zeros(H, L, L, dtype=torch.bool)}, ValueError, r"\(6, 5, 5\)"),
-        ({"attn_mask": torch.zeros(L, L, dtype=torch.int32)}, TypeError, "attn_mask.*int32"),
-        ({"attn_mask": [[True]]}, TypeError, "got list"),
-    ],
-)
-def test_mha_bad_masks(kwargs: dict[str, object], err: type[Exception], match: str) -> None:
-    twin = ga.GraphMultiheadAttention(C, H, batch_first=True)
-    x = torch.randn(B, L, C)
-    with pytest.raises(err, match=match):
-        twin(x, x, x, **kwargs)
-
-
-def test_mha_bad_inputs() -> None:
-    twin = ga.GraphMultiheadAttention(C, H, batch_first=True)
-    x = torch.randn(B, L, C)
-    with pytest.raises(ValueError, match="all be batched"):
-        twin(x, x[0], x[0])
-    with pytest.raises(ValueError, match="must share batch"):
-        twin(x, x, torch.randn(B, L + 1, C))
-    with pytest.raises(ValueError, match="must share batch"):
-        twin(x, torch.randn(B + 1, L, C), torch.randn(B + 1, L, C))
-    with pytest.raises(ValueError, match="channels"):
-        twin(torch.randn(B, L, C + 1), x, x)
 
 
 def test_attn_mask_bias_edge_and_dense_forms_agree() -> None:
@@ -431,6 +430,9 @@ def test_encoder_layer_dropout_in_training() -> None:
 
 
 def test_encoder_layer_bad_input() -> None:
+    layer = ga.GraphTransformerEncoderLayer(C, H, 17)
+    with pytest.raises(AssertionError, match="only bool and floating types of src_key_padding"):
+        layer(torch.randn(L, B, C), src_key_padding_mask=torch.zeros(B, L, dtype=torch.uint8))
     with pytest.raises(ValueError, match="'swish'"):
         ga.GraphTransformerEncoderLayer(C, H, activation="swish")
     with pytest.raises(TypeError, match="a string or a callable, got 3"):
@@ -447,7 +449,7 @@ def test_encoder_layer_inside_torch_transformer_encoder_and_unbatched() -> None:
     ref = nn.TransformerEncoder(ref_layer, 2, enable_nested_tensor=False).eval()
     twin_layer = ga.GraphTransformerEncoderLayer.from_torch(ref_layer)
     twin = nn.TransformerEncoder(twin_layer, 2, enable_nested_tensor=False).eval()
-    twin.load_state_dict(ga.convert(ref).state_dict())  # same names: self_attn.attn.*, linear1...
+    twin.load_state_dict(ref.state_dict())  # the same names as torch: self_attn.in_proj_weight...
     x = torch.randn(L, B, C, dtype=torch.float64)
     kpm = kpm_bool(B, L)
     torch.testing.assert_close(
@@ -497,3 +499,27 @@ def test_mha_random_masks_equal_torch(
     ok = ~torch.isnan(ref_w)
     torch.testing.assert_close(w[ok], ref_w[ok], atol=1e-10, rtol=0)
     assert (w[~ok] == 0).all()
+
+
+@pytest.mark.parametrize("kind", [m for m in MASKS if m != "none"])
+@pytest.mark.parametrize("need_weights", [False, True])
+def test_every_mask_kind_runs_on_the_dense_backend(kind: str, need_weights: bool) -> None:
+    # Boolean masks (and 0 / -inf float padding, as torch's encoder hands it over) become the
+    # mask graph (plan "mask"); float and per-head masks, or any mask with weights, the full
+    # graph with a per-edge bias (plan "scatter"). Either way: one SDPA call.
+    masks = cast(make_masks(kind, L, S if "causal" not in kind else L), torch.float32)
+    src = L if "causal" in kind else S
+    causal = bool(masks.get("is_causal")) and "key_padding_mask" not in masks and not need_weights
+    graph, bias = attention_graph(
+        B, H, L, src, key_padding_mask=masks.get("key_padding_mask"),  # type: ignore[arg-type]
+        attn_mask=None if causal else masks.get("attn_mask"),  # type: ignore[arg-type]
+        causal=causal, need_weights=need_weights, dtype=torch.float32,
+        device=torch.device("cpu"),
+    )  # fmt: skip
+    q, k = torch.zeros(B * L, H, C // H), torch.zeros(B * src, H, C // H)
+    score = ScaledDot() if bias is None else ScaledDot() + AttnMaskBias()
+    p = Problem(q, k, k, graph, score, None if bias is None else {"attn_mask": bias})
+    name, why = select_backend("auto", p)
+    assert name == "dense", why
+    if kind in ("kpm_bool", "kpm_float", "attn_bool", "attn_bool+kpm_bool") and not need_weights:
+        assert bias is None and graph.structure == "masked"
