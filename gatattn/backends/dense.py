@@ -54,16 +54,18 @@ def _side(lengths: tuple[int, ...], n: int, device: torch.device) -> tuple[int, 
     if all(m == L for m in lengths):
         return L, None
     lens = torch.tensor(lengths, device=device)  # [B]
-    seq = torch.arange(len(lengths), device=device).repeat_interleave(lens)  # [n]
+    # output_size: a size known without reading ``lens`` (no graph break under torch.compile)
+    seq = torch.arange(len(lengths), device=device).repeat_interleave(lens, output_size=n)  # [n]
     starts = torch.cumsum(lens, 0) - lens  # [B]
-    pos = torch.arange(n, device=device) - starts.repeat_interleave(lens)  # [n]
+    pos = torch.arange(n, device=device) - starts.repeat_interleave(lens, output_size=n)  # [n]
     return L, seq * L + pos
 
 
 def _grid(g: TokenGraph) -> tuple[int, int, int]:
     """(B, L_q, L_k): the padded grid of the graph's sequences."""
     q_len, k_len = g.sequence_lengths("dst"), g.sequence_lengths("src")
-    return len(q_len), max(q_len, default=0), max(k_len, default=0)
+    # not max(..., default=0): dynamo cannot run that on symbolic lengths (dynamic=True)
+    return len(q_len), max(q_len) if q_len else 0, max(k_len) if k_len else 0
 
 
 def dense_density(g: TokenGraph) -> float:
@@ -101,9 +103,24 @@ def dense_keys(g: TokenGraph) -> Tensor | str:
             return "the graph has duplicate edges (SDPA would count them once)"
         return keys
 
+    if _in_grid_order(g):
+        return g.derived("dense_keys", lambda: torch.arange(g.num_edges, device=g.device))
     if torch.compiler.is_compiling():
         return "under torch.compile the per-edge grid index is not built"
     return g.derived("dense_keys", build)
+
+
+def _in_grid_order(g: TokenGraph) -> bool:
+    """True when edge e is grid cell e (keys = arange(E), nothing to check): a trusted complete
+    graph with self-loops or a bipartite graph, all of whose sequences have one length (the
+    builders sort edges by target, then source). Decided from the tag alone: O(1)."""
+    tag = g.trusted_structure()
+    if tag not in ("complete", "bipartite"):
+        return False
+    if tag == "complete" and not g.params.get("self_loops", True):
+        return False
+    q_len, k_len = g.sequence_lengths("dst"), g.sequence_lengths("src")
+    return len(q_len) == len(k_len) and len(set(q_len)) == 1 and len(set(k_len)) == 1
 
 
 class DenseBackend(Backend):
@@ -267,15 +284,18 @@ class DenseBackend(Backend):
             vals = vals.expand(keys.numel(), 1) if vals.dim() == 0 else vals.unsqueeze(-1)
         width = vals.size(-1)  # 1 or H
         vals = vals.expand(keys.numel(), width)  # [E, 1 | H]
+        # the graph's own edgeless rows are all there is to guard only if no value is -inf
+        # (not checked under torch.compile: then every row is checked in the mask)
+        finite = not torch.compiler.is_compiling() and not bool(torch.isneginf(vals).any())
+        rows = g.derived("dense_edgeless", edgeless, dev) if finite else None
+        if _in_grid_order(g):  # edge e is grid cell e: the values are the grid already
+            return vals.reshape(B, Lq, Lk, width).permute(0, 3, 1, 2).contiguous(), rows
         grid_size = Lq * Lk
         seq, rest = torch.div(keys, grid_size, rounding_mode="floor"), keys % grid_size  # [E]
         heads = torch.arange(width, device=dev)  # [1 | H]
         flat = (seq[:, None] * width + heads) * grid_size + rest[:, None]  # [E, 1 | H]
         grid = torch.full((B * width * grid_size,), float("-inf"), dtype=vals.dtype, device=dev)
         grid = grid.index_put((flat.reshape(-1),), vals.reshape(-1))  # [B·(1 | H)·L_q·L_k]
-        rows = None
-        if torch.compiler.is_compiling() or not bool(torch.isneginf(vals).any()):
-            rows = g.derived("dense_edgeless", edgeless, dev)
         return grid.view(B, width, Lq, Lk), rows
 
 def _guard_empty_rows(mask: Tensor, rows: Tensor | None = None) -> tuple[Tensor | None, Tensor]:

@@ -60,7 +60,8 @@ def complete_graph(
         starts = torch.cumsum(lens, 0) - lens  # [B]
         node_len = lens.repeat_interleave(lens, output_size=num)  # [N] its sequence's length
         node_start = starts.repeat_interleave(lens, output_size=num)  # [N]
-        dst = torch.arange(num, device=device).repeat_interleave(node_len)  # [E]
+        square = sum(m * m for m in seq)  # edges with self-loops: a size known without data
+        dst = torch.arange(num, device=device).repeat_interleave(node_len, output_size=square)
         edge_start = torch.cumsum(node_len, 0) - node_len  # [N] first edge of each target
         src = node_start[dst] + torch.arange(dst.numel(), device=device) - edge_start[dst]  # [E]
         edge_index = torch.stack([src, dst])

@@ -173,6 +173,24 @@ def test_edge_feature_bias_runs_dense_on_a_complete_batch() -> None:
     assert name == "dense", why
 
 
+@pytest.mark.parametrize(
+    "g",
+    [ga.complete_graph(lengths=[4, 4]), ga.bipartite_graph([3, 3], [5, 5]), ga.complete_graph(6)],
+    ids=["complete_equal_lengths", "bipartite_batch", "complete"],
+)
+def test_per_edge_bias_in_grid_order(g: ga.TokenGraph) -> None:
+    """Edge e of these graphs is grid cell e: the bias values are the mask, no scatter. A
+    per-head −∞ on a whole row still gives 0 there."""
+    assert dense_keys(g).tolist() == list(range(g.num_edges))
+    gen = torch.Generator().manual_seed(5)
+    bias = torch.randn(g.num_edges, H, generator=gen, dtype=torch.float64)
+    bias[g.edge_index[1] == 2, 1] = float("-inf")
+    score = ga.make_score("scaled_dot", H, D) + AttnMaskBias()
+    assert _plan(g, score) == "scatter"
+    _assert_equal(*_both(g, score, {"attn_mask": bias}))
+    _assert_equal(*_both(g, score, {"attn_mask": bias[:, :1].clamp_min(-1e3)}))
+
+
 def test_rows_whose_every_edge_is_minus_inf_give_zero() -> None:
     """A per-head −∞ bias on every edge of a row: weight 0 on the edge backend, so 0 here
     (SDPA alone gives NaN there, and NaN gradients)."""
