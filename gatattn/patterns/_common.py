@@ -10,6 +10,7 @@ the parts and sort them once with ``union`` (``torch.unique`` on the key i·N_s 
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -18,7 +19,16 @@ from torch import Tensor
 
 from ..graph import TokenGraph, check_lengths
 
-__all__ = ["MAX_EDGES", "Layout", "check_edge_cap", "layout", "positive_int", "ragged", "union"]
+__all__ = [
+    "MAX_EDGES",
+    "Layout",
+    "check_edge_cap",
+    "is_int",
+    "layout",
+    "positive_int",
+    "ragged",
+    "union",
+]
 
 #: Default edge cap of every builder. A builder that would create more edges raises a ValueError
 #: naming the count; pass ``max_edges=<larger int>`` (or ``max_edges=None``) to allow it. At
@@ -26,9 +36,16 @@ __all__ = ["MAX_EDGES", "Layout", "check_edge_cap", "layout", "positive_int", "r
 MAX_EDGES = 50_000_000
 
 
+def is_int(value: Any) -> bool:
+    """True for Python and numpy integers (``numbers.Integral``); False for bools (numpy's
+    bool is no Integral)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def positive_int(value: Any, name: str, *, minimum: int = 1) -> int:
-    """Check that ``value`` is an int >= ``minimum`` (bools rejected) and return it."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    """Check that ``value`` is an integer >= ``minimum`` (Python or numpy; bools rejected)
+    and return it as an int."""
+    if not is_int(value) or value < minimum:
         raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
     return int(value)
 
