@@ -10,7 +10,6 @@ the parts and sort them once with ``union`` (``torch.unique`` on the key i·N_s 
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -18,6 +17,7 @@ import torch
 from torch import Tensor
 
 from ..graph import TokenGraph, check_lengths
+from ..validation import is_int
 
 __all__ = [
     "MAX_EDGES",
@@ -34,12 +34,6 @@ __all__ = [
 #: naming the count; pass ``max_edges=<larger int>`` (or ``max_edges=None``) to allow it. At
 #: 50 million edges, edge_index alone takes 800 MB (two int64 rows).
 MAX_EDGES = 50_000_000
-
-
-def is_int(value: Any) -> bool:
-    """True for Python and numpy integers (``numbers.Integral``); False for bools (numpy's
-    bool is no Integral)."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def positive_int(value: Any, name: str, *, minimum: int = 1) -> int:

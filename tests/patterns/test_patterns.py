@@ -432,9 +432,14 @@ def test_auto_method_picks_the_tree_for_long_sequences() -> None:
 
 
 def test_bad_spatial_method() -> None:
-    with pytest.raises(ValueError, match=r"knn_graph: method must be one of \['auto', 'brute', 'kdtree'\], got 'ball'"):
+    with pytest.raises(
+        ValueError,
+        match=r"knn_graph: method must be one of \['auto', 'brute', 'kdtree'\], got 'ball'",
+    ):
         ga.knn_graph(torch.randn(5, 2), 1, method="ball")
-    with pytest.raises(ValueError, match="radius_graph: method='kdtree' runs on the CPU; pos is on meta"):
+    with pytest.raises(
+        ValueError, match="radius_graph: method='kdtree' runs on the CPU; pos is on meta"
+    ):
         ga.radius_graph(torch.randn(5, 2, device="meta"), 1.0, method="kdtree")
 
 
@@ -459,7 +464,9 @@ def test_spatial_builders_refuse_non_finite_positions(bad: float, method: str, b
 
 
 def test_spatial_batch_must_be_a_long_tensor() -> None:
-    with pytest.raises(TypeError, match="knn_graph: batch must be a LongTensor .* got torch.float32"):
+    with pytest.raises(
+        TypeError, match="knn_graph: batch must be a LongTensor .* got torch.float32"
+    ):
         ga.knn_graph(torch.rand(4, 2), 1, batch=torch.tensor([0.0, 0.0, 1.0, 1.0]))
 
 
@@ -475,5 +482,7 @@ def test_builders_accept_numpy_integers() -> None:
     assert torch.equal(batched.edge_index, ga.bipartite_graph([2, 3], [4, 1]).edge_index)
     assert torch.equal(ga.window_graph(np.int64(6), np.int64(2)).edge_index,
                        ga.window_graph(6, 2).edge_index)  # fmt: skip
-    with pytest.raises(ValueError, match=r"n_q must be an int >= 1, got np.True_|n_q must be an int >= 1, got True"):
+    with pytest.raises(
+        ValueError, match=r"n_q must be an int >= 1, got np.True_|n_q must be an int >= 1, got True"
+    ):
         ga.bipartite_graph(np.bool_(True), 4)
