@@ -148,7 +148,7 @@ def _run_model(args: argparse.Namespace) -> tuple[list[str], list[ga.Attention]]
 
 
 def _check_args(args: argparse.Namespace) -> None:
-    """Every option, before the model runs (docs/cli.md: exit code 2, one line)."""
+    """Every option, before the model runs (docs/export.md, "From the command line": exit code 2, one line)."""
     check_seed(args.seed)
     for option in ("layers", "heads", "dim"):
         check_positive(getattr(args, option), f"--{option}")
