@@ -183,9 +183,7 @@ def test_forced_backend_refuses(backend: str, graph_name: str, score: str) -> No
 
 
 @pytest.mark.parametrize(("backend", "graph_name", "score"), CASES)
-def test_backend_equals_edge(
-    backend: str, graph_name: str, score: str, within_torch_error
-) -> None:
+def test_backend_equals_edge(backend: str, graph_name: str, score: str, within_torch_error) -> None:
     """fp64: equal to the edge backend to 1e-10. fp32: both against the fp64 golden (the edge
     backend in fp64), the fast backend's error within a multiple of the edge backend's own."""
     g = GRAPHS[graph_name]().to(DEVICE)
