@@ -43,6 +43,7 @@ from torch import Tensor, nn
 
 import gatattn as ga
 from gatattn.cli import UsageError, progress_bar
+from gatattn.cli.options import check_output_file, check_positive
 
 __all__ = ["Config", "Row", "configure", "markdown", "p4_point", "run", "run_cases"]
 
@@ -594,6 +595,8 @@ def _config(args: argparse.Namespace) -> Config:
     for c in cases:
         if c not in CASES:
             raise UsageError(f"unknown case {c!r}; choose from {', '.join(CASES)}")
+    for option in ("channels", "heads"):
+        check_positive(getattr(args, option), f"--{option}")
     if args.channels % args.heads:
         raise UsageError(f"--channels {args.channels} is not divisible by --heads {args.heads}")
     cuda = device == "cuda"
@@ -620,18 +623,20 @@ def _config(args: argparse.Namespace) -> Config:
         p5_window_nodes=1024 if quick else 8192,
         p5_window=16 if quick else 128,
     )
-    for name in ("n1", "n2", "window", "n3", "degree", "repeat"):
-        if getattr(cfg, name) < 1:
-            raise UsageError(f"--{name} must be >= 1, got {getattr(cfg, name)}")
+    for name in ("n1", "n2", "window", "n3", "degree", "repeat", "max_pyg_edges"):
+        if getattr(args, name) is not None:  # 0 is given, not a default
+            check_positive(getattr(args, name), f"--{name.replace('_', '-')}")
     return cfg
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark and print the table (exit code 0)."""
     cfg = _config(args)
+    for option, path in (("--json", args.json), ("--markdown", args.markdown)):
+        if path:  # checked before the run: a bad path would otherwise fail after all of it
+            check_output_file(path, option)
     if args.threads is not None:
-        if args.threads < 1:
-            raise UsageError(f"--threads must be >= 1, got {args.threads}")
+        check_positive(args.threads, "--threads")
         torch.set_num_threads(args.threads)
     print(f"# gatattn bench on {machine()}", flush=True)
     where = machine()

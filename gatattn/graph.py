@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import torch
 from torch import Tensor
 
-from .validation import check_lengths, structure_holds, validate_edge_index
+from .validation import check_lengths, check_node_count, structure_holds, validate_edge_index
 
 __all__ = [
     "VERIFIABLE",
@@ -93,6 +93,8 @@ class TokenGraph:
         validate: bool = True,
         verified: bool = False,
     ) -> None:
+        num_src = check_node_count(num_src, "num_src")
+        num_dst = check_node_count(num_dst, "num_dst")
         if validate:
             validate_edge_index(edge_index, num_src, num_dst)
         if num_src is None:

@@ -6,13 +6,20 @@ structure check), and names the offending value in its message.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import numbers
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
-__all__ = ["check_lengths", "structure_holds", "validate_edge_index"]
+__all__ = [
+    "check_lengths",
+    "check_node_count",
+    "is_int",
+    "structure_holds",
+    "validate_edge_index",
+]
 
 #: Edges checked per step when a structure claim is verified (bounds the temporaries).
 _VERIFY_CHUNK = 1 << 20
@@ -50,9 +57,65 @@ def validate_edge_index(edge_index: Any, num_src: int | None, num_dst: int | Non
             )
 
 
+def is_int(value: Any) -> bool:
+    """True for Python and numpy integers (``numbers.Integral``) and torch's symbolic ints;
+    False for bools (numpy's bool is no Integral)."""
+    return isinstance(value, (numbers.Integral, torch.SymInt)) and not isinstance(value, bool)
+
+
+def check_node_count(value: Any, name: str) -> int | None:
+    """A node count (``num_src``/``num_dst``): None, or an integer >= 0 (Python or numpy),
+    returned as an int. A float such as 5.7 is refused, never truncated.
+
+    Raises:
+        TypeError: not an integer (a float, a bool, a string, a tensor...).
+        ValueError: a negative count.
+    """
+    if value is None:
+        return None
+    if not is_int(value):
+        raise TypeError(
+            f"{name} must be an int >= 0 or None, got {value!r} ({type(value).__name__})"
+        )
+    if value < 0:
+        raise ValueError(f"node counts must be >= 0, got {name}={value}")
+    return int(value)
+
+
 def check_lengths(lengths: Sequence[int] | Tensor) -> tuple[int, ...]:
-    """Per-sequence node counts as a tuple of ints >= 1 (raises ValueError naming a bad one)."""
-    out = tuple(int(n) for n in (lengths.tolist() if isinstance(lengths, Tensor) else lengths))
+    """Per-sequence node counts as a tuple of ints >= 1.
+
+    Accepts a sequence of integers (Python or numpy) or an integer tensor [B]. Nothing is
+    coerced: ``[2.5, 3]``, ``"23"``, ``[True, 2]`` and float tensors are refused.
+
+    Raises:
+        TypeError: a string, a non-sequence, a non-integer entry or a non-integer tensor.
+        ValueError: no sequence, or a length < 1 (the message names it).
+    """
+    if isinstance(lengths, Tensor):
+        if (
+            lengths.dtype.is_floating_point
+            or lengths.dtype.is_complex
+            or lengths.dtype == torch.bool
+        ):
+            raise TypeError(f"lengths must hold integers, got a tensor of dtype {lengths.dtype}")
+        if lengths.dim() != 1:
+            raise ValueError(f"lengths must be a 1-D tensor [B], got shape {list(lengths.shape)}")
+        items: list[Any] = lengths.tolist()
+    elif isinstance(lengths, (str, bytes)) or not isinstance(lengths, Iterable):
+        raise TypeError(
+            f"lengths must be a sequence of ints (one per sequence), got {lengths!r} "
+            f"({type(lengths).__name__})"
+        )
+    else:
+        items = list(lengths)
+    bad_type = [n for n in items if not is_int(n)]
+    if bad_type:
+        raise TypeError(
+            f"every sequence length must be an int, got {bad_type[0]!r} "
+            f"({type(bad_type[0]).__name__}) in lengths={items!r}"
+        )
+    out = tuple(int(n) for n in items)
     if len(out) == 0:
         raise ValueError("lengths must name at least one sequence, got []")
     bad = [n for n in out if n < 1]

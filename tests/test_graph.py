@@ -259,3 +259,58 @@ def test_batch_never_changes_the_neighbourhoods(build) -> None:
     edge.load_state_dict(layer.state_dict())
     x, batch = torch.randn(5, 21, dtype=torch.float64), torch.tensor([0, 0, 1, 1, 1])
     torch.testing.assert_close(layer(x, g, batch=batch), edge(x, g), atol=1e-10, rtol=1e-10)
+
+
+# ---------------------------------------------------------------- issue 11: no silent coercion
+@pytest.mark.parametrize(
+    ("lengths", "exc", "match"),
+    [
+        (
+            [2.5, 3],
+            TypeError,
+            r"every sequence length must be an int, got 2.5 \(float\) in lengths=\[2.5, 3\]",
+        ),
+        ([2.0, 3], TypeError, r"every sequence length must be an int, got 2.0 \(float\)"),
+        (
+            "23",
+            TypeError,
+            r"lengths must be a sequence of ints \(one per sequence\), got '23' \(str\)",
+        ),
+        ([True, 2], TypeError, r"every sequence length must be an int, got True \(bool\)"),
+        (5, TypeError, r"lengths must be a sequence of ints .* got 5 \(int\)"),
+        (
+            torch.tensor([2.0, 3.0]),
+            TypeError,
+            "lengths must hold integers, got a tensor of dtype torch.float32",
+        ),
+        (torch.tensor([True]), TypeError, "got a tensor of dtype torch.bool"),
+        (
+            torch.tensor([[2, 3]]),
+            ValueError,
+            r"lengths must be a 1-D tensor \[B\], got shape \[1, 2\]",
+        ),
+    ],
+)
+def test_lengths_are_never_coerced(lengths: object, exc: type, match: str) -> None:
+    """``[2.5, 3]``, ``"23"`` and ``[True, 2]`` used to become (2, 3), (2, 3) and (1, 2)."""
+    with pytest.raises(exc, match=match):
+        ga.complete_graph(lengths=lengths)  # type: ignore[arg-type]
+    with pytest.raises(exc, match=match):
+        ga.TokenGraph(torch.zeros(2, 0, dtype=torch.long), 5, 5, lengths=lengths)  # type: ignore[arg-type]
+
+
+def test_numpy_lengths_and_node_counts_are_integers() -> None:
+    np = pytest.importorskip("numpy")
+    g = ga.complete_graph(lengths=np.array([2, 3]))
+    assert g.lengths == (2, 3) and g.num_edges == 13
+    t = ga.TokenGraph(torch.tensor([[0], [1]]), np.int64(4), np.int32(3))
+    assert (t.num_src, t.num_dst) == (4, 3) and type(t.num_src) is int
+
+
+@pytest.mark.parametrize("arg", ["num_src", "num_dst"])
+@pytest.mark.parametrize("value", [5.7, 5.0, True, "5", torch.tensor(5)])
+def test_node_counts_must_be_integers(arg: str, value: object) -> None:
+    """``TokenGraph(ei, num_src=5.7)`` used to truncate to 5 and fail later inside ops.py."""
+    ei = torch.tensor([[0], [1]])
+    with pytest.raises(TypeError, match=rf"{arg} must be an int >= 0 or None, got "):
+        ga.TokenGraph(ei, **{arg: value})  # type: ignore[arg-type]

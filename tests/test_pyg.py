@@ -7,6 +7,8 @@ torch.compile with zero graph breaks on the edge path.
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -92,21 +94,33 @@ def _transformer_conv_twin(dtype: torch.dtype) -> tuple[ga.GraphAttention, Trans
     return layer, conv
 
 
-@pytest.mark.parametrize(("dtype", "tol"), [(torch.float64, 1e-10), (torch.float32, 1e-5)])
-def test_edge_dim_equals_transformer_conv(dtype: torch.dtype, tol: float) -> None:
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_edge_dim_equals_transformer_conv(dtype: torch.dtype, within_torch_error) -> None:
+    """fp64: equal to PyG's TransformerConv to 1e-10. fp32: both against the fp64 golden
+    (TransformerConv in fp64), within a multiple of PyG's own error."""
+
+    def run(layer, conv, dtype: torch.dtype) -> tuple[list[torch.Tensor], list[torch.Tensor]]:  # type: ignore[no-untyped-def]
+        gen = torch.Generator().manual_seed(5)
+        ei = torch.cat([_random_graph(N, 11, 3), torch.arange(N).repeat(2, 1)], 1)  # self-loops
+        x = torch.randn(N, C, generator=gen, dtype=torch.float64).to(dtype).requires_grad_()
+        attr = torch.randn(ei.size(1), F_E, generator=gen, dtype=torch.float64).to(dtype)
+        attr.requires_grad_()
+        res = layer(x, ei, edge_attr=attr, return_attention=True)
+        ref, (ref_ei, ref_w) = conv(x, ei, edge_attr=attr, return_attention_weights=True)
+        assert torch.equal(ref_ei, ei)  # TransformerConv keeps the edge order: weights align
+        g_mine = torch.autograd.grad(res.out.square().sum(), (x, attr))
+        g_ref = torch.autograd.grad(ref.square().sum(), (x, attr))
+        return [res.out, res.weights, *g_mine], [ref, ref_w, *g_ref]
+
     layer, conv = _transformer_conv_twin(dtype)
-    ei = torch.cat([_random_graph(N, 11, 3), torch.arange(N).repeat(2, 1)], 1)  # with self-loops
-    x = torch.randn(N, C, dtype=dtype, requires_grad=True)
-    attr = torch.randn(ei.size(1), F_E, dtype=dtype, requires_grad=True)
-    res = layer(x, ei, edge_attr=attr, return_attention=True)
-    ref, (ref_ei, ref_w) = conv(x, ei, edge_attr=attr, return_attention_weights=True)
-    torch.testing.assert_close(res.out, ref, rtol=0, atol=tol)
-    assert torch.equal(ref_ei, ei)  # TransformerConv keeps the edge order: weights align
-    torch.testing.assert_close(res.weights, ref_w, rtol=0, atol=tol)
-    g_mine = torch.autograd.grad(res.out.square().sum(), (x, attr))
-    g_ref = torch.autograd.grad(ref.square().sum(), (x, attr))
-    for a, b in zip(g_mine, g_ref):
-        torch.testing.assert_close(a, b, rtol=0, atol=10 * tol)
+    ours, theirs = run(layer, conv, dtype)
+    if dtype == torch.float64:
+        for a, b in zip(ours, theirs, strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+        return
+    _, gold = run(copy.deepcopy(layer).double(), copy.deepcopy(conv).double(), torch.float64)
+    for i, (a, b, c) in enumerate(zip(ours, theirs, gold, strict=True)):
+        within_torch_error(a, b, c, what=f"result {i}")
 
 
 def test_edge_dim_gradcheck_gatv2() -> None:
@@ -242,3 +256,16 @@ def test_compiled_equals_eager() -> None:
     compiled = torch.compile(block, fullgraph=True, backend="aot_eager")
     with torch.no_grad():  # inference graph only: keeps the test short
         torch.testing.assert_close(compiled(x, ei, attr), block(x, ei, attr), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("build", [ga.complete_graph, ga.causal_graph])
+def test_block_batch_never_changes_the_neighbourhoods(build) -> None:
+    """Issue 11: GraphTransformerBlock with ``batch=`` on a tagged graph was off by 0.72."""
+    block = GraphTransformerBlock(C, H).double().eval()
+    edge = copy.deepcopy(block)
+    edge.self_attn.backend = "edge"
+    x = torch.randn(5, C, dtype=torch.float64)
+    batch = torch.tensor([0, 0, 1, 1, 1])
+    torch.testing.assert_close(
+        block(x, build(5), batch=batch), edge(x, build(5)), atol=1e-10, rtol=0
+    )

@@ -48,8 +48,8 @@ def _modulated_scores(p: Problem, mod: EdgeModulation) -> Tensor:
     return chunked_edge_map(chunk, p.graph.num_edges, H * D)
 
 
-def edge_scores_and_weights(p: Problem) -> tuple[Tensor, Tensor]:
-    """Per-edge α [E, H] (eq. 1) and Attn [E, H] (eq. 2) of ``p``, by the literal formula."""
+def _wide_scores_and_weights(p: Problem) -> tuple[Tensor, Tensor]:
+    """α and Attn [E, H]; fp32 when the score computes fp16/bf16 inputs in fp32 (edge_dot)."""
     g = p.graph
     if p.modulation is not None:
         alpha = _modulated_scores(p, p.modulation)
@@ -63,6 +63,18 @@ def edge_scores_and_weights(p: Problem) -> tuple[Tensor, Tensor]:
     return alpha, neighbourhood_softmax(alpha, g.edge_index[1], g.num_dst)  # [E, H], [E, H]
 
 
+def edge_scores_and_weights(p: Problem) -> tuple[Tensor, Tensor]:
+    """Per-edge α [E, H] (eq. 1) and Attn [E, H] (eq. 2) of ``p``, by the literal formula.
+
+    Both come back in the dtype of ``p.q``. For fp16/bf16 inputs the dot-product scores are
+    computed in fp32 and the softmax runs on those fp32 scores, so the weights are finite
+    wherever the output is, even when a logit is beyond the half range (it is then ±inf in
+    the returned scores, which is its value in that dtype).
+    """
+    alpha, weights = _wide_scores_and_weights(p)
+    return alpha.to(p.q.dtype), weights.to(p.q.dtype)
+
+
 class EdgeBackend(Backend):
     """Graph attention by the literal formula (eqs. 1-3): any graph, any score, every option."""
 
@@ -74,7 +86,7 @@ class EdgeBackend(Backend):
     def run(self, p: Problem) -> BackendOutput:
         g = p.graph
         src, dst = g.edge_index[0], g.edge_index[1]
-        alpha, weights = edge_scores_and_weights(p)
+        alpha, weights = _wide_scores_and_weights(p)
         w = F.dropout(weights, p.dropout, p.training) if p.dropout > 0 else weights  # [E, H]
         half = p.v.dtype in _HALF  # accumulate half-precision sums in fp32, as SDPA does
         wa, va = (w.float(), p.v.float()) if half else (w, p.v)
@@ -91,5 +103,5 @@ class EdgeBackend(Backend):
             out = out + torch.einsum("nhf,hdf->nhd", agg, w_e)  # agg [N_t, H, F]
         out = out.to(p.v.dtype)
         if p.need_weights:
-            return BackendOutput(out, alpha, weights)
+            return BackendOutput(out, alpha.to(p.q.dtype), weights.to(p.q.dtype))
         return BackendOutput(out, None, None)

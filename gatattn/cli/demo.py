@@ -31,8 +31,9 @@ from torch import Tensor, nn
 
 import gatattn as ga
 
-from . import UsageError, progress_bar
+from . import progress_bar
 from ._toy import ToyEncoder, dense_weights
+from .options import check_output_dir, check_positive, check_seed
 
 __all__ = ["DemoResult", "TinyTransformer", "configure", "report", "run", "train_demo"]
 
@@ -259,8 +260,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the demo and print its report; exit code 0."""
-    if args.steps < 1:
-        raise UsageError(f"--steps must be >= 1, got {args.steps}")
+    check_positive(args.steps, "--steps")
+    check_seed(args.seed)
+    check_output_dir(args.out)
     res = train_demo(
         steps=args.steps, seed=args.seed, out_dir=args.out, progress=not args.no_progress
     )

@@ -27,8 +27,10 @@ from torch import Tensor
 
 import gatattn as ga
 
+from ..inspect.export import MAX_WRITE_EDGES, check_write_size
 from . import UsageError
 from ._toy import ToyEncoder
+from .options import check_finite, check_output_dir, check_positive, check_seed
 
 __all__ = ["TinyModel", "configure", "run"]
 
@@ -127,6 +129,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--html", action="store_true", help="also write attention.html, the interactive view"
     )
     parser.add_argument(
+        "--allow-large",
+        action="store_true",
+        help="write graphs above the size limit (N² > 100,000 edges, N > 316 tokens) too",
+    )
+    parser.add_argument(
         "--threshold", type=float, default=0.1, help="graph.png: hide edges below this weight"
     )
 
@@ -174,13 +181,37 @@ def _run_model(args: argparse.Namespace) -> tuple[list[str], list[ga.Attention]]
     return tokens, model(tokens)
 
 
+def _check_args(args: argparse.Namespace) -> None:
+    """Every option, before the model runs (docs/export.md, "From the command line": exit code 2, one line)."""
+    check_seed(args.seed)
+    for option in ("layers", "heads", "dim"):
+        check_positive(getattr(args, option), f"--{option}")
+    check_finite(args.threshold, "--threshold", minimum=0.0)
+    if args.model == "tiny":  # the tokens are known before the model runs: N² edges per layer
+        n = len(args.text.split()) if args.text is not None else len(args.tokens)
+        _check_size(n, args.allow_large)
+    check_output_dir(args.out)
+
+
+def _check_size(num_tokens: int, allow_large: bool) -> None:
+    try:
+        check_write_size(num_tokens * num_tokens, allow_large)
+    except ValueError:
+        raise UsageError(
+            f"{num_tokens} tokens give {num_tokens * num_tokens:,} edges per layer, more than "
+            f"the graph files' limit of {MAX_WRITE_EDGES:,}; pass --allow-large to write them"
+        ) from None
+
+
 def run(args: argparse.Namespace) -> int:
+    _check_args(args)
     tokens, attentions = _run_model(args)
-    args.out.mkdir(parents=True, exist_ok=True)
+    _check_size(len(tokens), args.allow_large)  # minilm: its own tokenisation
     written = []
     for layer, res in enumerate(attentions):
         G = ga.to_networkx(res, tokens=tokens, head="all")
-        written.append(ga.write_graph(G, args.out / f"layer{layer}.{args.format}"))
+        path = args.out / f"layer{layer}.{args.format}"
+        written.append(ga.write_graph(G, path, allow_large=args.allow_large))
     last = attentions[-1]
     G = ga.to_networkx(last, tokens=tokens)
     if not args.no_png:

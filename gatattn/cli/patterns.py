@@ -8,9 +8,9 @@ docs/patterns.md).
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from . import UsageError
+from .options import check_output_dir, check_prefix
 
 __all__ = ["configure", "run"]
 
@@ -40,8 +40,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"unknown pattern {unknown[0]!r}; choose from {', '.join(GALLERY)}")
     if not 8 <= args.n <= 512:
         raise UsageError(f"--n must be between 8 and 512, got {args.n}")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    check_prefix(args.prefix)
+    out = check_output_dir(args.out)
     for name in args.names or list(GALLERY):
         build, caption = GALLERY[name]
         graph = build(args.n)

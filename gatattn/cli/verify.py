@@ -32,6 +32,7 @@ import gatattn as ga
 
 from ..reference import dense_reference
 from . import progress_bar
+from .options import check_seed
 
 __all__ = ["Case", "run_matrix"]
 
@@ -219,6 +220,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_seed(args.seed)
     cases = run_matrix(
         quick=args.quick, progress=not args.no_progress and not args.quick, seed=args.seed
     )

@@ -8,6 +8,8 @@ The modules import one way only::
   Â = rownorm(0.5·A + 0.5·I) (eq. R1), dense matrices A[i, j] = Attn_ij (row = query).
 - ``export``: ``to_networkx`` / ``from_networkx``, ``write_graph`` (GraphML, GEXF, JSON) and
   ``layered_graph``, the (L+1)·N-node DAG of Abnar & Zuidema (2020).
+- ``xmltext``: the lossless escape of strings that XML cannot hold (``write_graph`` and
+  ``read_graph`` apply it to GraphML and GEXF files).
 - ``analysis``: rollout (eq. R2), flow (eq. R3), entropy, weight sums, top edges, PageRank,
   strength.
 - ``plot``: ``heatmap`` and ``graph`` pictures (matplotlib is imported inside them); they stay
@@ -19,7 +21,7 @@ The modules import one way only::
 import paths that existed before this package.
 """
 
-from . import analysis, export, html, matrices, plot
+from . import analysis, export, html, matrices, plot, xmltext
 from .analysis import (
     attention_entropy,
     attention_flow,
@@ -32,8 +34,10 @@ from .analysis import (
 from .export import (
     MAX_WRITE_EDGES,
     EdgeArrays,
+    check_write_size,
     from_networkx,
     layered_graph,
+    read_graph,
     to_networkx,
     write_graph,
 )
@@ -49,9 +53,11 @@ from .matrices import (
     node_counts,
     residual_adjust,
 )
+from .xmltext import XML_ESCAPE_PREFIX, escape_xml_text, unescape_xml_text
 
 __all__ = [
     "MAX_WRITE_EDGES",
+    "XML_ESCAPE_PREFIX",
     "EdgeArrays",
     "HeadSpec",
     "LayerInput",
@@ -64,6 +70,8 @@ __all__ = [
     "attention_rollout",
     "check_head",
     "check_weights_sum",
+    "check_write_size",
+    "escape_xml_text",
     "export",
     "from_networkx",
     "html",
@@ -74,9 +82,12 @@ __all__ = [
     "node_counts",
     "pagerank",
     "plot",
+    "read_graph",
     "residual_adjust",
     "strength",
     "to_networkx",
     "top_edges",
+    "unescape_xml_text",
     "write_graph",
+    "xmltext",
 ]

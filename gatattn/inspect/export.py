@@ -23,7 +23,7 @@ NetworkX is imported inside the functions (it is a dependency, but ``import gata
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from inspect import signature
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -35,6 +35,7 @@ from torch import Tensor
 from ..graph import TokenGraph
 from ..nn import Attention
 from .matrices import HeadSpec, LayerInput, adjusted_matrices, check_head, merged_edges
+from .xmltext import escape_xml_text, unescape_xml_text
 
 if TYPE_CHECKING:
     import networkx as nx
@@ -42,8 +43,10 @@ if TYPE_CHECKING:
 __all__ = [
     "MAX_WRITE_EDGES",
     "EdgeArrays",
+    "check_write_size",
     "from_networkx",
     "layered_graph",
+    "read_graph",
     "to_networkx",
     "write_graph",
 ]
@@ -327,6 +330,10 @@ def write_graph(
     Returns:
         the path written.
 
+    Strings that XML cannot hold (control characters, lone surrogates, ``\r``) are written
+    with a lossless escape in GraphML and GEXF (``gatattn.inspect.xmltext``); ``read_graph``
+    reverses it, and every other string reads back identical through NetworkX's readers.
+
     Raises:
         ValueError: an unknown suffix, or a graph above the size limit.
     """
@@ -341,20 +348,74 @@ def write_graph(
     G = to_networkx(graph, **kwargs) if isinstance(graph, Attention) else graph
     if not isinstance(G, nx.Graph):
         raise TypeError(f"write_graph needs an nx graph or an Attention, got {type(G).__name__}")
-    if G.number_of_edges() > MAX_WRITE_EDGES and not allow_large:
-        raise ValueError(
-            f"graph has {G.number_of_edges()} edges, more than MAX_WRITE_EDGES={MAX_WRITE_EDGES}; "
-            "pass allow_large=True to write it anyway, or filter the edges first"
-        )
+    check_write_size(G.number_of_edges(), allow_large)
     if suffix == ".graphml":
-        nx.write_graphml(G, path)
+        nx.write_graphml(_map_strings(G, escape_xml_text), path)
     elif suffix == ".gexf":
-        nx.write_gexf(G, path)
+        nx.write_gexf(_map_strings(G, escape_xml_text), path)
     else:
         params = signature(nx.node_link_data).parameters
         key = {"edges": "edges"} if "edges" in params else {"link": "edges"}  # NetworkX < 3.4
         path.write_text(json.dumps(nx.node_link_data(G, **key)))
     return path
+
+
+def check_write_size(num_edges: int, allow_large: bool) -> None:
+    """Raise the ``write_graph`` size error for ``num_edges`` before anything is computed
+    (the CLI checks N·N edges of a complete graph up front)."""
+    if num_edges > MAX_WRITE_EDGES and not allow_large:
+        raise ValueError(
+            f"graph has {num_edges} edges, more than MAX_WRITE_EDGES={MAX_WRITE_EDGES}; "
+            "pass allow_large=True to write it anyway, or filter the edges first"
+        )
+
+
+def read_graph(path: str | Path) -> nx.DiGraph:
+    """Read a file written by ``write_graph``, with NetworkX's reader for its suffix, and undo
+    the XML escape of its strings (``unescape_xml_text``), so every token reads back identical.
+
+    GraphML and GEXF node ids come back as strings ("0", "1", ...), as NetworkX reads them;
+    ``from_networkx`` orders nodes by their ``index`` attribute.
+
+    Raises:
+        ValueError: an unknown suffix.
+    """
+    import networkx as nx
+
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".graphml":
+        return _map_strings(nx.read_graphml(path), unescape_xml_text)
+    if suffix == ".gexf":
+        return _map_strings(nx.read_gexf(path), unescape_xml_text)
+    if suffix == ".json":
+        return nx.node_link_graph(json.loads(path.read_text()), edges="edges")
+    raise ValueError(
+        f"unknown graph file suffix {path.suffix!r} in {str(path)!r}; use one of {WRITERS}"
+    )
+
+
+def _map_strings(G: nx.DiGraph, fn: Callable[[str], str]) -> nx.DiGraph:
+    """G with ``fn`` applied to every string attribute value and string node id; G itself
+    when nothing changes (no copy for the common case of plain tokens)."""
+
+    def attrs(d: dict[str, Any]) -> dict[str, Any] | None:
+        new = {k: fn(v) for k, v in d.items() if isinstance(v, str) and fn(v) != v}
+        return {**d, **new} if new else None
+
+    nodes = {u: attrs(d) for u, d in G.nodes(data=True)}
+    edges = {(u, v): attrs(d) for u, v, d in G.edges(data=True)}
+    ids = {u: fn(u) for u in G if isinstance(u, str) and fn(u) != u}
+    graph = attrs(G.graph)
+    if not ids and graph is None and not any(nodes.values()) and not any(edges.values()):
+        return G
+    H = G.__class__()
+    H.graph.update(graph or G.graph)
+    H.add_nodes_from((ids.get(u, u), nodes[u] or d) for u, d in G.nodes(data=True))
+    H.add_edges_from(
+        (ids.get(u, u), ids.get(v, v), edges[u, v] or d) for u, v, d in G.edges(data=True)
+    )
+    return H
 
 
 def layered_graph(

@@ -137,11 +137,29 @@ def _scatter_into(out: Tensor, w: Tensor, b: Tensor, i_out: Tensor, i_b: Tensor)
         out.index_add_(0, i_out[s:t], msg)
 
 
+def _no_autocast(device: torch.device) -> Any:
+    """Autocast off inside the kernels: they run in their inputs' dtype (half inputs accumulate
+    in fp32 themselves), and autocast would turn the CSR matmuls' fp32 operands into bf16/fp16,
+    which torch.sparse does not implement on CPU."""
+    return torch.autocast(device.type, enabled=False)
+
+
+def _wide(t: Tensor) -> Tensor:
+    """fp16/bf16 -> fp32 (products and sums accumulate in fp32, as the dense kernels do)."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
 class _EdgeDot(torch.autograd.Function):
+    """s_e = <a_dst(e), b_src(e)>. Its backward is written with edge_aggregate, itself an
+    autograd.Function, so gradients of every order are right on every path (the CSR tensors
+    are built inside forwards only, and autograd never sees them)."""
+
     @staticmethod
     def forward(a: Tensor, b: Tensor, src: Tensor, dst: Tensor) -> Tensor:  # type: ignore[override]
-        out = a.new_empty(src.numel(), a.size(1))  # [E, H]
-        _dot_into(out, a, b, dst, src)
+        with _no_autocast(a.device):
+            a32, b32 = _wide(a), _wide(b)
+            out = a32.new_empty(src.numel(), a.size(1))  # [E, H], fp32 for half inputs
+            _dot_into(out, a32, b32, dst, src)
         return out
 
     @staticmethod
@@ -154,21 +172,24 @@ class _EdgeDot(torch.autograd.Function):
         a, b, src, dst = ctx.saved_tensors
         grad = grad.contiguous()
         ga = gb = None
-        if ctx.needs_input_grad[0]:
-            ga = torch.zeros_like(a)
-            _scatter_into(ga, grad, b, dst, src)  # ∂s_e/∂a_dst = b_src
-        if ctx.needs_input_grad[1]:
-            gb = torch.zeros_like(b)
-            _scatter_into(gb, grad, a, src, dst)  # ∂s_e/∂b_src = a_dst
+        if ctx.needs_input_grad[0]:  # ∂s_e/∂a_dst = b_src: ga_i = Σ_{e→i} grad_e b_src(e)
+            ga = _EdgeAggregate.apply(grad, _wide(b), src, dst, a.size(0)).to(a.dtype)
+        if ctx.needs_input_grad[1]:  # ∂s_e/∂b_src = a_dst: the same sum with roles swapped
+            gb = _EdgeAggregate.apply(grad, _wide(a), dst, src, b.size(0)).to(b.dtype)
         return ga, gb, None, None
 
 
 class _EdgeAggregate(torch.autograd.Function):
+    """out_i = Σ_{e→i} w_e v_src(e). Backward is written with _EdgeDot and _EdgeAggregate
+    (differentiable), so double backward is right on every path, duplicate edges included."""
+
     @staticmethod
     def forward(w: Tensor, v: Tensor, src: Tensor, dst: Tensor, num_dst: int) -> Tensor:  # type: ignore[override]
-        out = v.new_zeros(num_dst, v.size(1), v.size(2))  # [N_t, H, D]
-        _scatter_into(out, w, v, dst, src)
-        return out
+        with _no_autocast(v.device):
+            v32 = _wide(v)
+            out = v32.new_zeros(num_dst, v.size(1), v.size(2))  # [N_t, H, D], fp32 for half
+            _scatter_into(out, w.to(v32.dtype), v32, dst, src)
+        return out.to(v.dtype)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
@@ -180,17 +201,19 @@ class _EdgeAggregate(torch.autograd.Function):
         w, v, src, dst = ctx.saved_tensors
         grad = grad.contiguous()
         gw = gv = None
-        if ctx.needs_input_grad[0]:
-            gw = w.new_empty(w.shape)  # [E, H]
-            _dot_into(gw, grad, v, dst, src)  # ∂out_i/∂w_e = v_src
-        if ctx.needs_input_grad[1]:
-            gv = torch.zeros_like(v)
-            _scatter_into(gv, w, grad, src, dst)  # ∂out_i/∂v_src = w_e
+        if ctx.needs_input_grad[0]:  # ∂out_i/∂w_e = v_src: gw_e = <grad_dst(e), v_src(e)>
+            gw = _EdgeDot.apply(grad, v, src, dst).to(w.dtype)
+        if ctx.needs_input_grad[1]:  # ∂out_i/∂v_src = w_e: gv_j = Σ_{e: src(e)=j} w_e grad_dst(e)
+            gv = _EdgeAggregate.apply(w, grad, dst, src, v.size(0)).to(v.dtype)
         return gw, gv, None, None, None
 
 
 def edge_dot(a: Tensor, b: Tensor, src: Tensor, dst: Tensor) -> Tensor:
     """Per-edge inner product ``s_e = <a[dst[e]], b[src[e]]>``.
+
+    fp16/bf16 inputs are multiplied and summed in fp32 and the result stays fp32 (as SDPA's
+    kernels accumulate), so a dot product beyond the half range does not overflow before the
+    caller scales it. Gradients of any order are exact (the backward is itself differentiable).
 
     Args:
         a: target-side vectors (queries), [N_t, H, D].
@@ -198,7 +221,7 @@ def edge_dot(a: Tensor, b: Tensor, src: Tensor, dst: Tensor) -> Tensor:
         src, dst: LongTensor [E], ``edge_index[0]`` and ``edge_index[1]``.
 
     Shapes:
-        -> [E, H]. Memory O(E·H) in forward and backward.
+        -> [E, H] (fp32 for fp16/bf16 inputs). Memory O(E·H) in forward and backward.
     """
     return _EdgeDot.apply(a, b, src, dst)
 
@@ -211,6 +234,9 @@ def edge_aggregate(w: Tensor, v: Tensor, src: Tensor, dst: Tensor, num_dst: int)
         v: source vectors (values), [N_s, H, D].
         src, dst: LongTensor [E].
         num_dst: N_t.
+
+    fp16/bf16 values are accumulated in fp32 and the sum is returned in ``v``'s dtype.
+    Gradients of any order are exact.
 
     Shapes:
         -> [N_t, H, D]. Memory O(E·H + N·H·D) in forward and backward.

@@ -172,6 +172,9 @@ class GraphAttention(MessagePassing):
         xk, xv = check.split_sources(x, x_src, (self.embed_dim, self.kdim, self.vdim))
         check.check_features(xk, "key features", self.kdim, "kdim")
         check.check_features(xv, "value features", self.vdim, "vdim")
+        dtype = self.out_proj.weight.dtype
+        for name, t in (("x", x), ("x_src", xk), ("x_src", xv)):
+            check.check_dtype(t, name, dtype)
         g = as_token_graph(graph, num_src=xk.size(0), num_dst=x.size(0))
         if batch is not None:
             g = check.with_batch(g, batch)

@@ -17,6 +17,7 @@ from ..graph import TokenGraph
 __all__ = [
     "Attention",
     "Sources",
+    "check_dtype",
     "check_edge_inputs",
     "check_features",
     "check_layer_args",
@@ -86,6 +87,20 @@ def check_features(t: object, name: str, width: int, arg: str) -> Tensor:
     return t
 
 
+def check_dtype(t: Tensor, name: str, dtype: torch.dtype) -> None:
+    """Floating features must have the layer's parameter dtype, unless autocast runs and casts
+    both (it casts fp32 and half tensors, never fp64). Raises a TypeError naming ``name``
+    instead of torch's "mat1 and mat2 must have the same dtype" from inside the projection."""
+    if t.dtype == dtype:
+        return
+    if torch.is_autocast_enabled(t.device.type) and torch.float64 not in (t.dtype, dtype):
+        return
+    raise TypeError(
+        f"{name} has dtype {t.dtype} but the layer's parameters are {dtype}; convert one of "
+        f"them ({name}.to({dtype}) or layer.to({t.dtype})), or run under torch.autocast"
+    )
+
+
 def split_sources(
     x: Tensor, x_src: Tensor | tuple[Tensor, Tensor] | None, dims: tuple[int, int, int]
 ) -> tuple[Tensor, Tensor]:
@@ -105,12 +120,24 @@ def split_sources(
             )
         return x, x
     if isinstance(x_src, (tuple, list)):
+        kinds = [type(t).__name__ for t in x_src]
+        if not all(isinstance(t, Tensor) for t in x_src):
+            raise TypeError(
+                "x_src must be a Tensor [N_s, kdim] or a pair of Tensors (keys, values), got a "
+                f"{type(x_src).__name__} of {len(x_src)} items ({', '.join(kinds[:3])}"
+                f"{', ...' if len(kinds) > 3 else ''})"
+            )
         if len(x_src) != 2:
             raise ValueError(f"x_src pair must be (keys, values), got {len(x_src)} items")
         xk, xv = x_src
         if xk.size(0) != xv.size(0):
             raise ValueError(f"x_src keys have {xk.size(0)} rows but values have {xv.size(0)}")
         return xk, xv
+    if not isinstance(x_src, Tensor):
+        raise TypeError(
+            "x_src must be a Tensor [N_s, kdim] or a pair of Tensors (keys, values), got "
+            f"{type(x_src).__name__}"
+        )
     if kdim != vdim:
         raise ValueError(f"kdim={kdim} != vdim={vdim}: pass x_src=(key_features, value_features)")
     return x_src, x_src
@@ -120,6 +147,11 @@ def check_edge_inputs(edge_attr: EdgeInput | None, num_edges: int) -> EdgeInput 
     """Every per-edge input (one tensor, or each value of a mapping) has one row per edge."""
     if edge_attr is None:
         return None
+    if not isinstance(edge_attr, (Tensor, Mapping)):
+        raise TypeError(
+            "edge_attr must be a Tensor [E, ...] or a mapping of named Tensors, got "
+            f"{type(edge_attr).__name__}"
+        )
     items = edge_attr.items() if isinstance(edge_attr, Mapping) else [("edge_attr", edge_attr)]
     for key, t in items:
         if not isinstance(t, Tensor):
@@ -153,6 +185,8 @@ def with_batch(g: TokenGraph, batch: Tensor) -> TokenGraph:
     apart. The new graph keeps the tag as an unverified claim, so a fast backend uses it only
     when it still holds with these lengths.
     """
+    if isinstance(batch, Tensor) and (batch.is_floating_point() or batch.dtype == torch.bool):
+        raise TypeError(f"batch must be a LongTensor [N] of graph ids, got dtype {batch.dtype}")
     if not isinstance(batch, Tensor) or batch.dim() != 1 or batch.numel() != g.num_dst:
         shape = list(batch.shape) if isinstance(batch, Tensor) else type(batch).__name__
         raise ValueError(f"batch must be a LongTensor [N={g.num_dst}], got {shape}")

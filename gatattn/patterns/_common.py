@@ -17,8 +17,19 @@ import torch
 from torch import Tensor
 
 from ..graph import TokenGraph, check_lengths
+from ..validation import is_int
 
-__all__ = ["MAX_EDGES", "Layout", "check_edge_cap", "layout", "positive_int", "ragged", "sequence_lengths", "union"]
+__all__ = [
+    "MAX_EDGES",
+    "Layout",
+    "check_edge_cap",
+    "is_int",
+    "layout",
+    "positive_int",
+    "ragged",
+    "sequence_lengths",
+    "union",
+]
 
 #: Default edge cap of every builder. A builder that would create more edges raises a ValueError
 #: naming the count; pass ``max_edges=<larger int>`` (or ``max_edges=None``) to allow it. At
@@ -27,8 +38,9 @@ MAX_EDGES = 50_000_000
 
 
 def positive_int(value: Any, name: str, *, minimum: int = 1) -> int:
-    """Check that ``value`` is an int >= ``minimum`` (bools rejected) and return it."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    """Check that ``value`` is an integer >= ``minimum`` (Python or numpy; bools rejected)
+    and return it as an int."""
+    if not is_int(value) or value < minimum:
         raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
     return int(value)
 

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from ..graph import TokenGraph
-from ._common import MAX_EDGES, check_edge_cap, positive_int, ragged
+from ._common import MAX_EDGES, check_edge_cap, is_int, positive_int, ragged
 from .complete import masked_graph
 
 __all__ = ["bipartite_graph", "from_padding_mask"]
@@ -55,7 +55,8 @@ def from_padding_mask(key_padding_mask: Tensor, *, max_edges: int | None = MAX_E
 
 
 def _sizes(value: int | Sequence[int], name: str) -> tuple[int, ...]:
-    if isinstance(value, int):
+    """One size (a Python or numpy integer) -> (n,); a sequence or 1-D array of sizes -> tuple."""
+    if is_int(value) or isinstance(value, bool) or not hasattr(value, "__iter__"):
         return (positive_int(value, name),)
     out = tuple(positive_int(v, f"each of {name}") for v in value)
     if not out:
@@ -86,7 +87,7 @@ def bipartite_graph(
         edge_index [2, E], E = Σ_b n_q[b] n_kv[b], sorted by target then source.
     """
     q, kv = _sizes(n_q, "n_q"), _sizes(n_kv, "n_kv")
-    batched = not isinstance(n_q, int) or not isinstance(n_kv, int)
+    batched = not is_int(n_q) or not is_int(n_kv)
     if len(q) != len(kv):
         raise ValueError(
             f"n_q has {len(q)} sequences but n_kv has {len(kv)}: {list(q)} vs {list(kv)}"

@@ -90,9 +90,19 @@ def _sequences(
         shape = list(pos.shape) if isinstance(pos, Tensor) else type(pos).__name__
         dtype = pos.dtype if isinstance(pos, Tensor) else None
         raise ValueError(f"{name}: pos must be a float tensor [N, d], got {shape} ({dtype})")
+    finite = torch.isfinite(pos).all(1)  # [N]
+    if pos.device.type != "meta" and not bool(finite.all()):  # (meta tensors hold no values)
+        row = int((~finite).nonzero()[0, 0])
+        raise ValueError(
+            f"{name}: pos must be finite, but row {row} is {pos[row].tolist()} "
+            f"({int((~finite).sum())} rows hold NaN or inf); distances to it are undefined"
+        )
     if lengths is not None and batch is not None:
         raise ValueError(f"{name} takes lengths=[...] or batch=[N], not both")
     if batch is not None:
+        if not isinstance(batch, Tensor) or batch.dtype != torch.long:
+            dtype = batch.dtype if isinstance(batch, Tensor) else type(batch).__name__
+            raise TypeError(f"{name}: batch must be a LongTensor [N] of graph ids, got {dtype}")
         if batch.dim() != 1 or batch.numel() != pos.size(0):
             raise ValueError(
                 f"{name}: batch must be [N] = [{pos.size(0)}], got {list(batch.shape)}"

@@ -281,3 +281,36 @@ def test_graph_without_edges_and_causal_tag() -> None:
     assert G.graph["pattern"] == "causal" and sorted(G.edges) == [
         (j, i) for j in range(4) for i in range(j, 4)
     ]
+
+
+# ---------------------------------------------------------------- issue 11: tokens XML cannot hold
+HOSTILE = ["a\x00b", "\x0b", "\x1f", "\ud800", "lone \udfff", "\ufffe", "\uffff", "a\r\nb", "\r",
+           "back\\slash", "gatattn-escaped:plain", "\\u0041", "ok"]  # fmt: skip
+
+
+@pytest.mark.parametrize("suffix", [".graphml", ".gexf", ".json"])
+def test_every_written_token_reads_back_identical(tmp_path, suffix: str) -> None:
+    """XML-illegal characters used to be written without complaint (the file then could not
+    be read), and GraphML turned \\r\\n into \\n. Strings are now escaped losslessly."""
+    n = len(HOSTILE)
+    res = ga.GraphAttention(C, H)(torch.randn(n, C), ga.complete_graph(n), return_attention=True)
+    path = ga.write_graph(res, tmp_path / f"t{suffix}", tokens=HOSTILE)
+    R = ga.inspect.read_graph(path)
+    name = {str(i): i for i in range(n)} if suffix != ".json" else {i: i for i in range(n)}
+    assert {name[u]: tok for u, tok in R.nodes(data="token")} == dict(enumerate(HOSTILE))
+    if suffix != ".json":  # plain tokens need no gatattn reader: NetworkX's reads them as is
+        raw = nx.read_graphml(path) if suffix == ".graphml" else nx.read_gexf(path)
+        assert raw.nodes[str(n - 1)]["token"] == "ok"
+        assert raw.nodes["0"]["token"] == "gatattn-escaped:a\\u0000b"  # the documented escape
+
+
+def test_xml_escape_is_identity_on_safe_text_and_invertible() -> None:
+    from gatattn.inspect import XML_ESCAPE_PREFIX, escape_xml_text, unescape_xml_text
+
+    for s in ["", "the", "tab\tand\nnewline", "back\\slash", "😀 &<>\"'"]:
+        assert escape_xml_text(s) == s
+    for s in HOSTILE:
+        assert unescape_xml_text(escape_xml_text(s)) == s
+    assert escape_xml_text("a\r\nb") == XML_ESCAPE_PREFIX + "a\\u000d\nb"
+    with pytest.raises(ValueError, match=r"unknown graph file suffix '.txt'"):
+        ga.inspect.read_graph("graph.txt")

@@ -96,6 +96,7 @@ def test_inspect_all_is_complete_and_defined_inside() -> None:
     assert {"graph", "heatmap"}.isdisjoint(gi.__all__)
     for sub in (gi.matrices, gi.export, gi.analysis):
         assert set(sub.__all__) <= set(gi.__all__) | {"WRITERS"}, sub.__name__
+    assert set(gi.xmltext.__all__) <= set(gi.__all__)
 
 
 def _inspect_imports(path: Path) -> set[str]:
@@ -113,7 +114,8 @@ def _inspect_imports(path: Path) -> set[str]:
 def test_modules_import_one_way_and_no_private_names() -> None:
     want = {
         "matrices": set(),
-        "export": {"matrices"},
+        "xmltext": set(),
+        "export": {"matrices", "xmltext"},
         "analysis": {"matrices", "export"},
         "plot": {"matrices", "html"},
         "html": {"matrices", "_html_template"},

@@ -171,3 +171,52 @@ def test_loads_state_dicts_saved_with_split_projections() -> None:
          "out_proj.weight": torch.randn(C, C), "out_proj.bias": torch.randn(C)}
     )  # fmt: skip
     assert split.k_proj.weight.shape == (C, 4)
+
+
+# ---------------------------------------------------------------- issue 11: clear errors, no crashes
+def test_hostile_forward_inputs_get_named_errors() -> None:
+    """Each of these used to crash inside torch (dtype mismatch in the projection, AttributeError
+    on a list, NotImplementedError from bincount) instead of naming the argument."""
+    layer = ga.GraphAttention(C, H)
+    g, x = ga.complete_graph(N), torch.randn(N, C)
+    with pytest.raises(
+        TypeError, match=r"x has dtype torch.float64 but the layer's parameters are torch.float32"
+    ):
+        layer(x.double(), g)
+    with pytest.raises(TypeError, match=r"x_src has dtype torch.float64 but the layer's"):
+        layer(x, g, x_src=x.double())
+    with pytest.raises(
+        TypeError,
+        match=r"x_src must be a Tensor \[N_s, kdim\] or a pair of Tensors .* got a list of 5 items \(list, list, list, ...\)",
+    ):
+        layer(x, g, x_src=x.tolist())  # type: ignore[arg-type]
+    with pytest.raises(
+        TypeError, match=r"x_src must be a Tensor .* got a list of 2 items \(list, Tensor\)"
+    ):
+        layer(x, g, x_src=[x.tolist(), x])  # type: ignore[list-item]
+    with pytest.raises(
+        TypeError, match=r"x_src must be a Tensor \[N_s, kdim\] or a pair of Tensors .* got str"
+    ):
+        layer(x, g, x_src="keys")  # type: ignore[arg-type]
+    with pytest.raises(
+        TypeError,
+        match=r"edge_attr must be a Tensor \[E, ...\] or a mapping of named Tensors, got list",
+    ):
+        ga.GraphAttention(C, H, edge_dim=1)(x, g, edge_attr=[1.0] * 25)  # type: ignore[arg-type]
+    with pytest.raises(
+        TypeError, match=r"batch must be a LongTensor \[N\] of graph ids, got dtype torch.float32"
+    ):
+        layer(x, g, batch=torch.zeros(N))
+    with pytest.raises(TypeError, match=r"batch must be a LongTensor .* got dtype torch.bool"):
+        layer(x, g, batch=torch.zeros(N, dtype=torch.bool))
+
+
+def test_autocast_casts_half_and_fp32_inputs_but_not_fp64() -> None:
+    """Under autocast the projection casts fp32/fp16 x and the weights alike: no dtype error.
+    Autocast leaves fp64 alone, so fp64 x still gets the named error."""
+    layer, g = ga.GraphAttention(C, H), ga.complete_graph(N)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = layer(torch.randn(N, C, dtype=torch.float16), g)
+        assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
+        with pytest.raises(TypeError, match="x has dtype torch.float64 but the layer's"):
+            layer(torch.randn(N, C, dtype=torch.float64), g)

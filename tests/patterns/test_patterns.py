@@ -432,7 +432,57 @@ def test_auto_method_picks_the_tree_for_long_sequences() -> None:
 
 
 def test_bad_spatial_method() -> None:
-    with pytest.raises(ValueError, match=r"knn_graph: method must be one of \['auto', 'brute', 'kdtree'\], got 'ball'"):
+    with pytest.raises(
+        ValueError,
+        match=r"knn_graph: method must be one of \['auto', 'brute', 'kdtree'\], got 'ball'",
+    ):
         ga.knn_graph(torch.randn(5, 2), 1, method="ball")
-    with pytest.raises(ValueError, match="radius_graph: method='kdtree' runs on the CPU; pos is on meta"):
+    with pytest.raises(
+        ValueError, match="radius_graph: method='kdtree' runs on the CPU; pos is on meta"
+    ):
         ga.radius_graph(torch.randn(5, 2, device="meta"), 1.0, method="kdtree")
+
+
+# ---------------------------------------------------------------- issue 11: hostile positions and sizes
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize("method", ["brute", "kdtree"])
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda pos, m: ga.knn_graph(pos, 2, method=m),
+        lambda pos, m: ga.radius_graph(pos, 0.5, method=m),
+        lambda pos, m: ga.knn_graph(pos, 1, lengths=[3, 3], method=m),
+    ],
+)
+def test_spatial_builders_refuse_non_finite_positions(bad: float, method: str, build) -> None:
+    """A NaN position used to add a self-loop despite self_loops=False (brute force) or raise
+    SciPy's error (k-d tree): distances to it are undefined, so it is refused."""
+    pos = torch.rand(6, 2, generator=torch.Generator().manual_seed(0))
+    pos[4, 1] = bad
+    with pytest.raises(ValueError, match=r"pos must be finite, but row 4 is \[.*\] \(1 rows"):
+        build(pos, method)
+
+
+def test_spatial_batch_must_be_a_long_tensor() -> None:
+    with pytest.raises(
+        TypeError, match="knn_graph: batch must be a LongTensor .* got torch.float32"
+    ):
+        ga.knn_graph(torch.rand(4, 2), 1, batch=torch.tensor([0.0, 0.0, 1.0, 1.0]))
+
+
+def test_builders_accept_numpy_integers() -> None:
+    """``bipartite_graph(np.int64(3), 4)`` used to fail with "not iterable"; numpy integers
+    are integers (numbers.Integral) everywhere a builder takes a size."""
+    np = pytest.importorskip("numpy")
+    g = ga.bipartite_graph(np.int64(3), 4)
+    want = ga.bipartite_graph(3, 4)
+    assert torch.equal(g.edge_index, want.edge_index)
+    assert (g.lengths, g.params) == (want.lengths, want.params)
+    batched = ga.bipartite_graph(np.array([2, 3]), [np.int32(4), 1])
+    assert torch.equal(batched.edge_index, ga.bipartite_graph([2, 3], [4, 1]).edge_index)
+    assert torch.equal(ga.window_graph(np.int64(6), np.int64(2)).edge_index,
+                       ga.window_graph(6, 2).edge_index)  # fmt: skip
+    with pytest.raises(
+        ValueError, match=r"n_q must be an int >= 1, got np.True_|n_q must be an int >= 1, got True"
+    ):
+        ga.bipartite_graph(np.bool_(True), 4)

@@ -1,8 +1,8 @@
 """The complete graph is dense attention (docs/math.md, eq. 4), proven against PyTorch itself.
 
 References: ``F.scaled_dot_product_attention`` and ``nn.MultiheadAttention`` with copied weights.
-Outputs, per-edge weights and gradients (input and every parameter) are compared; fp64 <= 1e-10,
-fp32 <= 1e-5, fp16/bf16 relative to an fp64 golden. Sizes are pairwise distinct (N=5, H=3, D=7).
+Outputs, per-edge weights and gradients (input and every parameter) are compared; fp64 <= 1e-10;
+fp32, fp16 and bf16 against an fp64 golden, within a multiple of torch's own error. Sizes are pairwise distinct (N=5, H=3, D=7).
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import gatattn as ga
 
 N, H, D = 5, 3, 7
 C = H * D
-TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
 
 
 def _layer(dtype: torch.dtype = torch.float64, **kw: object) -> ga.GraphAttention:
@@ -34,102 +33,134 @@ def _grads(module: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
 
 
-def _mha_grads_as_layer(mha: nn.MultiheadAttention) -> dict[str, torch.Tensor]:
-    """mha's gradients by name: GraphAttention keeps nn.MultiheadAttention's parameter names."""
-    return _grads(mha)
+Results = dict[str, torch.Tensor]
 
 
-def _assert_grads_close(
-    a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], atol: float
-) -> None:
-    assert a.keys() == b.keys()
-    for name in a:
-        torch.testing.assert_close(a[name], b[name], atol=atol, rtol=0, msg=name)
+def _compare(run, dtype: torch.dtype, within) -> None:  # type: ignore[no-untyped-def]
+    """``run(dtype) -> (ours, torch's)``, dicts of tensors computed from the same seeded fp64
+    inputs cast to ``dtype``. fp64: equal to 1e-10. fp32: both against the fp64 golden (torch's
+    result in fp64), gatattn's error within a small multiple of torch's own (``within``);
+    parameter gradients, sums over every edge, get a larger multiple (see
+    test_patterns_equivalence.py)."""
+    ours, theirs = run(dtype)
+    assert ours.keys() == theirs.keys()
+    if dtype == torch.float64:
+        for name in ours:
+            torch.testing.assert_close(ours[name], theirs[name], atol=1e-10, rtol=0, msg=name)
+        return
+    _, gold = run(torch.float64)
+    for name in ours:
+        factor = 64.0 if name.startswith("param ") else 4.0
+        within(ours[name], theirs[name], gold[name], factor=factor, what=name)
+
+
+def _params(module: nn.Module) -> Results:
+    return {f"param {n}": g for n, g in _grads(module).items()}
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_complete_graph_equals_sdpa(dtype: torch.dtype) -> None:
-    layer = _layer(dtype)
-    ref = copy.deepcopy(layer)
-    x = torch.randn(N, C, dtype=dtype, requires_grad=True)
-    x_ref = x.detach().clone().requires_grad_(True)
-    grad = torch.randn(N, C, dtype=dtype)
+def test_complete_graph_equals_sdpa(dtype: torch.dtype, within_torch_error) -> None:
+    def run(dtype: torch.dtype) -> tuple[Results, Results]:
+        torch.manual_seed(0)
+        layer = _layer(torch.float64).to(dtype)
+        ref = copy.deepcopy(layer)
+        x = torch.randn(N, C, dtype=torch.float64).to(dtype).requires_grad_(True)
+        x_ref = x.detach().clone().requires_grad_(True)
+        grad = torch.randn(N, C, dtype=torch.float64).to(dtype)
 
-    res = layer(x, ga.complete_graph(N), return_attention=True)
-    res.out.backward(grad)
+        res = layer(x, ga.complete_graph(N), return_attention=True)
+        res.out.backward(grad)
 
-    q = ref.q_proj(x_ref).view(N, H, D).transpose(0, 1)  # [H, N, D]
-    k = ref.k_proj(x_ref).view(N, H, D).transpose(0, 1)
-    v = ref.v_proj(x_ref).view(N, H, D).transpose(0, 1)
-    want = ref.out_proj(F.scaled_dot_product_attention(q, k, v).transpose(0, 1).reshape(N, C))
-    want.backward(grad)
-    logits = (q @ k.transpose(-1, -2) / D**0.5).detach()  # [H, N, N]
+        q = ref.q_proj(x_ref).view(N, H, D).transpose(0, 1)  # [H, N, D]
+        k = ref.k_proj(x_ref).view(N, H, D).transpose(0, 1)
+        v = ref.v_proj(x_ref).view(N, H, D).transpose(0, 1)
+        want = ref.out_proj(F.scaled_dot_product_attention(q, k, v).transpose(0, 1).reshape(N, C))
+        want.backward(grad)
+        logits = (q @ k.transpose(-1, -2) / D**0.5).detach()  # [H, N, N]
+        ours = {
+            "out": res.out,
+            "scores": res.scores.view(N, N, H).permute(2, 0, 1),
+            "weights": res.weights.view(N, N, H).permute(2, 0, 1),
+            "x.grad": x.grad,
+            **_params(layer),
+        }
+        theirs = {
+            "out": want,
+            "scores": logits,
+            "weights": logits.softmax(-1),
+            "x.grad": x_ref.grad,
+            **_params(ref),
+        }
+        return ours, theirs  # type: ignore[return-value]
 
-    tol = TOL[dtype]
-    torch.testing.assert_close(res.out, want, atol=tol, rtol=0)
-    torch.testing.assert_close(res.scores.view(N, N, H).permute(2, 0, 1), logits, atol=tol, rtol=0)
-    torch.testing.assert_close(
-        res.weights.view(N, N, H).permute(2, 0, 1), logits.softmax(-1), atol=tol, rtol=0
-    )
-    torch.testing.assert_close(x.grad, x_ref.grad, atol=tol, rtol=0)
-    _assert_grads_close(_grads(layer), _grads(ref), tol)
+    _compare(run, dtype, within_torch_error)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("bias", [True, False])
-def test_complete_graph_equals_multihead_attention(dtype: torch.dtype, bias: bool) -> None:
-    torch.manual_seed(1)
-    mha = nn.MultiheadAttention(C, H, bias=bias, dtype=dtype)
-    if bias:
-        with torch.no_grad():
-            mha.in_proj_bias.normal_()
-            mha.out_proj.bias.normal_()
-    layer = ga.GraphAttention.from_torch(mha)
-    x = torch.randn(N, C, dtype=dtype, requires_grad=True)
-    x_ref = x.detach().clone().requires_grad_(True)
-    grad = torch.randn(N, C, dtype=dtype)
+def test_complete_graph_equals_multihead_attention(
+    dtype: torch.dtype, bias: bool, within_torch_error
+) -> None:
+    def run(dtype: torch.dtype) -> tuple[Results, Results]:
+        torch.manual_seed(1)
+        mha = nn.MultiheadAttention(C, H, bias=bias, dtype=torch.float64)
+        if bias:
+            with torch.no_grad():
+                mha.in_proj_bias.normal_()
+                mha.out_proj.bias.normal_()
+        mha = mha.to(dtype)
+        layer = ga.GraphAttention.from_torch(mha)
+        x = torch.randn(N, C, dtype=torch.float64).to(dtype).requires_grad_(True)
+        x_ref = x.detach().clone().requires_grad_(True)
+        grad = torch.randn(N, C, dtype=torch.float64).to(dtype)
 
-    res = layer(x, ga.complete_graph(N), return_attention=True)
-    res.out.backward(grad)
-    y, w = mha(x_ref[:, None], x_ref[:, None], x_ref[:, None], average_attn_weights=False)
-    y[:, 0].backward(grad)
+        res = layer(x, ga.complete_graph(N), return_attention=True)
+        res.out.backward(grad)
+        y, w = mha(x_ref[:, None], x_ref[:, None], x_ref[:, None], average_attn_weights=False)
+        y[:, 0].backward(grad)
+        ours = {
+            "out": res.out,
+            "weights": res.weights.view(N, N, H).permute(2, 0, 1),
+            "x.grad": x.grad,
+            **_params(layer),
+        }
+        theirs = {"out": y[:, 0], "weights": w[0], "x.grad": x_ref.grad, **_params(mha)}
+        return ours, theirs  # type: ignore[return-value]
 
-    tol = TOL[dtype]
-    torch.testing.assert_close(res.out, y[:, 0], atol=tol, rtol=0)
-    torch.testing.assert_close(res.weights.view(N, N, H).permute(2, 0, 1), w[0], atol=tol, rtol=0)
-    torch.testing.assert_close(x.grad, x_ref.grad, atol=tol, rtol=0)
-    _assert_grads_close(_grads(layer), _mha_grads_as_layer(mha), tol)
+    _compare(run, dtype, within_torch_error)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_batched_complete_graph_equals_padded_mha(dtype: torch.dtype) -> None:
+def test_batched_complete_graph_equals_padded_mha(dtype: torch.dtype, within_torch_error) -> None:
     lengths = [3, 6, 1, 4]
-    torch.manual_seed(2)
-    mha = nn.MultiheadAttention(C, H, batch_first=True, dtype=dtype)
-    layer = ga.GraphAttention.from_torch(mha)
-    seqs = [torch.randn(n, C, dtype=dtype) for n in lengths]
-    x = torch.cat(seqs).requires_grad_(True)
-    res = layer(x, ga.complete_graph(lengths=lengths), return_attention=True)
-    res.out.sum().backward()
 
-    padded = nn.utils.rnn.pad_sequence(seqs, batch_first=True).requires_grad_(True)  # [B, L, C]
-    pad = torch.arange(padded.size(1))[None] >= torch.tensor(lengths)[:, None]  # [B, L]
-    y, w = mha(padded, padded, padded, key_padding_mask=pad, average_attn_weights=False)
-    sum(y[b, :n].sum() for b, n in enumerate(lengths)).backward()
+    def run(dtype: torch.dtype) -> tuple[Results, Results]:
+        torch.manual_seed(2)
+        mha = nn.MultiheadAttention(C, H, batch_first=True, dtype=torch.float64).to(dtype)
+        layer = ga.GraphAttention.from_torch(mha)
+        seqs = [torch.randn(n, C, dtype=torch.float64).to(dtype) for n in lengths]
+        x = torch.cat(seqs).requires_grad_(True)
+        res = layer(x, ga.complete_graph(lengths=lengths), return_attention=True)
+        res.out.sum().backward()
 
-    tol = TOL[dtype]
-    offsets = [0, *torch.tensor(lengths).cumsum(0).tolist()]
-    edge = 0
-    for b, n in enumerate(lengths):  # sequence by sequence
-        torch.testing.assert_close(res.out[offsets[b] : offsets[b] + n], y[b, :n], atol=tol, rtol=0)
-        got_w = res.weights[edge : edge + n * n].view(n, n, H).permute(2, 0, 1)
-        torch.testing.assert_close(got_w, w[b, :, :n, :n], atol=tol, rtol=0)
-        assert padded.grad is not None
-        torch.testing.assert_close(
-            x.grad[offsets[b] : offsets[b] + n], padded.grad[b, :n], atol=tol, rtol=0
-        )
-        edge += n * n
-    _assert_grads_close(_grads(layer), _mha_grads_as_layer(mha), tol * 10)
+        padded = nn.utils.rnn.pad_sequence(seqs, batch_first=True).requires_grad_(True)  # [B, L, C]
+        pad = torch.arange(padded.size(1))[None] >= torch.tensor(lengths)[:, None]  # [B, L]
+        y, w = mha(padded, padded, padded, key_padding_mask=pad, average_attn_weights=False)
+        sum(y[b, :n].sum() for b, n in enumerate(lengths)).backward()
+        assert x.grad is not None and padded.grad is not None
+        ours, theirs = _params(layer), _params(mha)
+        offsets = [0, *torch.tensor(lengths).cumsum(0).tolist()]
+        edge = 0
+        for b, n in enumerate(lengths):  # sequence by sequence
+            rows = slice(offsets[b], offsets[b] + n)
+            ours[f"out {b}"], theirs[f"out {b}"] = res.out[rows], y[b, :n]
+            ours[f"weights {b}"] = res.weights[edge : edge + n * n].view(n, n, H).permute(2, 0, 1)
+            theirs[f"weights {b}"] = w[b, :, :n, :n]
+            ours[f"x.grad {b}"], theirs[f"x.grad {b}"] = x.grad[rows], padded.grad[b, :n]
+            edge += n * n
+        return ours, theirs
+
+    _compare(run, dtype, within_torch_error)
 
 
 @pytest.mark.parametrize("kdim_vdim", [(C, C), (4, 9)])

@@ -107,3 +107,49 @@ def test_edge_backend_never_holds_an_E_H_D_tensor(
         layer(x, g).sum().backward()
     e_h_d = g.num_edges * H * D
     assert probe.largest < e_h_d / 4, (probe.largest, e_h_d)
+
+
+# ------------------------------------------------- issue 11: half-precision overflow, NaN locality
+def _half_problem(value: float, need: bool) -> ga.backends.Problem:
+    """fp16 q = k with one huge pair: <q_3, k_3> = 16·value² overflows fp16 for value >= 64,
+    the scaled logit 4·value² stays inside the fp16 range for value < 128."""
+    n, h, d = 6, 2, 16
+    gen = torch.Generator().manual_seed(2)
+    q = torch.randn(n, h, d, generator=gen)
+    q[3] = value
+    v = torch.randn(n, h, d, generator=gen)
+    g = ga.complete_graph(n)
+    return ga.backends.Problem(
+        q.half(), q.half(), v.half(), g, ga.make_score("scaled_dot", h, d), need_weights=need
+    )
+
+
+@pytest.mark.parametrize("backend", ["edge", "dense", "block"])
+def test_fp16_dot_product_beyond_the_half_range_does_not_overflow(backend: str) -> None:
+    """Largest scaled logit 4·76² = 23,104 (inside fp16), dot product 92,416 (outside): the edge
+    backend accumulates the dot product in fp32 and scales it there, as SDPA does."""
+    p = _half_problem(76.0, need=False)
+    out = ga.backends.BACKENDS[backend].run(p).out  # [N, H, D]
+    q, v = p.q.double().transpose(0, 1), p.v.double().transpose(0, 1)  # [H, N, D]
+    gold = torch.nn.functional.scaled_dot_product_attention(q, q, v).transpose(0, 1)
+    ref = torch.nn.functional.scaled_dot_product_attention(
+        p.q.transpose(0, 1), p.k.transpose(0, 1), p.v.transpose(0, 1)
+    ).transpose(0, 1)  # torch's own fp16 attention
+    assert torch.isfinite(out).all()
+    err, torch_err = (out.double() - gold).abs().max(), (ref.double() - gold).abs().max()
+    assert err <= 2 * torch_err + 2 * torch.finfo(torch.float16).eps, (err, torch_err)
+
+
+@pytest.mark.parametrize("backend", ["edge", "dense", "block"])
+def test_fp16_weights_are_finite_where_the_output_is(backend: str) -> None:
+    """A scaled logit of 4·300² = 360,000 is beyond fp16: the returned score is +inf (its fp16
+    value), and the weights, computed from the fp32 scores, are finite like the output."""
+    p = _half_problem(300.0, need=True)
+    res = ga.backends.attend(p, backend)  # fast backends take α, Attn from the edge formula
+    assert torch.isfinite(res.out).all()
+    assert res.weights is not None and res.scores is not None
+    assert torch.isfinite(res.weights).all()
+    torch.testing.assert_close(
+        res.weights.float().view(6, 6, 2).sum(1), torch.ones(6, 2), atol=1e-2, rtol=0
+    )
+    assert torch.isinf(res.scores).any()  # the logit itself does not fit in fp16
