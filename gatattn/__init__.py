@@ -8,7 +8,7 @@ See docs/math.md for the equations and docs/architecture.md for the layers of th
 from . import analysis, hf, plot, pretrained
 from ._version import __version__
 from .analysis import attention_flow, attention_rollout
-from .export import from_networkx, layered_graph, to_networkx, write_graph
+from .export import from_networkx, layered_graph, read_graph, to_networkx, write_graph
 from .graph import TokenGraph, as_token_graph
 from .graphormer import AddShortestPaths, DegreeEncoding, GraphormerLayer, GraphToken
 from .interop import GraphMultiheadAttention, GraphTransformerEncoderLayer, convert
@@ -89,6 +89,7 @@ __all__ = [
     "plot",
     "pretrained",
     "radius_graph",
+    "read_graph",
     "register_score",
     "shortest_path_distances",
     "shortest_paths",

@@ -1,7 +1,7 @@
 """Re-exports ``gatattn.inspect.export`` under the old path ``gatattn.export``.
 
 The code lives in ``gatattn.inspect.export`` (``to_networkx``, ``from_networkx``,
-``write_graph``, ``layered_graph``). This module keeps ``ga.export.<name>`` and
+``write_graph``, ``read_graph``, ``layered_graph``). This module keeps ``ga.export.<name>`` and
 ``from gatattn.export import <name>`` working; it defines nothing itself. ``MAX_WRITE_EDGES``
 here is a copy for reading: ``write_graph`` reads ``gatattn.inspect.export.MAX_WRITE_EDGES``.
 """
@@ -12,6 +12,7 @@ from .inspect.export import (
     EdgeArrays,
     from_networkx,
     layered_graph,
+    read_graph,
     to_networkx,
     write_graph,
 )
@@ -25,6 +26,7 @@ __all__ = [
     "adjusted_matrices",
     "from_networkx",
     "layered_graph",
+    "read_graph",
     "to_networkx",
     "write_graph",
 ]

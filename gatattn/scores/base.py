@@ -148,7 +148,13 @@ class ScoreFunction(nn.Module):
         raise NotImplementedError(f"score function {self.name!r} has no dense form")
 
     def edge_scores(self, q: Tensor, k: Tensor, edges: Edges) -> Tensor:
-        """α on every edge without an [E, H, D] tensor. q [N_t, H, D], k [N_s, H, D] -> [E, H]."""
+        """α on every edge without an [E, H, D] tensor. q [N_t, H, D], k [N_s, H, D] -> [E, H].
+
+        Scores built on the edge dot product (scaled_dot, dot) return fp32 for fp16/bf16
+        inputs: the dot is accumulated and scaled in fp32, so a logit within the half range
+        never overflows before its 1/√D scale. ``edge_scores_and_weights`` casts α and Attn
+        back to the input dtype after the softmax.
+        """
 
         def chunk(s: int, t: int) -> Tensor:
             part = edges.slice(s, t)

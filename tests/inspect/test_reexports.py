@@ -38,6 +38,7 @@ OLD_NAMES = {
         "adjusted_matrices",
         "from_networkx",
         "layered_graph",
+        "read_graph",  # added with the lossless XML escape
         "to_networkx",
         "write_graph",
     ],
