@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,11 +16,19 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 def test_ddp_two_ranks_agree_and_equal_single_process(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.syspath_prepend(str(EXAMPLES))  # spawned workers import the example by name
+    monkeypatch.syspath_prepend(str(EXAMPLES))
     ddp_train = importlib.import_module("ddp_train")
     steps, seed = 3, 0
-    # 2 processes over gloo; fork (not spawn) so the workers need not re-import torch and PyG
-    ddp_train.spawn(2, steps=steps, seed=seed, out_dir=str(tmp_path), start_method="fork")
+    # 2 processes over gloo, started by the script as a user runs it, in a fresh interpreter
+    # with a time limit. Not forked from this test process: a fork of a process that already
+    # runs threads (earlier tests start thread pools) can deadlock in the child, and the join
+    # would then wait for ever.
+    cmd = [sys.executable, str(EXAMPLES / "ddp_train.py"), "--nproc", "2", "--steps", str(steps)]
+    cmd += ["--seed", str(seed), "--out", str(tmp_path)]
+    done = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
     rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
     assert torch.equal(rank0, rank1)  # identical across ranks, bit for bit
