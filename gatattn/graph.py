@@ -180,6 +180,14 @@ class TokenGraph:
         )
         return g
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickle (and deepcopy) support: the edges, counts, tag, lengths, params, the trust in
+        the tag and a builder's mask. Deferred edges are made first (a builder's closure cannot
+        be pickled); the cache is not carried (it is rebuilt on use)."""
+        self._sync()  # an in-place edit withdraws the trust before it is copied
+        state = (self.structure, self.lengths, self._params, self._verified, self._mask)
+        return (_rebuild, (self.edge_index, self.num_src, self.num_dst, *state))
+
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError(
             f"TokenGraph is immutable: cannot set {name!r}; build a new graph (e.g. "
@@ -466,6 +474,31 @@ class TokenGraph:
             f"TokenGraph(num_src={self.num_src}, num_dst={self.num_dst}, "
             f"num_edges={self.num_edges}{extra})"
         )
+
+
+def _rebuild(
+    edge_index: Tensor,
+    num_src: int,
+    num_dst: int,
+    structure: str | None,
+    lengths: tuple[int, ...] | None,
+    params: dict[str, Any],
+    verified: bool,
+    mask: Tensor | None,
+) -> TokenGraph:
+    """Inverse of ``TokenGraph.__reduce__``."""
+    g = TokenGraph(
+        edge_index,
+        num_src,
+        num_dst,
+        structure=structure,
+        lengths=lengths,
+        params=params,
+        validate=False,
+        verified=verified,
+    )
+    object.__setattr__(g, "_mask", mask)
+    return g
 
 
 def as_token_graph(

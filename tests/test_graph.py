@@ -77,7 +77,9 @@ def test_from_mask_bipartite() -> None:
 def test_from_mask_errors() -> None:
     with pytest.raises(TypeError, match="must be boolean .* got dtype torch.float32"):
         ga.from_mask(torch.ones(3, 3))
-    with pytest.raises(ValueError, match=r"shape \[N_t, N_s\] or \[B, L_q, L_k\], got \[1, 2, 3, 3\]"):
+    with pytest.raises(
+        ValueError, match=r"shape \[N_t, N_s\] or \[B, L_q, L_k\], got \[1, 2, 3, 3\]"
+    ):
         ga.from_mask(torch.ones(1, 2, 3, 3, dtype=torch.bool))
     with pytest.raises(ValueError, match=r"no empty dimension, got \[0, 3, 3\]"):
         ga.from_mask(torch.ones(0, 3, 3, dtype=torch.bool))
@@ -314,3 +316,39 @@ def test_node_counts_must_be_integers(arg: str, value: object) -> None:
     ei = torch.tensor([[0], [1]])
     with pytest.raises(TypeError, match=rf"{arg} must be an int >= 0 or None, got "):
         ga.TokenGraph(ei, **{arg: value})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: ga.complete_graph(lengths=[3, 2]),
+        lambda: ga.causal_graph(4),
+        lambda: ga.from_padding_mask(torch.tensor([[False, True], [False, False]])),
+        lambda: ga.from_mask(torch.tensor([[True, False], [True, True]])),
+        lambda: ga.window_graph(6, 1),
+    ],
+    ids=["complete", "causal", "padding", "mask", "window"],
+)
+def test_graphs_pickle_and_deepcopy(build) -> None:
+    """Builders defer their edges with a closure; a pickled or copied graph carries the edges,
+    the tag and its trust, and a mask graph its mask."""
+    import copy
+    import pickle
+
+    g = build()
+    for h in (pickle.loads(pickle.dumps(g)), copy.deepcopy(g)):
+        assert torch.equal(h.edge_index, g.edge_index)
+        assert (h.num_src, h.num_dst, h.structure, h.lengths) == (
+            g.num_src,
+            g.num_dst,
+            g.structure,
+            g.lengths,
+        )
+        assert h.trusted_structure() == g.trusted_structure()
+        m, hm = g.dense_mask(), h.dense_mask()
+        assert (m is None and hm is None) or torch.equal(m, hm)
+    g2 = build()
+    _ = g2.edge_index
+    g2.edge_index[0, 0] += 1  # an edit withdraws the trust, in the copy too
+    assert pickle.loads(pickle.dumps(g2)).trusted_structure() is None
+    assert pickle.loads(pickle.dumps(g2)).dense_mask() is None
