@@ -202,7 +202,10 @@ class DenseBackend(Backend):
         elif plan == "mask":
             m = g.dense_mask(compact=True)
             assert m is not None
-            mask = m.unsqueeze(1)  # [B, 1, L_q | 1, L_k]
+            allowed = m.unsqueeze(1)  # [B, 1, L_q | 1, L_k]
+            mask = allowed
+            # rows that allow no key depend on the graph only: found once, not on every call
+            rows = g.derived("dense_mask_rows", lambda: ~allowed.any(-1, keepdim=True), m.device)
         else:
             mask, rows = self._scatter_mask(p, B, Lq, Lk)
         empty: Tensor | None = None  # [B, 1 | H, L_q, 1]: targets with no edge (or all -inf)

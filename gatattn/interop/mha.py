@@ -136,15 +136,7 @@ class GraphMultiheadAttention(nn.Module):
     def _reset_parameters(self) -> None:
         """torch's ``_reset_parameters``: xavier_uniform_ on the input projections, zero
         biases, xavier_normal_ on bias_k and bias_v (out_proj.weight keeps its init)."""
-        if self.in_proj_weight is not None:
-            nn.init.xavier_uniform_(self.in_proj_weight)
-        else:
-            for w in (self.q_proj_weight, self.k_proj_weight, self.v_proj_weight):
-                assert w is not None
-                nn.init.xavier_uniform_(w)
-        if self.in_proj_bias is not None:
-            nn.init.zeros_(self.in_proj_bias)
-            nn.init.zeros_(self.out_proj.bias)
+        proj.reset_in_projections(self)
         for b in (self.bias_k, self.bias_v):
             if b is not None:
                 nn.init.xavier_normal_(b)

@@ -28,6 +28,7 @@ __all__ = [
     "mha_from_layer",
     "mha_options",
     "project",
+    "reset_in_projections",
 ]
 
 _NAMES = ("q", "k", "v")
@@ -155,9 +156,15 @@ def project(layer: Layer, x: Tensor, xk: Tensor, xv: Tensor) -> tuple[Tensor, Te
 
 def init_like_mha(layer: Layer) -> None:
     """nn.MultiheadAttention's initialisation, drawing from the RNG in its order: out_proj as an
-    nn.Linear (kaiming), then xavier_uniform_ on in_proj_weight [3C, C] (or on each of W_q, W_k,
-    W_v), then zero in_proj_bias and out_proj.bias."""
+    nn.Linear (kaiming), then ``reset_in_projections``."""
     layer.out_proj.reset_parameters()
+    reset_in_projections(layer)
+
+
+def reset_in_projections(layer: Layer) -> None:
+    """The part of torch's ``MultiheadAttention._reset_parameters`` that every layer in MHA
+    layout shares: xavier_uniform_ on in_proj_weight [3C, C] (or on each of W_q, W_k, W_v),
+    then zero in_proj_bias and out_proj.bias."""
     if layer.in_proj_weight is not None:
         nn.init.xavier_uniform_(layer.in_proj_weight)
     else:

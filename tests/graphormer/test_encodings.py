@@ -10,6 +10,7 @@ networkx's distances and paths.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 
 import networkx as nx
 import pytest
@@ -52,21 +53,6 @@ def _nx_dist(ei: Tensor, n: int, nodes: list[int], max_distance: int) -> Tensor:
     return torch.tensor([[phi(i, j) for j in nodes] for i in nodes])
 
 
-def _attention_ref(
-    layer: ga.GraphAttention, x: Tensor, sizes: list[int], bias: list[Tensor]
-) -> Tensor:
-    """Dense multi-head attention per graph with an additive bias [H, n, n], by torch's SDPA."""
-    q, k, v = F.linear(x, layer.in_proj_weight, layer.in_proj_bias).chunk(3, dim=-1)  # [N, C] x 3
-    outs, start = [], 0
-    for n, b in zip(sizes, bias):
-        sl = slice(start, start + n)
-        qh, kh, vh = (t[sl].view(n, H, D).transpose(0, 1) for t in (q, k, v))  # [H, n, D]
-        o = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=b)  # [H, n, D]
-        outs.append(o.transpose(0, 1).reshape(n, C))
-        start += n
-    return layer.out_proj(torch.cat(outs))  # [N, C]
-
-
 def _grads(out: Tensor, params: list[Tensor]) -> tuple[Tensor, ...]:
     w = torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)
     return torch.autograd.grad((out * w).sum(), params)
@@ -74,7 +60,9 @@ def _grads(out: Tensor, params: list[Tensor]) -> tuple[Tensor, ...]:
 
 # ------------------------------------------------------------------ spatial encoding
 @pytest.mark.parametrize("backend", ["auto", "edge"])
-def test_spatial_bias_equals_dense_formula(backend: str) -> None:
+def test_spatial_bias_equals_dense_formula(
+    backend: str, dense_attention: Callable[..., Tensor]
+) -> None:
     ei, sizes, batch = _batch()
     g, dist = ga.shortest_path_distances(ei, 11, batch=batch, max_distance=MAXD)
     bias = ga.SpatialBias(H, MAXD)
@@ -90,7 +78,7 @@ def test_spatial_bias_equals_dense_formula(backend: str) -> None:
         d = _nx_dist(ei, 11, list(range(start, start + n)), MAXD)  # [n, n]
         dense.append(bias.weight[d].permute(2, 0, 1))  # b[h, i, j] = W[φ(j → i), h]
         start += n
-    ref = _attention_ref(layer, x, sizes, dense)
+    ref = dense_attention(layer, x, sizes, dense)
     torch.testing.assert_close(out, ref, atol=1e-10, rtol=0)
     params = [x, bias.weight, layer.in_proj_weight]
     for a, b in zip(_grads(out, params), _grads(ref, params)):
@@ -186,7 +174,9 @@ def _tree_batch() -> tuple[Tensor, list[int], Tensor]:
 
 
 @pytest.mark.parametrize("max_hops", [2, 5])
-def test_path_encoding_equals_paper_formula(max_hops: int) -> None:
+def test_path_encoding_equals_paper_formula(
+    max_hops: int, dense_attention: Callable[..., Tensor]
+) -> None:
     ei, sizes, batch = _tree_batch()
     F_ = 4
     feats = torch.randn(ei.size(1), F_, dtype=torch.float64, requires_grad=True)
@@ -218,7 +208,7 @@ def test_path_encoding_equals_paper_formula(max_hops: int) -> None:
                 c[:, a, bb] = total / len(es)
         dense.append(b + c)
         start += n
-    ref = _attention_ref(layer, x, sizes, dense)
+    ref = dense_attention(layer, x, sizes, dense)
     torch.testing.assert_close(out, ref, atol=1e-10, rtol=0)
     params = [x, feats, path.weight, spatial.weight]
     for ga_, gb_ in zip(_grads(out, params), _grads(ref, params)):

@@ -3,6 +3,8 @@ transform, against references written here with torch's SDPA (fp64)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -25,19 +27,6 @@ def _inputs() -> tuple[Tensor, list[int], Tensor]:
     return ei, [5, 4], torch.tensor([0] * 5 + [1] * 4)
 
 
-def _attention(layer: ga.GraphAttention, x: Tensor, sizes: list[int], bias: list[Tensor]) -> Tensor:
-    """Dense multi-head attention per graph with an additive bias [H, n, n] (torch SDPA)."""
-    q, k, v = F.linear(x, layer.in_proj_weight, layer.in_proj_bias).chunk(3, dim=-1)
-    outs, start = [], 0
-    for n, b in zip(sizes, bias):
-        sl = slice(start, start + n)
-        qh, kh, vh = (t[sl].view(n, H, D).transpose(0, 1) for t in (q, k, v))  # [H, n, D]
-        o = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=b)  # [H, n, D]
-        outs.append(o.transpose(0, 1).reshape(n, C))
-        start += n
-    return layer.out_proj(torch.cat(outs))
-
-
 def _spatial_blocks(bias: ga.SpatialBias, dist: Tensor, sizes: list[int]) -> list[Tensor]:
     blocks, start = [], 0
     for n in sizes:
@@ -55,7 +44,7 @@ def _randomise(m: torch.nn.Module) -> None:
             p.normal_(0, 0.5)
 
 
-def test_graphormer_layer_equals_pre_ln_reference() -> None:
+def test_graphormer_layer_equals_pre_ln_reference(dense_attention: Callable[..., Tensor]) -> None:
     ei, sizes, batch = _inputs()
     g, dist = ga.shortest_path_distances(ei, 9, batch=batch, max_distance=MAXD)
     layer = ga.GraphormerLayer(C, H, max_distance=MAXD, ffn_dim=7).double()
@@ -67,7 +56,7 @@ def test_graphormer_layer_equals_pre_ln_reference() -> None:
     assert isinstance(spatial, ga.SpatialBias)
     # h' = x + MHA(LN(x));  h = h' + W_2 GELU(W_1 LN(h'))       (Ying et al. 2021, eqs. 8-9)
     ln1 = F.layer_norm(x, (C,), layer.norm1.weight, layer.norm1.bias)
-    h1 = x + _attention(attn, ln1, sizes, _spatial_blocks(spatial, dist, sizes))
+    h1 = x + dense_attention(attn, ln1, sizes, _spatial_blocks(spatial, dist, sizes))
     ln2 = F.layer_norm(h1, (C,), layer.norm2.weight, layer.norm2.bias)
     ref = h1 + layer.linear2(F.gelu(layer.linear1(ln2)))
     torch.testing.assert_close(out, ref, atol=1e-10, rtol=0)
@@ -94,7 +83,7 @@ def test_graphormer_layer_with_path_encoding_and_token_runs_and_learns() -> None
     assert "graph_token=True" in repr(layer) and "GraphormerLayer" in repr(layer)
 
 
-def test_graph_token_equals_dense_reference() -> None:
+def test_graph_token_equals_dense_reference(dense_attention: Callable[..., Tensor]) -> None:
     ei, sizes, batch = _inputs()
     g, dist = ga.shortest_path_distances(ei, 9, batch=batch, max_distance=MAXD)
     spatial = ga.SpatialBias(H, MAXD, graph_token=True)
@@ -116,7 +105,7 @@ def test_graph_token_equals_dense_reference() -> None:
         full[:, 1:, 1:] = blk
         blocks.append(full)
         start += n
-    ref = _attention(layer, torch.cat(xs), [n + 1 for n in sizes], blocks)
+    ref = dense_attention(layer, torch.cat(xs), [n + 1 for n in sizes], blocks)
     torch.testing.assert_close(out, ref, atol=1e-10, rtol=0)
     params = [x, token.embedding, spatial.weight, spatial.token_weight]
     w = torch.randn_like(out)
