@@ -38,6 +38,7 @@ case "$cmd" in
         setup
         export MPLBACKEND=Agg
         "$VENV/bin/ruff" check gatattn tests examples benchmarks docs
+        "$VENV/bin/ruff" format --check gatattn tests examples benchmarks docs
         "$VENV/bin/mypy"
         # The documentation site: any warning (broken link or anchor, missing reference) fails.
         NO_MKDOCS_2_WARNING=1 "$VENV/bin/mkdocs" build --strict --quiet --site-dir site/

@@ -266,7 +266,7 @@ def _block_attention(p: Problem, lay: BlockLayout) -> BackendOutput:
     e = cnt * (work - m.index_select(0, lay.rows).unsqueeze(-1)).exp()  # [nb, H, S, S]
     denom = scatter(e.sum(-1), lay.rows, 0, dim_size=lay.num_row_blocks, reduce="sum")
     prob = e / denom.clamp_min(1.0).index_select(0, lay.rows).unsqueeze(-1)  # [nb, H, S, S]
-    if (p.training and p.dropout > 0):
+    if p.training and p.dropout > 0:
         prob = F.dropout(prob, p.dropout, True)
     vt = tiles(v, lay.num_col_blocks, lay.cols)  # [nb, H, S, D]
     blk = prob @ (vt.to(prob.dtype))  # [nb, H, S, D]

@@ -161,9 +161,7 @@ class DenseBackend(Backend):
         keys = dense_keys(g)
         if isinstance(keys, str):
             if g.structure in ("complete", "causal", "bipartite") and tag is None:
-                keys = (
-                    f"the graph's {g.structure!r} tag does not match its edges, and {keys}"
-                )
+                keys = f"the graph's {g.structure!r} tag does not match its edges, and {keys}"
             return None, keys
         return "scatter", "graph inside its sequences: SDPA with the edges (and biases) as a mask"
 
@@ -300,6 +298,7 @@ class DenseBackend(Backend):
         grid = torch.full((B * width * grid_size,), float("-inf"), dtype=vals.dtype, device=dev)
         grid = grid.index_put((flat.reshape(-1),), vals.reshape(-1))  # [B·(1 | H)·L_q·L_k]
         return grid.view(B, width, Lq, Lk), rows
+
 
 def _guard_empty_rows(mask: Tensor, rows: Tensor | None = None) -> tuple[Tensor | None, Tensor]:
     """Rows of ``mask`` that allow no key -> (rows [.., L_q, 1] or None, a mask SDPA can run).

@@ -93,7 +93,7 @@ class FlexBackend(Backend):
             return f"FlexAttention runs fp16/bf16/fp32, not {p.q.dtype}"
         if not flex_available():
             return f"torch {torch.__version__} has no torch.nn.attention.flex_attention"
-        if (p.training and p.dropout > 0):
+        if p.training and p.dropout > 0:
             return "FlexAttention here has no attention dropout (the layer is training with dropout > 0)"
         if p.graph.num_edges == 0:
             return "graph has no edges"

@@ -148,7 +148,9 @@ def _run_folder(args: argparse.Namespace) -> tuple[list[str], list[ga.Attention]
     try:
         model, tokenizer = ga.hf.load_folder(folder)
     except ImportError as err:
-        raise UsageError(f"--model FOLDER needs the hf extra: pip install gatattn[hf] ({err})") from None
+        raise UsageError(
+            f"--model FOLDER needs the hf extra: pip install gatattn[hf] ({err})"
+        ) from None
     except (OSError, ValueError) as err:  # no tokenizer, or an attention gatattn does not support
         raise UsageError(f"cannot load {folder}: {err}") from None
     text = args.text if args.text is not None else " ".join(args.tokens)
