@@ -8,6 +8,7 @@ See docs/math.md for the equations and docs/architecture.md for the layers of th
 from . import analysis, hf, plot, pretrained
 from ._version import __version__
 from .analysis import attention_flow, attention_rollout
+from .backends import Backend, BackendOutput, Problem, register_backend
 from .export import from_networkx, layered_graph, read_graph, to_networkx, write_graph
 from .graph import TokenGraph, as_token_graph
 from .graphormer import AddShortestPaths, DegreeEncoding, GraphormerLayer, GraphToken
@@ -50,6 +51,8 @@ __all__ = [
     "ALiBi",
     "AddShortestPaths",
     "Attention",
+    "Backend",
+    "BackendOutput",
     "DegreeEncoding",
     "EdgeFeatureBias",
     "GraphAttention",
@@ -59,6 +62,7 @@ __all__ = [
     "GraphTransformerEncoderLayer",
     "GraphormerLayer",
     "PathEncodingBias",
+    "Problem",
     "RelativePositionBias",
     "ScoreBias",
     "ScoreFunction",
@@ -90,6 +94,7 @@ __all__ = [
     "pretrained",
     "radius_graph",
     "read_graph",
+    "register_backend",
     "register_score",
     "shortest_path_distances",
     "shortest_paths",
