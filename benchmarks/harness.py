@@ -214,7 +214,7 @@ def _on(layer: nn.Module, graph: ga.TokenGraph) -> Callable[[Tensor], Tensor]:
 
 def _chosen(layer: ga.GraphAttention, x: Tensor, graph: ga.TokenGraph) -> tuple[str, str]:
     """(backend, "<backend>: <reason>") that ``layer(x, graph)`` runs."""
-    why = layer.explain_backend(x, graph)
+    why = layer.explain_backend(x, graph).splitlines()[0]  # the other lines: every backend
     return why.split(":", 1)[0], why
 
 

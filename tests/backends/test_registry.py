@@ -196,7 +196,7 @@ def _subclasses(cls: type) -> list[type]:
 
 
 def test_no_score_or_bias_has_a_backend_attribute() -> None:
-    import gatattn.hf.attention
+    import gatattn.hf.attention  # defines ScaledScore
     import gatattn.interop.masks  # noqa: F401  (AttnMaskBias)
 
     classes = _subclasses(ScoreFunction) + _subclasses(ScoreBias)
