@@ -27,10 +27,11 @@ from ..backends import (
 )
 from ..backends.dispatch import explain
 from ..graph import TokenGraph, as_token_graph
+from ..result import Attention
 from ..scores import ScoreCallable, ScoreFunction, make_score
 from . import inputs as check
 from . import projection as proj
-from .inputs import Attention, Sources
+from .inputs import Sources
 
 __all__ = ["Attention", "GraphAttention"]
 
@@ -206,8 +207,18 @@ class GraphAttention(MessagePassing):
                 return self.propagate(g.edge_index, v=v_, alpha=w, size=size)
 
         return Problem(
-            q, k, v, g, self.score, attr, mod, self.dropout, self.training, need, aggregate
-        )  # fmt: skip
+            q=q,
+            k=k,
+            v=v,
+            graph=g,
+            score=self.score,
+            edge_attr=attr,
+            modulation=mod,
+            dropout=self.dropout,
+            training=self.training,
+            need_weights=need,
+            aggregate=aggregate,
+        )
 
     def explain_backend(self, x: Tensor, graph: TokenGraph | Tensor) -> str:
         """Which backend ``forward(x, graph)`` would run, and why (docs/backends.md).
@@ -233,7 +244,14 @@ class GraphAttention(MessagePassing):
             w_e = self.edge_proj.weight  # [C, F]
             mod = EdgeModulation(w_e.new_empty(0, w_e.size(1)), w_e)
         p = Problem(
-            q, q, q, g, self.score, modulation=mod, dropout=self.dropout, training=self.training
+            q=q,
+            k=q,
+            v=q,
+            graph=g,
+            score=self.score,
+            modulation=mod,
+            dropout=self.dropout,
+            training=self.training,
         )
         return explain(self.backend, p)
 
