@@ -22,6 +22,7 @@ backend with its own reasons.
 from __future__ import annotations
 
 import logging
+import weakref
 from typing import NamedTuple
 
 import torch
@@ -150,6 +151,26 @@ def decide(requested: str, p: Problem, *, every: bool = False) -> Decision:
             lists every backend with its reasons).
     """
     check_backend_name(requested)
+    if every or torch.compiler.is_compiling():
+        return _decide(requested, p, every)
+    # A decision depends on the graph, the score, q's device, dtype and D, the options and the
+    # registry: it is kept in the graph's cache (dropped with it), per score object (held
+    # weakly: an id can be reused), so a graph already seen costs O(1).
+    registry = tuple((n, id(b)) for n, b in BACKENDS.items())
+    options = (p.training and p.dropout > 0, p.modulation is None, p.aggregate is None)
+    shape = (str(p.q.device), p.q.dtype, p.q.size(-1))
+    table: dict[int, tuple[weakref.ref, Decision]] = p.graph.derived(
+        ("dispatch", requested, registry, shape, options), dict
+    )
+    hit = table.get(id(p.score))
+    if hit is not None and hit[0]() is p.score:
+        return hit[1]
+    decision = _decide(requested, p, every)
+    table[id(p.score)] = (weakref.ref(p.score), decision)
+    return decision
+
+
+def _decide(requested: str, p: Problem, every: bool) -> Decision:
     if requested != "auto":
         why = BACKENDS[requested].supports(p)
         if why:

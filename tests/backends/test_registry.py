@@ -254,3 +254,20 @@ def test_user_scores_run_where_their_declarations_allow() -> None:
     assert layer.explain_backend(x, window).startswith("block: ")
     with pytest.raises(ValueError, match="'plain' declares no dense form"):
         ga.GraphAttention(H * D, H, score=Plain(), backend="block")(x, window)
+
+
+def test_cached_decisions_follow_the_score_and_the_registry(registry) -> None:
+    """Decisions are cached in the graph per score object and registry: one graph, several
+    scores and a registration in between each get their own answer."""
+    g = ga.window_graph(1000, 16)
+    small = ga.window_graph(50, 3)
+    for _ in range(2):
+        assert select_backend("auto", _problem("scaled_dot", g, n=0))[0] == "block"
+        assert select_backend("auto", _problem("gatv2", g, n=0))[0] == "edge"
+        assert select_backend("auto", _problem("scaled_dot", small, n=0))[0] == "edge"
+    ga.register_backend(ToyBackend())
+    assert select_backend("auto", _problem("scaled_dot", small, n=0))[0] == "toy"
+    q = torch.empty(0, H, 16)  # another head size: flex's D rule is read again (still CPU)
+    p = Problem(q, q, q, g, ga.make_score("scaled_dot", H, 16))
+    name, why = select_backend("auto", p)
+    assert name == "block" and "head size" not in why and "needs CUDA" in why
