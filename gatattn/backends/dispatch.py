@@ -11,8 +11,9 @@ dispatch and torch's sdp_utils keep one:
 
 ``backend="auto"`` walks the list and takes the first backend whose ``auto_reasons`` is empty;
 every rule lives in its backend (``supports`` for what it cannot run, ``auto_reasons`` for what
-would not pay). Each check is O(1) for a graph already seen (everything that needs a pass over
-the edges is cached in the graph). ``ga.register_backend`` adds a backend to the list.
+would not pay). A graph already seen costs O(1): what needs a pass over the edges is cached in
+the graph, and so is the decision (per score object, registry, q's device, dtype and D, and
+options; a backend's checks read nothing else). ``ga.register_backend`` adds a backend.
 
 ``backend="edge" | "dense" | ...`` forces one; a forced backend that cannot run the problem
 raises a ValueError that names the score, the graph and every reason, then lists every
