@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import logging
 import weakref
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import NamedTuple
 
 import torch
@@ -113,11 +115,12 @@ def register_backend(backend: Backend, *, before: str = "edge") -> None:
 
 class Decision(NamedTuple):
     """What dispatch decided: the backend ``name``, why (``reason``), and every backend's
-    reasons against it (``reasons``, in priority order; () for a backend that would run)."""
+    reasons against it (``reasons``, a read-only mapping in priority order; () for a backend
+    that would run). Decisions are cached in the graph: nothing in one can be changed."""
 
     name: str
     reason: str
-    reasons: dict[str, tuple[str, ...]]
+    reasons: Mapping[str, tuple[str, ...]]
 
 
 def _describe(graph: TokenGraph) -> str:
@@ -125,7 +128,7 @@ def _describe(graph: TokenGraph) -> str:
     return f"{tag} graph (N_t={graph.num_dst}, N_s={graph.num_src}, E={graph.num_edges})"
 
 
-def _listing(reasons: dict[str, tuple[str, ...]], chosen: str | None) -> str:
+def _listing(reasons: Mapping[str, tuple[str, ...]], chosen: str | None) -> str:
     """One line per backend: "chosen", "can run it" or every reason against it."""
     lines = []
     for name, why in reasons.items():
@@ -167,6 +170,7 @@ def decide(requested: str, p: Problem, *, every: bool = False) -> Decision:
     if hit is not None and hit[0]() is p.score:
         return hit[1]
     decision = _decide(requested, p, every)
+    decision = decision._replace(reasons=MappingProxyType(dict(decision.reasons)))  # read-only
     table[id(p.score)] = (weakref.ref(p.score), decision)
     return decision
 

@@ -271,3 +271,5 @@ def test_cached_decisions_follow_the_score_and_the_registry(registry) -> None:
     p = Problem(q, q, q, g, ga.make_score("scaled_dot", H, 16))
     name, why = select_backend("auto", p)
     assert name == "block" and "head size" not in why and "needs CUDA" in why
+    with pytest.raises(TypeError):  # the cached decision cannot be changed by its reader
+        decide("auto", p).reasons["block"] = ("changed",)  # type: ignore[index]
