@@ -38,6 +38,7 @@ from ..scores import DenseContext, Edges, ScoreFunction
 
 __all__ = [
     "IMPLEMENTATION",
+    "Capture",
     "SETTINGS",
     "GraphSettings",
     "ScaledScore",
@@ -57,9 +58,22 @@ SETTINGS = "gatattn"
 #: ``graph_fn(lengths) -> TokenGraph`` over sum(lengths) tokens (as ``pretrained.GraphFn``).
 GraphFn = Callable[[list[int]], TokenGraph]
 
-#: The per-forward recorder of ``attention_graphs``: (module, Attention, key validity) per call.
-_RECORDER: contextvars.ContextVar[list[tuple[nn.Module, Attention, Tensor | None]] | None] = (
-    contextvars.ContextVar("gatattn_hf_recorder", default=None)
+
+class Capture:
+    """A recorder that takes each self-attention call's ``Problem`` (q, k, graph, score) instead
+    of its weights, so the call computes no per-edge weights (``gatattn.hf.extract``)."""
+
+    def capture(self, module: nn.Module, p: Problem, valid: Tensor | None, kv_heads: int) -> None:
+        """One self-attention call: ``valid`` [B, L] marks the real tokens (None: all), and
+        ``kv_heads`` is H_kv, the key/value heads of the call (H without grouping)."""
+        raise NotImplementedError
+
+
+#: The per-forward recorder of ``attention_graphs``: (module, Attention, key validity) per call,
+#: or a ``Capture``.
+Recorder = list[tuple[nn.Module, Attention, Tensor | None]] | Capture
+_RECORDER: contextvars.ContextVar[Recorder | None] = contextvars.ContextVar(
+    "gatattn_hf_recorder", default=None
 )
 
 #: Keyword arguments of the attention interface that change the formula: gatattn refuses them.
@@ -334,8 +348,12 @@ def graph_attention(
     k = key.transpose(1, 2).reshape(B * Lk, H, D)  # [N_s, H, D]
     v = value.transpose(1, 2).reshape(B * Lk, H, value.size(-1))  # [N_s, H, D]
     recorder = _RECORDER.get()
-    need = recorder is not None or _wants_weights(module, kwargs)
     score = ScaledScore(1.0 / math.sqrt(D) if scaling is None else scaling)
+    if isinstance(recorder, Capture):  # sparse extraction: q, k and the graph, no weights
+        if not cross and Lq == Lk:
+            recorder.capture(module, Problem(q, k, v, graph, score), valid, key.size(1))
+        recorder = None
+    need = recorder is not None or _wants_weights(module, kwargs)
     training = dropout > 0.0 and module.training
     p = Problem(q, k, v, graph, score, dropout=dropout, training=training, need_weights=need)
     res = attend(p, settings.backend)
@@ -368,6 +386,6 @@ def register() -> None:
     AttentionMaskInterface.register(IMPLEMENTATION, sdpa_mask)
 
 
-def recording() -> contextvars.ContextVar[list[tuple[nn.Module, Attention, Tensor | None]] | None]:
+def recording() -> contextvars.ContextVar[Recorder | None]:
     """The context variable that ``attention_graphs`` sets to collect each layer's Attention."""
     return _RECORDER
