@@ -38,8 +38,8 @@ from ..scores import DenseContext, Edges, ScoreFunction
 
 __all__ = [
     "IMPLEMENTATION",
-    "Capture",
     "SETTINGS",
+    "Capture",
     "GraphSettings",
     "ScaledScore",
     "UnsupportedModelError",

@@ -10,6 +10,10 @@ The modules import one way only::
   ``layered_graph``, the (L+1)·N-node DAG of Abnar & Zuidema (2020).
 - ``xmltext``: the lossless escape of strings that XML cannot hold (``write_graph`` and
   ``read_graph`` apply it to GraphML and GEXF files).
+- ``sparse`` -> ``extract``, ``stream``: long contexts: ``SparseAttention`` (per head, only the
+  top-k / above-threshold edges of each query), ``sparsify`` (of a computed Attention),
+  ``extract_sparse`` (from q and k, a block of query rows at a time, never the [E, H] weights)
+  and ``write_sparse`` (GraphML, JSON or an edge list, written as the edges come).
 - ``analysis``: rollout (eq. R2), flow (eq. R3), entropy, weight sums, top edges, PageRank,
   strength.
 - ``plot``: ``heatmap`` and ``graph`` pictures (matplotlib is imported inside them); they stay
@@ -21,7 +25,7 @@ The modules import one way only::
 import paths that existed before this package.
 """
 
-from . import analysis, export, html, matrices, plot, xmltext
+from . import analysis, export, extract, html, matrices, plot, sparse, stream, xmltext
 from .analysis import (
     attention_entropy,
     attention_flow,
@@ -41,6 +45,7 @@ from .export import (
     to_networkx,
     write_graph,
 )
+from .extract import extract_sparse
 from .matrices import (
     HeadSpec,
     LayerInput,
@@ -53,6 +58,8 @@ from .matrices import (
     node_counts,
     residual_adjust,
 )
+from .sparse import SparseAttention, sparsify
+from .stream import SparseGraphWriter, write_sparse
 from .xmltext import XML_ESCAPE_PREFIX, escape_xml_text, unescape_xml_text
 
 __all__ = [
@@ -62,6 +69,8 @@ __all__ = [
     "HeadSpec",
     "LayerInput",
     "MergedEdges",
+    "SparseAttention",
+    "SparseGraphWriter",
     "adjusted_matrices",
     "analysis",
     "attention_entropy",
@@ -73,6 +82,8 @@ __all__ = [
     "check_write_size",
     "escape_xml_text",
     "export",
+    "extract",
+    "extract_sparse",
     "from_networkx",
     "html",
     "layered_graph",
@@ -84,10 +95,14 @@ __all__ = [
     "plot",
     "read_graph",
     "residual_adjust",
+    "sparse",
+    "sparsify",
+    "stream",
     "strength",
     "to_networkx",
     "top_edges",
     "unescape_xml_text",
     "write_graph",
+    "write_sparse",
     "xmltext",
 ]
