@@ -241,7 +241,7 @@ def pad_rows(
     for v, f in zip(values, fill, strict=True):
         block = v.new_full((R * W, v.size(1)), f)  # [R·W, H']
         block[pos] = v
-        out.append(block.view(R, W, -1))  # [R, W, H']
+        out.append(block.view(R, W, v.size(1)))  # [R, W, H']
     slot_ok = torch.arange(W, device=dst.device) < counts.unsqueeze(1)  # [R, W]
     return out, slot_ok, pos
 
