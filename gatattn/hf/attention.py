@@ -32,8 +32,8 @@ from torch import Tensor, nn
 from ..backends import Problem, attend
 from ..graph import TokenGraph
 from ..kernels import edge_dot
-from ..nn import Attention
 from ..patterns import bipartite_graph, causal_graph, complete_graph, from_mask
+from ..result import Attention
 from ..scores import DenseContext, Edges, ScoreFunction
 
 __all__ = [
@@ -351,7 +351,8 @@ def graph_attention(
     score = ScaledScore(1.0 / math.sqrt(D) if scaling is None else scaling)
     if isinstance(recorder, Capture):  # sparse extraction: q, k and the graph, no weights
         if not cross and Lq == Lk:
-            recorder.capture(module, Problem(q, k, v, graph, score), valid, key.size(1))
+            call = Problem(q=q, k=k, v=v, graph=graph, score=score)
+            recorder.capture(module, call, valid, key.size(1))
         recorder = None
     need = recorder is not None or _wants_weights(module, kwargs)
     training = dropout > 0.0 and module.training

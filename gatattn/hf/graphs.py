@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from ..graph import TokenGraph
 from ..inspect.sparse import SparseAttention
-from ..nn import Attention
+from ..result import Attention
 from .attention import SETTINGS, GraphFn, GraphSettings, recording
 from .extract import SparseCapture
 

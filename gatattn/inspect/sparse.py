@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from ..graph import TokenGraph
-from ..nn import Attention
+from ..result import Attention
 
 __all__ = [
     "ROW_BUDGET",

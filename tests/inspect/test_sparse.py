@@ -96,7 +96,9 @@ def test_kept_edges_and_weights_equal_the_full_computation(name: str, opts: dict
     torch.testing.assert_close(sp.weights, ref.weights, rtol=0, atol=1e-14)
     torch.testing.assert_close(sp.scores, ref.scores, rtol=0, atol=1e-14)
     alpha = torch.einsum("ehd,ehd->eh", q[dst], k[src]) / math.sqrt(D)  # [K, H]
-    torch.testing.assert_close(sp.scores, alpha.gather(1, sp.head[:, None])[:, 0], atol=1e-14, rtol=0)
+    torch.testing.assert_close(
+        sp.scores, alpha.gather(1, sp.head[:, None])[:, 0], atol=1e-14, rtol=0
+    )
 
 
 def test_no_block_holds_more_than_the_budget_and_no_edges_are_made() -> None:

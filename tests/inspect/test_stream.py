@@ -40,7 +40,9 @@ def _read(path: Path) -> nx.MultiDiGraph:
 
 
 @pytest.mark.parametrize("suffix", [".graphml", ".json", ".tsv"])
-def test_networkx_reads_back_every_row(tmp_path: Path, sparse: SparseAttention, suffix: str) -> None:
+def test_networkx_reads_back_every_row(
+    tmp_path: Path, sparse: SparseAttention, suffix: str
+) -> None:
     path = write_sparse(sparse, tmp_path / f"layer{suffix}", tokens=TOKENS, chunk=3)
     G = _read(path)
     assert G.is_directed() and G.number_of_edges() == sparse.num_edges > 0
