@@ -27,9 +27,10 @@ import math
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 import gatattn as ga
 
@@ -173,7 +174,7 @@ def _run_folder(args: argparse.Namespace) -> tuple[list[str], list[ga.Attention]
     return res.tokens, res.attentions
 
 
-def _load_folder(args: argparse.Namespace) -> tuple[object, object]:
+def _load_folder(args: argparse.Namespace) -> tuple[nn.Module, Any]:
     folder = Path(args.model)
     if not (folder / "config.json").is_file():
         raise UsageError(
@@ -190,44 +191,46 @@ def _load_folder(args: argparse.Namespace) -> tuple[object, object]:
     return model, tokenizer
 
 
-def _sparse_options(args: argparse.Namespace) -> dict[str, object]:
-    return {
-        "top_k": args.top_k,
-        "threshold": args.min_weight,
-        "heads": args.only_heads,
-        "layers": args.only_layers,
-        "renormalize": args.renormalize,
-    }
-
-
 def _is_sparse(args: argparse.Namespace) -> bool:
-    opts = _sparse_options(args)
-    return args.format == "tsv" or any(v not in (None, False) for v in opts.values())
+    """Whether the run writes sparse graphs (a sparse option, or the tsv edge list)."""
+    options = (args.top_k, args.min_weight, args.only_heads, args.only_layers)
+    return args.format == "tsv" or args.renormalize or any(o is not None for o in options)
 
 
 def _run_sparse(args: argparse.Namespace) -> tuple[list[str], list[SparseAttention]]:
     """The sparse graphs of the selected layers: a model folder extracts them a block of query
     rows at a time; the tiny model and MiniLM (short inputs) sparsify their whole layers."""
-    opts = _sparse_options(args)
-    layers = opts.pop("layers")
+    opts = {"top_k": args.top_k, "threshold": args.min_weight, "heads": args.only_heads}
+    layers: list[int] | None = args.only_layers
     try:
-        if args.model in ("tiny", "minilm"):
-            tokens, attentions = _run_model(args)
-            chosen = range(len(attentions)) if layers is None else layers
-            missing = [n for n in chosen if n >= len(attentions)]  # type: ignore[union-attr]
-            if missing:
-                raise ValueError(
-                    f"layers {missing} do not exist: the model has {len(attentions)} layers"
-                )
-            return tokens, [sparsify(attentions[n], layer=n, **opts) for n in chosen]  # type: ignore[arg-type, union-attr]
-        model, tokenizer = _load_folder(args)
-        text = args.text if args.text is not None else " ".join(args.tokens)
-        if layers is None and all(v in (None, False) for v in opts.values()):
-            res = ga.hf.attention_graphs(model, text, tokenizer=tokenizer)  # --format tsv alone
-            graphs = [sparsify(att, layer=n) for n, att in enumerate(res.attentions)]
-            return res.tokens, graphs
-        res = ga.hf.attention_graphs(model, text, tokenizer=tokenizer, layers=layers, **opts)  # type: ignore[arg-type]
-        return res.tokens, res.sparse
+        if args.model not in ("tiny", "minilm"):
+            model, tokenizer = _load_folder(args)
+            text = args.text if args.text is not None else " ".join(args.tokens)
+            nothing = args.top_k is None and args.only_heads is None and layers is None
+            res = ga.hf.attention_graphs(
+                model,
+                text,
+                tokenizer=tokenizer,
+                top_k=args.top_k,
+                # --format tsv alone: τ = 0 keeps every edge, through the sparse extraction
+                threshold=0.0 if nothing and args.min_weight is None else args.min_weight,
+                heads=args.only_heads,
+                layers=layers,
+                renormalize=args.renormalize,
+            )
+            return res.tokens, res.sparse
+        tokens, attentions = _run_model(args)
+        chosen = range(len(attentions)) if layers is None else layers
+        missing = [n for n in chosen if n >= len(attentions)]
+        if missing:
+            raise ValueError(
+                f"layers {missing} do not exist: the model has {len(attentions)} layers"
+            )
+        graphs = [
+            sparsify(attentions[n], layer=n, renormalize=args.renormalize, **opts)  # type: ignore[arg-type]
+            for n in chosen
+        ]
+        return tokens, graphs
     except ValueError as err:  # a head or layer that the model does not have
         raise UsageError(str(err)) from None
 

@@ -144,7 +144,7 @@ def attention_graphs(
         threshold: keep only weights >= τ (τ in [0, 1]; with ``top_k``: the top k of those).
         heads: extract these heads only.  layers: extract these layers only (0 = bottom).
         renormalize: rescale the kept weights to sum to 1 per query and head (default False:
-            the model's own weights).
+            the model's own weights). Any of these five options returns ``sparse``.
         inputs: the model's keyword inputs, when ``text`` is not given.
 
     Returns:
@@ -162,7 +162,8 @@ def attention_graphs(
     """
     _settings(model)
     capture = None
-    if top_k is not None or threshold is not None or heads is not None or layers is not None:
+    options = (top_k, threshold, heads, layers)
+    if renormalize or any(option is not None for option in options):
         capture = SparseCapture(
             top_k=top_k, threshold=threshold, heads=heads, layers=layers, renormalize=renormalize
         )

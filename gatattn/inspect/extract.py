@@ -56,9 +56,9 @@ class _RowEdges:
                 self.degree = lens.repeat_interleave(lens) - (0 if self.loops else 1)  # [N]
             else:
                 self.degree = self.pos + 1  # [N]
-        elif graph.dense_mask(compact=True) is not None:
+        elif (mask := graph.dense_mask(compact=True)) is not None:
             self.kind = "mask"
-            self.mask = graph.dense_mask(compact=True)  # [B, L_q | 1, L_k]
+            self.mask: Tensor = mask  # [B, L_q | 1, L_k]
             B = self.mask.size(0)
             self.Lq, self.Lk = graph.num_dst // B, self.mask.size(2)
             self.degree = self.mask.sum(-1).expand(B, self.Lq).reshape(-1)  # [N_t]

@@ -149,15 +149,16 @@ def check_sparsify(
             raise ValueError(f"threshold must be a number in [0, 1] (or None), got {threshold!r}")
     if heads is None:
         return None
-    chosen = list(heads)
-    bad = [h for h in chosen if isinstance(h, bool) or not isinstance(h, int)]
-    bad += [h for h in chosen if isinstance(h, int) and not 0 <= h < num_heads]
+    chosen: list[object] = list(heads)
+    bad = [
+        h for h in chosen if isinstance(h, bool) or not isinstance(h, int) or not 0 <= h < num_heads
+    ]
     if not chosen or bad or len(set(chosen)) != len(chosen):
         raise ValueError(
             f"heads must be distinct head indices in 0..{num_heads - 1} (the model has "
             f"{num_heads} heads), got {list(heads)!r}"
         )
-    return tuple(sorted(chosen))
+    return tuple(sorted(int(h) for h in heads))
 
 
 def iter_row_chunks(degree: Tensor, width: int, budget: int = ROW_BUDGET) -> Iterator[range]:
