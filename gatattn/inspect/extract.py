@@ -117,8 +117,9 @@ def extract_sparse(
         K_h(i) = \\mathrm{top}_k \\{ j \\in N(i) : \\mathrm{Attn}^h_{ij} \\ge \\tau \\}, \\quad
         \\mathrm{Attn}^h_{ij} = \\mathrm{softmax}_{j \\in N(i)} w_h(i, j)
 
-    The rows are computed a block at a time (at most ``budget`` padded values each), and each
-    block keeps only its selected pairs: peak memory O(budget + N·k·H) for top-k, whatever E is.
+    The rows are computed a block at a time (at most ``budget`` gathered values [e, H, D] each),
+    and each block keeps only its selected pairs: peak memory O(budget + N·k·H) for top-k,
+    whatever E is.
     The kept scores and weights equal the full computation's (the edge backend's) for those
     edges; weights are not renormalised unless ``renormalize=True``. Grouped-query keys
     (k with H_kv < H heads) are shared as in the model: head h reads key head h // (H / H_kv).
@@ -130,7 +131,7 @@ def extract_sparse(
         heads: the heads to extract (None: all).  renormalize: rescale the kept weights.
         edge_attr: per-edge inputs of the score, one row per edge of ``graph``.
         targets: bool [N_t]: compute these targets only (None: all).
-        layer: recorded in the result.  budget: padded values per block of rows.
+        layer: recorded in the result.  budget: gathered values per block of rows.
 
     Shapes:
         q [N_t, H, D], k [N_s, H_kv, D] -> SparseAttention with K <= N_t·k·H rows.
@@ -151,7 +152,7 @@ def extract_sparse(
     wide = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
     like = q.new_empty(0, dtype=wide)  # scores are softmaxed in fp32 for half inputs (edge backend)
     parts = []
-    for rows in iter_row_chunks(degree, H, budget):
+    for rows in iter_row_chunks(degree, H * q.size(2), budget):  # gathers [e, H, D] <= budget
         live = degree[rows.start : rows.stop]  # [R]
         if not bool(live.any()):
             continue

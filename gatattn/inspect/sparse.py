@@ -39,7 +39,9 @@ __all__ = [
     "sparsify",
 ]
 
-#: Padded [rows, max in-degree, heads] elements per chunk of target rows (2**22: 32 MiB in fp64).
+#: Values per block of target rows: padded [rows, max in-degree, width] (width = H' for
+#: ``sparsify``; H·D for ``extract_sparse``, whose gathered q_i, k_j [e, H, D] dominate).
+#: 2**22 fp32 values are 16 MiB, as ``kernels.CHUNK_ELEMENTS``.
 ROW_BUDGET = 1 << 22
 
 

@@ -102,7 +102,7 @@ def test_kept_edges_and_weights_equal_the_full_computation(name: str, opts: dict
 
 
 def test_no_block_holds_more_than_the_budget_and_no_edges_are_made() -> None:
-    """A causal graph of 60 tokens in blocks of <= 64 padded values: never its [E, H]
+    """A causal graph of 60 tokens in blocks of <= 64 edges (gathers [e, H, D]): never its [E, H]
     weights at once, and its edge_index is never built (the rows come from the structure)."""
     graph = ga.causal_graph(60)
     q, k = _qk(graph)
@@ -115,7 +115,7 @@ def test_no_block_holds_more_than_the_budget_and_no_edges_are_made() -> None:
 
     extract_mod.neighbourhood_softmax = spy  # type: ignore[assignment]
     try:
-        sp = extract_sparse(q, k, graph, SCORE, top_k=4, budget=64 * H)
+        sp = extract_sparse(q, k, graph, SCORE, top_k=4, budget=64 * H * D)  # [e, H, D] <= it
     finally:
         extract_mod.neighbourhood_softmax = softmax  # type: ignore[assignment]
     assert graph._edge_index is None  # the deferred edges were never made
