@@ -47,10 +47,11 @@ def assert_within_torch_error(
     factor: float = 4.0,
     what: str = "",
 ) -> None:
-    """Low-precision bound (DESIGN.md, "Testing rules"; as FlexAttention's tests do): gatattn's
-    error against the fp64 ``gold`` is at most ``factor`` times torch's own error ``theirs``
-    against it, plus 8 rounding units of the dtype at the scale of ``gold`` (a different
-    summation order; and torch may happen to be exact). No absolute number tuned on one CPU."""
+    """Low-precision bound (docs/backends.md, "Precision and higher-order gradients"; as
+    FlexAttention's tests do): gatattn's error against the fp64 ``gold`` is at most ``factor``
+    times torch's own error ``theirs`` against it, plus 8 rounding units of the dtype at the
+    scale of ``gold`` (a different summation order; and torch may happen to be exact). No
+    absolute number tuned on one CPU."""
     assert torch.isfinite(ours).all(), what
     gold = gold.detach().double()
     err = (ours.detach().double() - gold).abs().max().item()

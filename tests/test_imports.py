@@ -27,8 +27,8 @@ Each import becomes an edge to the module that defines what it imports:
    name cannot be found): the edge goes to P itself.
 4. ``import P`` or ``import P.Q``: the edge goes to that module.
 
-Not counted: the implicit import of parent packages. Importing ``gatattn.a.b`` runs
-``gatattn/__init__.py`` and ``gatattn/a/__init__.py`` first, and the root ``__init__``
+Not counted: the implicit import of parent packages. Importing ``gatattn.nn.attention`` runs
+``gatattn/__init__.py`` and ``gatattn/nn/__init__.py`` first, and the root ``__init__``
 imports nearly everything, so counting those edges would put every module on a cycle through
 ``gatattn``. Python handles that pattern, since the package is already in ``sys.modules`` while
 its ``__init__`` runs. A real cycle through an ``__init__`` still shows up: a module that imports
