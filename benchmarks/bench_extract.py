@@ -114,8 +114,7 @@ def main() -> None:
         r = json.loads(done.stdout.strip().splitlines()[-1])
         extra = r["after"] - r["before"]
         print(
-            f"| {mode} | {extra:,.0f} | {extra / dense:.3f} | {r['kept']:,} | "
-            f"{r['seconds']:.1f} |"
+            f"| {mode} | {extra:,.0f} | {extra / dense:.3f} | {r['kept']:,} | {r['seconds']:.1f} |"
         )
 
 
