@@ -248,7 +248,7 @@ def _wants_weights(module: nn.Module, kwargs: dict[str, Any]) -> bool:
     """Whether the caller asked for the attention weights: ``output_attentions=True`` in the
     call or the config, or transformers' output collector records this module's output (GPT-2
     takes ``output_attentions`` itself and does not pass it on)."""
-    if kwargs.get("output_attentions") or getattr(module.config, "output_attentions", False):
+    if kwargs.get("output_attentions") or getattr(getattr(module, "config", None), "output_attentions", False):
         return True
     if module.__dict__.get(modern.WANTS_WEIGHTS):  # Falcon, BLOOM: noted by a pre-hook
         return True

@@ -22,7 +22,7 @@ from typing import Any
 from torch import nn
 
 from ..backends import check_backend_name
-from .modern import note_output_attentions
+from . import bloom
 from .attention import (
     IMPLEMENTATION,
     SETTINGS,
@@ -31,6 +31,7 @@ from .attention import (
     UnsupportedModelError,
     register,
 )
+from .modern import note_output_attentions
 
 __all__ = ["FAMILIES", "convert", "is_hf_model", "register", "supported_modules"]
 
@@ -80,7 +81,12 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
     "marian": ("transformers.models.marian.modeling_marian", ("MarianAttention",)),
     "modernbert": ("transformers.models.modernbert.modeling_modernbert", ("ModernBertAttention",)),
     "albert": ("transformers.models.albert.modeling_albert", ("AlbertAttention",)),
+    "bloom": ("transformers.models.bloom.modeling_bloom", ("BloomAttention",)),
 }
+
+#: Families whose attention modules call no attention function (they compute the softmax
+#: inline): gatattn gives each module a forward of its own (gatattn/hf/bloom.py).
+OWN_FORWARD = {"bloom"}
 
 #: Names under which encoder-decoders hold their cross-attention modules (a module class
 #: shared with self-attention: BartAttention, T5Attention): marked ``is_cross_attention``.
@@ -204,20 +210,25 @@ def convert(
     backend = check_backend_name(backend)
     if graph_fn is not None and not callable(graph_fn):
         raise TypeError(f"graph_fn must be callable(lengths) -> TokenGraph, got {graph_fn!r}")
-    _plan(model)  # refuse before copying
+    for m, family in _plan(model).values():  # refuse before copying
+        if family in OWN_FORWARD:
+            bloom.check(m)
     new = model if inplace else copy.deepcopy(model)
     plan = _plan(new)
     families = sorted({f for _, f in plan.values()})
     settings = GraphSettings(backend=backend, graph_fn=graph_fn, family="+".join(families))
     configs: dict[int, Any] = {}
-    for name, (m, _) in plan.items():
+    for name, (m, family) in plan.items():
         setattr(m, SETTINGS, settings)  # a plain attribute: no parameter, buffer or state_dict key
         if name.rsplit(".", 1)[-1] in CROSS_ATTENTION_NAMES:
             m.is_cross_attention = True  # no graph swap, sliding window or recording
         if "output_attentions" in inspect.signature(type(m).forward).parameters:
             # Falcon keeps output_attentions to itself: note it for graph_attention
             m.register_forward_pre_hook(note_output_attentions, with_kwargs=True)
-        configs[id(m.config)] = m.config
+        if family in OWN_FORWARD:
+            bloom.install(m)
+        if getattr(m, "config", None) is not None:  # BLOOM's attention holds no config
+            configs[id(m.config)] = m.config
     for sub in new.modules():
         cfg = getattr(sub, "config", None)
         if cfg is not None and hasattr(cfg, "_attn_implementation"):
