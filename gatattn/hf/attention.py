@@ -177,8 +177,10 @@ def _swap_graph(
     else:
         keep = (src // L == dst // L) & ((src % L <= dst % L) | (not causal))  # [E]
     if full and bool(keep.all()):  # the model's mask removes nothing: keep the builder's graph
-        return g if g.lengths is not None or B == 1 else TokenGraph(
-            g.edge_index, n, n, lengths=lengths, validate=False
+        return (
+            g
+            if g.lengths is not None or B == 1
+            else TokenGraph(g.edge_index, n, n, lengths=lengths, validate=False)
         )
     ei = torch.stack([src[keep], dst[keep]])  # [2, E']
     return TokenGraph(ei, B * L, B * L, lengths=[L] * B, validate=False)
@@ -248,7 +250,9 @@ def _wants_weights(module: nn.Module, kwargs: dict[str, Any]) -> bool:
     """Whether the caller asked for the attention weights: ``output_attentions=True`` in the
     call or the config, or transformers' output collector records this module's output (GPT-2
     takes ``output_attentions`` itself and does not pass it on)."""
-    if kwargs.get("output_attentions") or getattr(getattr(module, "config", None), "output_attentions", False):
+    if kwargs.get("output_attentions") or getattr(
+        getattr(module, "config", None), "output_attentions", False
+    ):
         return True
     if module.__dict__.get(modern.WANTS_WEIGHTS):  # Falcon, BLOOM: noted by a pre-hook
         return True

@@ -35,7 +35,7 @@ class GraphBloomForward:
         attention_mask [B, 1, L_q, L_k] bool or None -> ([B, L_q, C], Attn [B, H, L_q, L_k] | None).
     """
 
-    def __init__(self, module: nn.Module) -> None:
+    def __init__(self, module: Any) -> None:
         self.module = module  # a cycle (module.forward -> self -> module): copy and pickle keep it
 
     def __call__(
@@ -49,7 +49,7 @@ class GraphBloomForward:
         output_attentions: bool = False,
         **kwargs: Any,
     ) -> tuple[Tensor, Tensor | None]:
-        m = self.module
+        m: Any = self.module
         B, Lq, _ = hidden_states.shape
         query, key, value = m._reshape(m.query_key_value(hidden_states))  # [B, H, L, D] each
         if layer_past is not None:
@@ -74,7 +74,7 @@ class GraphBloomForward:
         return output, weights
 
 
-def check(module: nn.Module) -> None:
+def check(module: Any) -> None:
     """Refuse what ``GraphBloomForward`` does not reproduce.
 
     Raises:

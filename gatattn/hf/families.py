@@ -221,7 +221,7 @@ def convert(
     for name, (m, family) in plan.items():
         setattr(m, SETTINGS, settings)  # a plain attribute: no parameter, buffer or state_dict key
         if name.rsplit(".", 1)[-1] in CROSS_ATTENTION_NAMES:
-            m.is_cross_attention = True  # no graph swap, sliding window or recording
+            setattr(m, "is_cross_attention", True)  # noqa: B010  (no swap, window, recording)
         if "output_attentions" in inspect.signature(type(m).forward).parameters:
             # Falcon keeps output_attentions to itself: note it for graph_attention
             m.register_forward_pre_hook(note_output_attentions, with_kwargs=True)

@@ -191,7 +191,9 @@ def window_fn(sliding_window: int, causal: bool) -> Callable[[list[int]], TokenG
 WANTS_WEIGHTS = "_gatattn_output_attentions"
 
 
-def note_output_attentions(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+def note_output_attentions(
+    module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> None:
     """A forward pre-hook for attention modules that take ``output_attentions`` themselves and
     do not pass it on to the attention function (Falcon, BLOOM): it is noted on the module,
     where ``graph_attention`` reads it."""
@@ -209,7 +211,9 @@ def call_options(
     """
     bad = [k for k in ("s_aux", "sinks") if kwargs.get(k) is not None]
     if bad:
-        raise _Unsupported(f"{name} passes {bad} (attention sinks), which gatattn does not reproduce")
+        raise _Unsupported(
+            f"{name} passes {bad} (attention sinks), which gatattn does not reproduce"
+        )
     window = kwargs.get("sliding_window")
     if window is not None and (not isinstance(window, int) or window < 1):
         raise _Unsupported(f"{name} passes sliding_window={window!r}; expected an int >= 1")
