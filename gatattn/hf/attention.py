@@ -316,7 +316,7 @@ def graph_attention(
     scale = 1.0 / math.sqrt(D) if scaling is None else scaling
     try:
         special, sliding, position_bias = modern.call_options(name, scale, kwargs)
-        key, value = modern.expand_kv(key, value, H, name)  # grouped-query heads, per node
+        modern.check_kv_heads(key.size(1), H, name)
     except modern._Unsupported as err:
         raise UnsupportedModelError(str(err)) from None
     module_causal = bool(kwargs.get("is_causal", getattr(module, "is_causal", True)))
@@ -342,8 +342,8 @@ def graph_attention(
         extra = modern.edge_bias(position_bias, graph, Lq, Lk)  # [E, H | 1]
         bias = extra if bias is None else bias + extra
     q = query.transpose(1, 2).reshape(B * Lq, H, D)  # [N_t, H, D]
-    k = key.transpose(1, 2).reshape(B * Lk, H, D)  # [N_s, H, D]
-    v = value.transpose(1, 2).reshape(B * Lk, H, value.size(-1))  # [N_s, H, D]
+    k = modern.expand_kv(key, H)  # [N_s, H, D], grouped-query heads expanded per node
+    v = modern.expand_kv(value, H)  # [N_s, H, D]
     recorder = _RECORDER.get()
     need = recorder is not None or _wants_weights(module, kwargs)
     score = modern.bias_score(special or ScaledScore(scale), bias is not None)

@@ -39,6 +39,7 @@ __all__ = [
     "EdgeBias",
     "SoftcapScore",
     "edge_bias",
+    "check_kv_heads",
     "expand_kv",
     "note_output_attentions",
     "split_mask",
@@ -53,23 +54,29 @@ class _Unsupported(Exception):
     """Raised here and re-raised as ``UnsupportedModelError`` by the caller (no import cycle)."""
 
 
-def expand_kv(key: Tensor, value: Tensor, heads: int, name: str) -> tuple[Tensor, Tensor]:
-    """Grouped-query attention: query head h reads key/value head h // (H / H_kv), as
-    transformers' ``repeat_kv``; the copy is per node (O(N·H·D)), never per edge.
-
-    Shapes:
-        key [B, H_kv, L, D], value [B, H_kv, L, D_v] -> [B, H, L, D], [B, H, L, D_v].
+def check_kv_heads(kv: int, heads: int, name: str) -> None:
+    """Grouped-query attention needs H to be a multiple of H_kv.
 
     Raises:
-        _Unsupported: H is not a multiple of H_kv.
+        _Unsupported: it is not.
     """
-    kv = key.size(1)
-    if kv == heads:
-        return key, value
     if kv == 0 or heads % kv:
         raise _Unsupported(f"{name} has {kv} key/value heads for {heads} query heads")
-    groups = heads // kv
-    return key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
+
+
+def expand_kv(t: Tensor, heads: int) -> Tensor:
+    """Grouped-query attention: query head h reads key/value head h // (H / H_kv), as
+    transformers' ``repeat_kv``. One copy per node (O(N·H·D)), never per edge; it is also
+    the copy that lays the heads out as gatattn's nodes.
+
+    Shapes:
+        t [B, H_kv, L, D] -> [B·L, H, D].
+    """
+    B, kv, L, D = t.shape
+    nodes = t.transpose(1, 2)  # [B, L, H_kv, D]
+    if kv != heads:
+        nodes = nodes.unsqueeze(3).expand(B, L, kv, heads // kv, D)  # [B, L, H_kv, g, D]
+    return nodes.reshape(B * L, heads, D)  # [B·L, H, D]
 
 
 def split_mask(mask: Tensor, name: str, B: int, Lq: int, Lk: int) -> tuple[Tensor, Tensor | None]:
