@@ -123,13 +123,14 @@ def main(argv: list[str] | None = None) -> None:
         work.append((name, "train fwd+bwd", lambda m, x=inputs: train(m, x)))
     work.append(("prompt 32", f"generate {args.new_tokens}", generate))
     times: dict[tuple[str, str, str], list[float]] = {}
-    for case, mode, fn in work:  # warm-up
+    for _, _, fn in work:  # warm-up
         for m in models.values():
             fn(m)
     for _ in range(args.rounds):
         for case, mode, fn in work:
             for label, m in models.items():
-                times.setdefault((case, mode, label), []).append(_time(lambda: fn(m), dev))
+                run = lambda f=fn, model=m: f(model)  # noqa: E731
+                times.setdefault((case, mode, label), []).append(_time(run, dev))
     for (case, mode, label), ts in times.items():
         rows.append((case, mode, label, statistics.median(ts)))
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")

@@ -38,8 +38,8 @@ from ..scores import DenseContext, Edges, ScoreBias, ScoreFunction
 __all__ = [
     "EdgeBias",
     "SoftcapScore",
-    "edge_bias",
     "check_kv_heads",
+    "edge_bias",
     "expand_kv",
     "note_output_attentions",
     "split_mask",
