@@ -95,6 +95,7 @@ class SparseCapture(Capture):
             threshold=self.threshold,
             heads=self.heads,
             renormalize=self.renormalize,
+            edge_attr=p.edge_attr,
             targets=targets,
             layer=layer,
         )

@@ -41,9 +41,9 @@ __all__ = ["extract_sparse"]
 class _RowEdges:
     """The incoming edges of any run of targets, sorted by target, and every target's degree."""
 
-    def __init__(self, graph: TokenGraph) -> None:
+    def __init__(self, graph: TokenGraph, by_id: bool) -> None:
         self.graph = graph
-        tag = graph.trusted_structure()
+        tag = None if by_id else graph.trusted_structure()  # by_id: per-edge inputs need ids
         self.kind = "csr"
         if tag in ("complete", "causal") and graph.num_src == graph.num_dst:
             self.kind = tag
@@ -56,7 +56,7 @@ class _RowEdges:
                 self.degree = lens.repeat_interleave(lens) - (0 if self.loops else 1)  # [N]
             else:
                 self.degree = self.pos + 1  # [N]
-        elif (mask := graph.dense_mask(compact=True)) is not None:
+        elif not by_id and (mask := graph.dense_mask(compact=True)) is not None:
             self.kind = "mask"
             self.mask: Tensor = mask  # [B, L_q | 1, L_k]
             B = self.mask.size(0)
@@ -144,7 +144,7 @@ def extract_sparse(
     kv = check_kv_heads(k.size(1), H)
     if kv != H:
         k = k.repeat_interleave(H // kv, dim=1)  # [N_s, H, D]: head h reads kv head h // (H/H_kv)
-    rows_of = _RowEdges(graph)
+    rows_of = _RowEdges(graph, by_id=edge_attr is not None)
     degree = rows_of.degree
     if targets is not None:
         degree = torch.where(targets.to(degree.device), degree, torch.zeros_like(degree))

@@ -101,3 +101,29 @@ def test_bad_options(hf: SimpleNamespace, opts: dict, match: str) -> None:
     batch, _ = hf.inputs("bert")
     with pytest.raises(ValueError, match=match):
         ga.hf.attention_graphs(conv, **batch, **opts)
+
+
+@pytest.mark.parametrize("window", [None, 3])
+def test_grouped_query_llama_records_each_heads_kv_group(window: int | None) -> None:
+    """A Llama-style model (4 query heads on 2 key/value heads, rotary positions; Mistral's
+    sliding window as a second case): sparse equals the whole extraction, kv_head = h // 2."""
+    torch.manual_seed(0)
+    cls = transformers.MistralConfig if window else transformers.LlamaConfig
+    extra = {"sliding_window": window} if window else {}
+    config = cls(
+        vocab_size=60, hidden_size=24, intermediate_size=28, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=40,
+        attn_implementation="eager", **extra,
+    )  # fmt: skip
+    model = (transformers.MistralModel if window else transformers.LlamaModel)(config)
+    conv = ga.convert(model.double().eval())
+    ids = torch.randint(0, 60, (2, 7), generator=torch.Generator().manual_seed(1))
+    mask = torch.tensor([[1] * 7, [0, 0] + [1] * 5])  # left padding
+    full = ga.hf.attention_graphs(conv, input_ids=ids, attention_mask=mask)
+    sp = ga.hf.attention_graphs(conv, input_ids=ids, attention_mask=mask, top_k=2)
+    for s, att in zip(sp.sparse, full.attentions, strict=True):
+        ref = sparsify(att, top_k=2)
+        assert torch.equal(s.edge_index, ref.edge_index) and torch.equal(s.head, ref.head)
+        torch.testing.assert_close(s.weights, ref.weights, rtol=0, atol=1e-13)
+        assert s.num_kv_heads == 2 and torch.equal(s.kv_head, s.head // 2)
+        assert s.metadata()["kv_head_of"] == "0 0 1 1"

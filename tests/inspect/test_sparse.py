@@ -256,3 +256,20 @@ def test_key_heads_must_divide_the_query_heads() -> None:
     for bad in (2, 0, True):
         with pytest.raises(ValueError, match=rf"dividing the 3 heads, got {bad!r}"):
             sparsify(full, top_k=1, num_kv_heads=bad)
+
+
+def test_per_edge_inputs_follow_their_edges() -> None:
+    """A score reading edge_attr (Graphormer's spatial bias, one distance per edge) on a
+    complete graph: the rows come from the edge ids, so each edge gets its own input."""
+    graph = ga.complete_graph(lengths=[5, 4])
+    q, k = _qk(graph)
+    score = make_score("scaled_dot", H, D) + ga.SpatialBias(H, max_distance=4).double()
+    with torch.no_grad():
+        score.biases_list()[0].weight.normal_()
+    dist = torch.randint(0, 6, (graph.num_edges,), generator=_gen(5))  # [E]
+    res = attend(Problem(q, k, k, graph, score, edge_attr=dist, need_weights=True), "edge")
+    full = ga.Attention(res.out, graph.edge_index, res.scores, res.weights, graph)
+    sp = extract_sparse(q, k, graph, score, top_k=2, edge_attr=dist, budget=60)
+    ref = sparsify(full, top_k=2)
+    assert torch.equal(sp.edge_index, ref.edge_index) and torch.equal(sp.head, ref.head)
+    torch.testing.assert_close(sp.weights, ref.weights, rtol=0, atol=1e-14)
