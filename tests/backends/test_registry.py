@@ -197,6 +197,7 @@ def _subclasses(cls: type) -> list[type]:
 
 def test_no_score_or_bias_has_a_backend_attribute() -> None:
     import gatattn.hf.attention  # defines ScaledScore
+    import gatattn.hf.modern  # defines SoftcapScore, EdgeBias
     import gatattn.interop.masks  # noqa: F401  (AttnMaskBias)
 
     classes = _subclasses(ScoreFunction) + _subclasses(ScoreBias)
@@ -210,11 +211,18 @@ def test_no_score_module_names_a_backend() -> None:
     """No string in gatattn/scores (nor in a score class elsewhere) is a backend's name."""
     names = set(BACKENDS)
     sources = [p.read_text() for p in sorted((ROOT / "gatattn" / "scores").glob("*.py"))]
+    import gatattn.hf.modern  # noqa: F401  (SoftcapScore, EdgeBias)
     from gatattn.hf.attention import ScaledScore
     from gatattn.interop.masks import AttnMaskBias
 
-    sources += [inspect.getsource(ScaledScore), inspect.getsource(AttnMaskBias)]
-    assert len(sources) >= 7
+    outside = [
+        c
+        for c in _subclasses(ScoreFunction) + _subclasses(ScoreBias)
+        if c.__module__.startswith("gatattn.") and not c.__module__.startswith("gatattn.scores")
+    ]
+    assert {ScaledScore, AttnMaskBias} <= set(outside)
+    sources += [inspect.getsource(c) for c in outside]
+    assert len(sources) >= 9
     for text in sources:
         strings = {n.value for n in ast.walk(ast.parse(text)) if isinstance(n, ast.Constant)}
         assert not strings & names, strings & names
