@@ -27,14 +27,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..backends import Problem, attend
+from ..backends.edge import edge_scores_and_weights
 from ..graph import TokenGraph
 from ..kernels import edge_dot
 from ..nn import Attention
 from ..patterns import bipartite_graph, causal_graph, complete_graph, from_mask
 from ..scores import DenseContext, Edges, ScoreFunction
+from .swaps import GraphFn, swap_graph
 
 __all__ = [
     "IMPLEMENTATION",
@@ -53,9 +56,6 @@ __all__ = [
 IMPLEMENTATION = "gatattn"
 #: The attribute of a converted attention module that holds its ``GraphSettings``.
 SETTINGS = "gatattn"
-
-#: ``graph_fn(lengths) -> TokenGraph`` over sum(lengths) tokens (as ``pretrained.GraphFn``).
-GraphFn = Callable[[list[int]], TokenGraph]
 
 #: The per-forward recorder of ``attention_graphs``: (module, Attention, key validity) per call.
 _RECORDER: contextvars.ContextVar[list[tuple[nn.Module, Attention, Tensor | None]] | None] = (
@@ -171,40 +171,6 @@ def _bool_mask(mask: Tensor, module: nn.Module, B: int, Lq: int, Lk: int) -> Ten
     return mask[:, 0].expand(B, Lq, Lk)
 
 
-def _swap_graph(
-    graph_fn: GraphFn, valid: Tensor, allowed: Tensor | None, causal: bool
-) -> TokenGraph:
-    """``graph_fn(lengths)`` on the unpadded tokens, placed into the padded layout [B, L] and
-    intersected with the model's own mask (padding, causality): a swap never adds an edge that
-    the model forbids.
-
-    Shapes:
-        valid [B, L] bool (real tokens) -> a graph over B·L nodes.
-    """
-    B, L = valid.shape
-    lengths = [int(n) for n in valid.sum(1).tolist()]
-    g = graph_fn(lengths)
-    n = sum(lengths)
-    if not isinstance(g, TokenGraph) or (g.num_src, g.num_dst) != (n, n):
-        raise ValueError(
-            f"graph_fn must return a TokenGraph on {n} nodes (lengths={lengths}), got {g!r}"
-        )
-    full = bool(valid.all())
-    if full and allowed is None:
-        g = g.to(valid.device)
-        if g.lengths is None and B > 1:  # block-diagonal by construction: name the sequences
-            g = TokenGraph(g.edge_index, n, n, lengths=lengths, validate=False)
-        return g & causal_graph(lengths=lengths, device=valid.device) if causal else g
-    pos = valid.flatten().nonzero().flatten()  # [n] padded index of each real token
-    src, dst = pos[g.edge_index[0].to(pos.device)], pos[g.edge_index[1].to(pos.device)]  # [E]
-    if allowed is not None:
-        keep = allowed[dst // L, dst % L, src % L]  # [E]
-    else:
-        keep = (src // L == dst // L) & ((src % L <= dst % L) | (not causal))  # [E]
-    ei = torch.stack([src[keep], dst[keep]])  # [2, E']
-    return TokenGraph(ei, B * L, B * L, lengths=[L] * B, validate=False)
-
-
 def mask_graph(
     module: nn.Module,
     mask: Tensor | None,
@@ -230,7 +196,7 @@ def mask_graph(
     valid = None if allowed is None else allowed.any(1)  # [B, L_k] keys someone may attend
     if graph_fn is not None:
         keys = valid if valid is not None else torch.ones(B, Lk, dtype=torch.bool, device=device)
-        return _swap_graph(graph_fn, keys, allowed, causal), valid
+        return swap_graph(graph_fn, keys, allowed, causal, Lq), valid
     if allowed is not None:
         return from_mask(allowed), valid  # tag 'masked': one SDPA call with this mask
     if Lq != Lk:
@@ -263,10 +229,11 @@ def _wants_weights(module: nn.Module, kwargs: dict[str, Any]) -> bool:
 
 
 def _dense_weights(weights: Tensor, graph: TokenGraph, B: int, Lq: int, Lk: int) -> Tensor:
-    """Per-edge Attn [E, H] -> transformers' attn_weights [B, H, L_q, L_k] (0 off the graph)."""
+    """Per-edge Attn [E, H] -> transformers' attn_weights [B, H, L_q, L_k] (0 off the graph;
+    duplicate edges add up, so Attn @ v is the output of eq. 3). Differentiable in ``weights``."""
     src, dst = graph.edge_index  # [E], [E]
     dense = weights.new_zeros(B, Lq, Lk, weights.size(1))  # [B, L_q, L_k, H]
-    dense[dst // Lq, dst % Lq, src % Lk] = weights
+    dense = dense.index_put((dst // Lq, dst % Lq, src % Lk), weights, accumulate=True)
     return dense.permute(0, 3, 1, 2)  # [B, H, L_q, L_k]
 
 
@@ -323,7 +290,7 @@ def graph_attention(
         key, value = key[:, :, :Lq], value[:, :, :Lq]
     Lk = key.size(2)
     cross = is_cross_attention(module)
-    graph_fn = None if cross or Lq != Lk else kwargs.get("graph_fn", settings.graph_fn)
+    graph_fn = None if cross else kwargs.get("graph_fn", settings.graph_fn)
     cache_key = (B, Lq, Lk, causal, graph_fn, query.device)
     graph, valid = settings.cached(
         cache_key,
@@ -333,22 +300,31 @@ def graph_attention(
     q = query.transpose(1, 2).reshape(B * Lq, H, D)  # [N_t, H, D]
     k = key.transpose(1, 2).reshape(B * Lk, H, D)  # [N_s, H, D]
     v = value.transpose(1, 2).reshape(B * Lk, H, value.size(-1))  # [N_s, H, D]
-    recorder = _RECORDER.get()
-    need = recorder is not None or _wants_weights(module, kwargs)
+    # ContextVar.get cannot be traced (torch.compile(fullgraph=True)); recording runs eagerly
+    recorder = None if torch.compiler.is_compiling() else _RECORDER.get()
     score = ScaledScore(1.0 / math.sqrt(D) if scaling is None else scaling)
     training = dropout > 0.0 and module.training
-    p = Problem(q, k, v, graph, score, dropout=dropout, training=training, need_weights=need)
-    res = attend(p, settings.backend)
-    out = res.out.view(B, Lq, H, -1)  # [B, L_q, H, D]
-    if not need:
-        return out, None
-    assert res.scores is not None and res.weights is not None
+    p = Problem(
+        q, k, v, graph, score, dropout=dropout, training=training, need_weights=recorder is not None
+    )
+    attn: Tensor | None = None
+    if _wants_weights(module, kwargs):
+        # the returned Attn is the one the output is computed from (out = Attn v, as the eager
+        # function does), so d(out)/d(Attn) reaches attentions[l].grad
+        scores, weights = edge_scores_and_weights(p)  # [E, H], [E, H]
+        attn = _dense_weights(weights, graph, B, Lq, Lk).to(value.dtype)  # [B, H, L_q, L_k]
+        if training:
+            attn = F.dropout(attn, dropout, True)  # returned after dropout, as eager does
+        out = (attn @ v.view(B, Lk, H, -1).transpose(1, 2)).transpose(1, 2)  # [B, L_q, H, D]
+    else:
+        res = attend(p, settings.backend)
+        out = res.out.view(B, Lq, H, -1)  # [B, L_q, H, D]
+        scores, weights = res.scores, res.weights
     if recorder is not None and not cross and Lq == Lk:
-        flat = res.out.reshape(B * Lq, -1)  # [N_t, H·D], before the output projection
-        recorder.append(
-            (module, Attention(flat, graph.edge_index, res.scores, res.weights, graph), valid)
-        )
-    return out, _dense_weights(res.weights, graph, B, Lq, Lk).to(value.dtype)
+        assert scores is not None and weights is not None
+        flat = out.reshape(B * Lq, -1)  # [N_t, H·D], before the output projection
+        recorder.append((module, Attention(flat, graph.edge_index, scores, weights, graph), valid))
+    return out, attn
 
 
 def register() -> None:
