@@ -37,6 +37,7 @@ from ..kernels import edge_dot
 from ..nn import Attention
 from ..patterns import bipartite_graph, causal_graph, complete_graph, from_mask
 from ..scores import DenseContext, Edges, ScoreFunction
+from .configs import allow_output_attentions
 from .swaps import GraphFn, swap_graph
 
 __all__ = [
@@ -102,6 +103,8 @@ class GraphSettings:
     def cached(self, key: tuple[Any, ...], mask: Tensor | None, build: Callable[[], Any]) -> Any:
         """One-entry cache: every layer of one forward gets the same mask object, so the graph
         (and its derived dense-backend data) is built once per forward, not once per layer."""
+        if torch.compiler.is_compiling():  # traced once per compiled graph: nothing to reuse
+            return build()
         c = self._cache
         ref = c.get("mask")
         same_mask = (mask is None and ref is None) or (
@@ -328,7 +331,8 @@ def graph_attention(
 
 
 def register() -> None:
-    """Register ``"gatattn"`` with transformers' attention and mask interfaces (idempotent).
+    """Register ``"gatattn"`` with transformers' attention and mask interfaces (idempotent),
+    and let its configs set ``output_attentions = True`` (``configs.allow_output_attentions``).
 
     Raises:
         ImportError: transformers (>= 5, the attention-interface design) is not installed.
@@ -342,6 +346,7 @@ def register() -> None:
         ) from err
     AttentionInterface.register(IMPLEMENTATION, graph_attention)
     AttentionMaskInterface.register(IMPLEMENTATION, sdpa_mask)
+    allow_output_attentions(IMPLEMENTATION)  # config.output_attentions = True (hf/configs.py)
 
 
 def recording() -> contextvars.ContextVar[list[tuple[nn.Module, Attention, Tensor | None]] | None]:
