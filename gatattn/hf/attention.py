@@ -311,6 +311,8 @@ def graph_attention(
         q, k, v, graph, score, dropout=dropout, training=training, need_weights=recorder is not None
     )
     attn: Tensor | None = None
+    scores: Tensor | None
+    weights: Tensor | None
     if _wants_weights(module, kwargs):
         # the returned Attn is the one the output is computed from (out = Attn v, as the eager
         # function does), so d(out)/d(Attn) reaches attentions[l].grad
