@@ -86,6 +86,7 @@ def swap_graph(
     allowed: Tensor | None,
     causal: bool,
     Lq: int,
+    window: GraphFn | None = None,
 ) -> TokenGraph:
     """``graph_fn(lengths)`` on the real tokens, placed into one attention call's padded layout
     and intersected, row by row, with the model's own mask.
@@ -103,6 +104,7 @@ def swap_graph(
         valid: the real keys of each row.  allowed: the model's mask, or None.
         causal: without a mask, keep only j ≤ i.  Lq: the queries of this call (the last L_q
             key positions when L_q < L_k, a cached step; ``query_positions``).
+        window: the layer's own graph on the real tokens (a sliding window), intersected too.
 
     Shapes:
         valid [B, L_k] bool, allowed [B, L_q, L_k] bool -> a graph over B·L_k sources and
@@ -121,6 +123,8 @@ def swap_graph(
         return TokenGraph(empty, B * Lk, B * Lq, lengths=[Lq] * B, validate=False)
     g = graph_fn(lengths)
     _sequences(g, lengths)
+    if window is not None:  # the layer's own sliding window (modern.window_fn)
+        g = g & window(lengths)
     g = g.to(device)
     n = sum(lengths)
     pos = valid.flatten().nonzero().flatten()  # [n] padded index b·L_k + j of each real token

@@ -169,3 +169,31 @@ def test_a_row_of_padding_only(family: str, hf: SimpleNamespace) -> None:
         seen.clear()
         none = conv(input_ids=batch["input_ids"], attention_mask=mask, graph_fn=complete)
     assert not seen and bool(torch.isfinite(none.last_hidden_state).all())
+
+
+def test_sliding_window_layers(hf: SimpleNamespace) -> None:
+    """A layer with its own sliding window (Mistral): an uncached swap is the swap ∩ the window
+    (a swap of the causal graph leaves the converted model as it is); an edge between rows is
+    refused, not dropped by the window; a cached step under a swap is refused, since a sliding
+    cache may keep only the last keys and the tokens could not be numbered."""
+    cfg = transformers.MistralConfig(
+        vocab_size=60, hidden_size=24, intermediate_size=20, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=40,
+        sliding_window=3, attn_implementation="eager", pad_token_id=0,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = transformers.MistralForCausalLM(cfg).double().eval()
+    conv = ga.convert(model)
+    batch, valid = hf.inputs("gpt2")  # right-padded lengths 7, 5, 3
+    causal = lambda n: ga.causal_graph(lengths=n)  # noqa: E731
+    with torch.no_grad():  # (the eager model's padded row 3 is NaN: 0 · NaN in its matmul)
+        ref = conv(**batch).logits  # the model's own graphs (equal to eager: test_modern_families)
+        same = conv(**batch, graph_fn=causal).logits
+        sinks = conv(**batch, graph_fn=SINKS).logits
+    assert (same - ref)[valid].abs().max() <= 1e-10
+    assert (sinks - ref)[valid].abs().max() > 1e-4  # the window of 2 inside the window of 3
+    with pytest.raises(ValueError, match="between different sequences"):
+        conv(**batch, graph_fn=lambda n: ga.complete_graph(sum(n)))
+    kw = {"max_new_tokens": 2, "do_sample": False, "pad_token_id": 0}
+    with pytest.raises(ga.hf.UnsupportedModelError, match="cached decoding step of a sliding"):
+        ga.hf.convert(model, graph_fn=SINKS).generate(batch["input_ids"][:1, :4], **kw)
