@@ -44,6 +44,7 @@ from .swaps import GraphFn, swap_graph
 __all__ = [
     "IMPLEMENTATION",
     "SETTINGS",
+    "Capture",
     "GraphSettings",
     "ScaledScore",
     "UnsupportedModelError",
@@ -59,9 +60,22 @@ IMPLEMENTATION = "gatattn"
 #: The attribute of a converted attention module that holds its ``GraphSettings``.
 SETTINGS = "gatattn"
 
-#: The per-forward recorder of ``attention_graphs``: (module, Attention, key validity) per call.
-_RECORDER: contextvars.ContextVar[list[tuple[nn.Module, Attention, Tensor | None]] | None] = (
-    contextvars.ContextVar("gatattn_hf_recorder", default=None)
+
+class Capture:
+    """A recorder that takes each self-attention call's ``Problem`` (q, k, graph, score) instead
+    of its weights, so the call computes no per-edge weights (``gatattn.hf.extract``)."""
+
+    def capture(self, module: nn.Module, p: Problem, valid: Tensor | None, kv_heads: int) -> None:
+        """One self-attention call: ``valid`` [B, L] marks the real tokens (None: all), and
+        ``kv_heads`` is H_kv, the key/value heads of the call (H without grouping)."""
+        raise NotImplementedError
+
+
+#: The per-forward recorder of ``attention_graphs``: (module, Attention, key validity) per call,
+#: or a ``Capture``.
+Recorder = list[tuple[nn.Module, Attention, Tensor | None]] | Capture
+_RECORDER: contextvars.ContextVar[Recorder | None] = contextvars.ContextVar(
+    "gatattn_hf_recorder", default=None
 )
 
 
@@ -309,6 +323,11 @@ def graph_attention(
     # ContextVar.get cannot be traced (torch.compile(fullgraph=True)); recording runs eagerly
     recorder = None if torch.compiler.is_compiling() else _RECORDER.get()
     score = modern.bias_score(special or ScaledScore(scale), bias is not None)
+    if isinstance(recorder, Capture):  # sparse extraction: q, k and the graph, no weights
+        if not cross and Lq == Lk:
+            call = Problem(q=q, k=k, v=v, graph=graph, score=score, edge_attr=bias)
+            recorder.capture(module, call, valid, key.size(1))
+        recorder = None
     training = dropout > 0.0 and module.training
     p = Problem(
         q, k, v, graph, score, edge_attr=bias, dropout=dropout, training=training,
@@ -355,6 +374,6 @@ def register() -> None:
     allow_output_attentions(IMPLEMENTATION)  # config.output_attentions = True (hf/configs.py)
 
 
-def recording() -> contextvars.ContextVar[list[tuple[nn.Module, Attention, Tensor | None]] | None]:
+def recording() -> contextvars.ContextVar[Recorder | None]:
     """The context variable that ``attention_graphs`` sets to collect each layer's Attention."""
     return _RECORDER
