@@ -4,9 +4,10 @@
     functions   scaled_dot, dot, additive (GAT), gatv2, cosine, bilinear, neg_distance, callables
     biases      relative position (T5), ALiBi, edge features
     structural  Graphormer's spatial (hop distance) and path (edge) encodings
+    softcap     c·tanh(w/c) around any score (Gemma 2)
     registry    names -> factories, ``make_score("gatv2+alibi", H, D)``
 
-Imports run one way: base <- functions, biases, structural <- registry.
+Imports run one way: base <- functions, biases, structural, softcap <- registry.
 """
 
 from .base import Biased, DenseContext, Edges, ScoreBias, ScoreCallable, ScoreFunction, check_scores
@@ -22,6 +23,7 @@ from .functions import (
     ScaledDot,
 )
 from .registry import BIASES, SCORES, make_score, register_score
+from .softcap import Softcap
 from .structural import GRAPH_TOKEN_DISTANCE, PathEncodingBias, SpatialBias
 
 __all__ = [
@@ -46,6 +48,7 @@ __all__ = [
     "ScoreBias",
     "ScoreCallable",
     "ScoreFunction",
+    "Softcap",
     "SpatialBias",
     "alibi_slopes",
     "check_scores",
