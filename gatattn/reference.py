@@ -33,13 +33,19 @@ class DenseResult(NamedTuple):
     weights: Tensor
 
 
-def dense_attention(v: Tensor, logits: Tensor, counts: Tensor) -> tuple[Tensor, Tensor]:
-    """Masked softmax attention with edge multiplicities.
+def dense_attention(
+    v: Tensor, logits: Tensor, counts: Tensor, sinks: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """Masked softmax attention with edge multiplicities (and attention sinks).
+
+    .. math::
+        P_{ij} = \\frac{\\exp \\alpha_{ij}}{[\\exp s_h] + \\sum_k c_{ik} \\exp \\alpha_{ik}}
 
     Args:
         v: values [H, N_s, D].
         logits: α [H, N_t, N_s].
         counts: edge multiplicities c_ij [N_t, N_s] (0 = masked).
+        sinks: sink logits s [H] (a key of value 0 that every query sees), or None.
 
     Returns:
         out [H, N_t, D] and the per-edge weight matrix [H, N_t, N_s] (0 where masked).
@@ -48,9 +54,13 @@ def dense_attention(v: Tensor, logits: Tensor, counts: Tensor) -> tuple[Tensor, 
     c = counts.to(work.dtype)
     masked = work.masked_fill(counts == 0, float("-inf"))
     m = masked.amax(-1, keepdim=True)  # [H, N_t, 1]
+    if sinks is not None:
+        m = torch.maximum(m, sinks.to(work.dtype).detach()[:, None, None])
     m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
     e = (masked - m).exp()  # [H, N_t, N_s]
     denom = (c * e).sum(-1, keepdim=True)  # [H, N_t, 1]
+    if sinks is not None:
+        denom = denom + (sinks.to(work.dtype)[:, None, None] - m).exp()
     p = torch.where(
         denom > 0, e / denom.clamp_min(torch.finfo(work.dtype).tiny), torch.zeros_like(e)
     )
@@ -81,7 +91,7 @@ def dense_reference(
         dense_attr[g.edge_index[1], g.edge_index[0]] = attr
     ctx = DenseContext(g.positions("dst"), g.positions("src"), dense_attr)
     logits = layer.score.dense(q, k, ctx)  # [H, N_t, N_s]
-    out, p = dense_attention(v, logits, g.edge_counts())
+    out, p = dense_attention(v, logits, g.edge_counts(), getattr(layer, "sinks", None))
     y = layer.out_proj(out.transpose(0, 1).reshape(-1, layer.embed_dim))  # [N_t, C]
     src, dst = g.edge_index
     return DenseResult(y, logits[:, dst, src].T, p[:, dst, src].T)

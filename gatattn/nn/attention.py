@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Literal, overload
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import skip_init
@@ -58,6 +59,10 @@ class GraphAttention(MessagePassing):
             (Shi et al. 2021): k_ij = k_j + W_e e_ij, v_ij = v_j + W_e e_ij (default None: off;
             runs on the edge backend). Needs ``edge_attr`` [E, F] in forward.
         root_weight: add a skip connection out_i += W_r x_i, as TransformerConv (default False).
+        sinks: learned attention sinks (gpt-oss; Xiao et al. 2024): a parameter ``sinks`` [H]
+            of sink logits s_h, zero at init; each target also attends to a sink with logit
+            s_h and value 0, so Attn_ij = exp(α_ij) / (exp(s_h) + Σ_k exp(α_ik)) (default
+            False). Runs on the edge and dense backends.
 
     Shapes:
         x [N_t, C] (queries), x_src [N_s, kdim] or a pair ([N_s, kdim], [N_s, vdim]),
@@ -77,6 +82,7 @@ class GraphAttention(MessagePassing):
         backend: str = "auto",
         edge_dim: int | None = None,
         root_weight: bool = False,
+        sinks: bool = False,
     ) -> None:
         super().__init__(aggr="add", node_dim=0)
         check.check_layer_args(embed_dim, num_heads, dropout, edge_dim)
@@ -93,6 +99,7 @@ class GraphAttention(MessagePassing):
         # W_e [C, F], no bias, as TransformerConv's lin_edge
         self.edge_proj = skip_init(nn.Linear, edge_dim, C, bias=False) if edge_dim else None
         self.skip_proj = skip_init(nn.Linear, C, C, bias=bias) if root_weight else None  # W_r
+        self.sinks = nn.Parameter(torch.zeros(num_heads)) if sinks else None  # s [H]
         self.register_load_state_dict_pre_hook(proj.load_legacy_projections)
         self.reset_parameters()
 
@@ -206,7 +213,8 @@ class GraphAttention(MessagePassing):
                 return self.propagate(g.edge_index, v=v_, alpha=w, size=size)
 
         return Problem(
-            q, k, v, g, self.score, attr, mod, self.dropout, self.training, need, aggregate
+            q, k, v, g, self.score, attr, mod, self.dropout, self.training, need, aggregate,
+            sinks=self.sinks,
         )  # fmt: skip
 
     def explain_backend(self, x: Tensor, graph: TokenGraph | Tensor) -> str:
@@ -224,7 +232,9 @@ class GraphAttention(MessagePassing):
         if self.edge_proj is not None:
             return "edge: edge_dim is set, so keys and values are per-edge (edge modulation)"
         q = x.new_empty(0, self.num_heads, self.head_dim)  # [0, H, D]: device, dtype and D only
-        p = Problem(q, q, q, g, self.score, dropout=self.dropout, training=self.training)
+        p = Problem(
+            q, q, q, g, self.score, dropout=self.dropout, training=self.training, sinks=self.sinks
+        )
         name, reason = select_backend(self.backend, p)
         return f"{name}: {reason}"
 

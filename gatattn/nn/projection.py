@@ -231,6 +231,8 @@ def mha_from_layer(layer: Layer, batch_first: bool) -> nn.MultiheadAttention:
         raise ValueError(
             "to_torch cannot express edge_dim or root_weight (TransformerConv options)"
         )
+    if getattr(layer, "sinks", None) is not None:
+        raise ValueError("to_torch cannot express attention sinks (sinks=True)")
     ref = layer.out_proj.weight
     mha = nn.MultiheadAttention(
         layer.embed_dim,
