@@ -20,7 +20,7 @@ Each import becomes an edge to the module that defines what it imports:
 2. ``from P import name``, where P only re-exports ``name`` (P's top level binds it with an
    import, and P neither defines nor assigns it): the edge follows the re-export, link by link,
    to the module that defines ``name``. A package ``__init__`` that re-exports its submodules'
-   names is therefore transparent: ``from ..nn import Attention`` depends on
+   names is therefore transparent: ``from ..nn import GraphAttention`` depends on
    ``gatattn.nn.attention``, not on everything that ``gatattn/nn/__init__.py`` imports. The
    same rule applies to re-export modules such as ``gatattn/plot.py``.
 3. Any other ``from P import name`` (the name is defined in P, P uses ``import *``, or the
@@ -167,15 +167,17 @@ def test_package_has_no_import_cycles() -> None:
 def test_rules_on_known_modules() -> None:
     G = import_graph()
     # rule 2: the re-export in gatattn/nn/__init__.py is followed to the defining module
-    # (Attention is defined in gatattn/nn/inputs.py)
-    assert G.has_edge("gatattn.inspect.matrices", "gatattn.nn.inputs")
-    assert not G.has_edge("gatattn.inspect.matrices", "gatattn.nn")
+    # (GraphAttention is defined in gatattn/nn/attention.py, Attention in gatattn/result.py)
+    assert G.has_edge("gatattn.pyg", "gatattn.nn.attention")
+    assert not G.has_edge("gatattn.pyg", "gatattn.nn")
+    assert G.has_edge("gatattn.pretrained", "gatattn.result")
     # rule 1: a package __init__ importing its submodules is an edge to each of them
     assert G.has_edge("gatattn.inspect", "gatattn.inspect.plot")
-    # the inspect layers import one way: matrices <- export <- analysis, plot reads matrices
-    assert set(G.successors("gatattn.inspect.matrices")) == {"gatattn.nn.inputs"}
-    assert G.has_edge("gatattn.inspect.analysis", "gatattn.inspect.export")
-    assert not G.has_edge("gatattn.inspect.export", "gatattn.inspect.analysis")
+    # the inspect layers import one way: matrices <- graphs <- export, analysis; plot reads matrices
+    assert set(G.successors("gatattn.inspect.matrices")) == {"gatattn.result"}
+    assert G.has_edge("gatattn.inspect.analysis", "gatattn.inspect.graphs")
+    assert G.has_edge("gatattn.inspect.export", "gatattn.inspect.graphs")
+    assert not G.has_edge("gatattn.inspect.graphs", "gatattn.inspect.export")
     assert not any(u.startswith("gatattn.inspect.") for u in G.predecessors("gatattn.inspect.plot"))
     # the re-export modules lead to the inspect package
     assert G.has_edge("gatattn.plot", "gatattn.inspect.plot")

@@ -32,8 +32,8 @@ from torch import Tensor, nn
 from ..backends import Problem, attend
 from ..graph import TokenGraph
 from ..kernels import edge_dot
-from ..nn import Attention
 from ..patterns import bipartite_graph, causal_graph, complete_graph, from_mask
+from ..result import Attention
 from ..scores import DenseContext, Edges, ScoreFunction
 
 __all__ = [

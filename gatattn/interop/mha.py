@@ -272,10 +272,16 @@ class GraphMultiheadAttention(nn.Module):
         if extra:
             kh, vh = self._extra_keys(kh, vh, B, S)  # 2 x [B·S', H, D]
         p = Problem(
-            qh, kh, vh, graph, _PLAIN if bias is None else _MASKED,
-            None if bias is None else {"attn_mask": bias},
-            dropout=self.dropout, training=self.training, need_weights=need_weights,
-        )  # fmt: skip
+            q=qh,
+            k=kh,
+            v=vh,
+            graph=graph,
+            score=_PLAIN if bias is None else _MASKED,
+            edge_attr=None if bias is None else {"attn_mask": bias},
+            dropout=self.dropout,
+            training=self.training,
+            need_weights=need_weights,
+        )
         res = attend(p, self.backend)
         out = self.out_proj(res.out.reshape(B * L, self.embed_dim)).view(B, L, -1)  # [B, L, C]
         if not batched:
