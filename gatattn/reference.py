@@ -75,21 +75,29 @@ def dense_reference(
     *,
     x_src: Tensor | tuple[Tensor, Tensor] | None = None,
     edge_attr: Tensor | None = None,
+    pos: Tensor | None = None,
+    pos_src: Tensor | None = None,
 ) -> DenseResult:
     """Run ``layer``'s projections and score function densely (no message passing).
 
     Uses ``layer.score.dense`` on the full matrix, masks by the graph's edge multiplicities, and
-    reads per-edge scores and weights back at the graph's edges.
+    reads per-edge scores and weights back at the graph's edges. Grouped keys and values
+    (``num_kv_heads``) are repeated for their query heads; ``layer.sinks`` join every softmax;
+    ``pos``/``pos_src`` replace the token positions (``pos_src`` defaults to ``pos``).
     """
     xk, xv = split_sources(x, x_src, (layer.embed_dim, layer.kdim, layer.vdim))
     g = as_token_graph(graph, num_src=xk.size(0), num_dst=x.size(0))
-    q, k, v = (t.transpose(0, 1) for t in layer.project(x, xk, xv))  # [H, N, D] each
+    q, k, v = (t.transpose(0, 1) for t in layer.project(x, xk, xv))  # [H | H_kv, N, D]
+    if k.size(0) != q.size(0):  # query head h reads key/value head h // G
+        k, v = (t.repeat_interleave(q.size(0) // t.size(0), 0) for t in (k, v))  # [H, N_s, D]
     dense_attr = None
     if edge_attr is not None:
         attr = edge_attr if edge_attr.dim() == 2 else edge_attr.unsqueeze(-1)
         dense_attr = attr.new_zeros(g.num_dst, g.num_src, attr.size(-1))  # [N_t, N_s, F]
         dense_attr[g.edge_index[1], g.edge_index[0]] = attr
-    ctx = DenseContext(g.positions("dst"), g.positions("src"), dense_attr)
+    pq = g.positions("dst") if pos is None else pos
+    pk = g.positions("src") if pos is None else (pos if pos_src is None else pos_src)
+    ctx = DenseContext(pq, pk, dense_attr)
     logits = layer.score.dense(q, k, ctx)  # [H, N_t, N_s]
     out, p = dense_attention(v, logits, g.edge_counts(), getattr(layer, "sinks", None))
     y = layer.out_proj(out.transpose(0, 1).reshape(-1, layer.embed_dim))  # [N_t, C]

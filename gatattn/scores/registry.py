@@ -11,6 +11,7 @@ from collections.abc import Callable
 from . import functions as fn
 from .base import Biased, ScoreBias, ScoreCallable, ScoreFunction
 from .biases import ALiBi, RelativePositionBias
+from .rotary import Rotary
 from .softcap import Softcap
 from .structural import SpatialBias
 
@@ -28,6 +29,8 @@ SCORES: dict[str, Callable[[int, int], ScoreFunction]] = {
     "neg_distance": lambda h, d: fn.NegDistance(),
     # Gemma 2's attention logits: 50·tanh(<q_i, k_j>/(50·√D)); other caps: build Softcap(...)
     "softcap": lambda h, d: Softcap(fn.ScaledDot(), 50.0),
+    # RoPE on every channel, base 10000; partial / interleaved / other bases: build Rotary(...)
+    "rotary": lambda h, d: Rotary(d),
 }
 
 
