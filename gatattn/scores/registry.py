@@ -29,8 +29,9 @@ SCORES: dict[str, Callable[[int, int], ScoreFunction]] = {
     "neg_distance": lambda h, d: fn.NegDistance(),
     # Gemma 2's attention logits: 50·tanh(<q_i, k_j>/(50·√D)); other caps: build Softcap(...)
     "softcap": lambda h, d: Softcap(fn.ScaledDot(), 50.0),
-    # RoPE on every channel, base 10000; partial / interleaved / other bases: build Rotary(...)
-    "rotary": lambda h, d: Rotary(d),
+    # RoPE on every channel (the first D - 1 when D is odd), base 10000; partial, interleaved
+    # or other bases: build Rotary(...)
+    "rotary": lambda h, d: Rotary(d, d - d % 2),
 }
 
 
