@@ -52,7 +52,7 @@ def compact(att: Attention, valid: Tensor | None) -> Attention:
     """
     g = att.graph
     assert g is not None
-    if valid is None:
+    if valid is None or bool(valid.all()):  # nothing to drop: keep the graph (and its tag)
         return att
     flat = valid.flatten().to(att.edge_index.device)  # [B·L]
     new_id = torch.cumsum(flat.long(), 0) - 1  # [B·L] compact index of each real token
