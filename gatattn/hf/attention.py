@@ -40,6 +40,7 @@ from . import modern
 __all__ = [
     "IMPLEMENTATION",
     "SETTINGS",
+    "Capture",
     "GraphSettings",
     "ScaledScore",
     "UnsupportedModelError",
@@ -58,9 +59,22 @@ SETTINGS = "gatattn"
 #: ``graph_fn(lengths) -> TokenGraph`` over sum(lengths) tokens (as ``pretrained.GraphFn``).
 GraphFn = Callable[[list[int]], TokenGraph]
 
-#: The per-forward recorder of ``attention_graphs``: (module, Attention, key validity) per call.
-_RECORDER: contextvars.ContextVar[list[tuple[nn.Module, Attention, Tensor | None]] | None] = (
-    contextvars.ContextVar("gatattn_hf_recorder", default=None)
+
+class Capture:
+    """A recorder that takes each self-attention call's ``Problem`` (q, k, graph, score) instead
+    of its weights, so the call computes no per-edge weights (``gatattn.hf.extract``)."""
+
+    def capture(self, module: nn.Module, p: Problem, valid: Tensor | None, kv_heads: int) -> None:
+        """One self-attention call: ``valid`` [B, L] marks the real tokens (None: all), and
+        ``kv_heads`` is H_kv, the key/value heads of the call (H without grouping)."""
+        raise NotImplementedError
+
+
+#: The per-forward recorder of ``attention_graphs``: (module, Attention, key validity) per call,
+#: or a ``Capture``.
+Recorder = list[tuple[nn.Module, Attention, Tensor | None]] | Capture
+_RECORDER: contextvars.ContextVar[Recorder | None] = contextvars.ContextVar(
+    "gatattn_hf_recorder", default=None
 )
 
 
@@ -337,8 +351,13 @@ def graph_attention(
     k = modern.expand_kv(key, H)  # [N_s, H, D], grouped-query heads expanded per node
     v = modern.expand_kv(value, H)  # [N_s, H, D]
     recorder = _RECORDER.get()
-    need = recorder is not None or _wants_weights(module, kwargs)
     score = modern.bias_score(special or ScaledScore(scale), bias is not None)
+    if isinstance(recorder, Capture):  # sparse extraction: q, k and the graph, no weights
+        if not cross and Lq == Lk:
+            call = Problem(q=q, k=k, v=v, graph=graph, score=score, edge_attr=bias)
+            recorder.capture(module, call, valid, key.size(1))
+        recorder = None
+    need = recorder is not None or _wants_weights(module, kwargs)
     training = dropout > 0.0 and module.training
     p = Problem(
         q, k, v, graph, score, edge_attr=bias, dropout=dropout, training=training, need_weights=need
@@ -373,6 +392,6 @@ def register() -> None:
     AttentionMaskInterface.register(IMPLEMENTATION, sdpa_mask)
 
 
-def recording() -> contextvars.ContextVar[list[tuple[nn.Module, Attention, Tensor | None]] | None]:
+def recording() -> contextvars.ContextVar[Recorder | None]:
     """The context variable that ``attention_graphs`` sets to collect each layer's Attention."""
     return _RECORDER
