@@ -19,8 +19,10 @@ from .dispatch import (
     backend_names,
     check_backend_name,
     decide,
+    expand_kv,
     register_backend,
     select_backend,
+    transform_nodes,
 )
 
 __all__ = [
@@ -35,6 +37,8 @@ __all__ = [
     "backend_names",
     "check_backend_name",
     "decide",
+    "expand_kv",
     "register_backend",
     "select_backend",
+    "transform_nodes",
 ]

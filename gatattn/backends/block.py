@@ -272,6 +272,10 @@ class BlockBackend(Backend):
         why += self.per_edge_reasons(p)
         if p.graph.num_edges == 0:
             why.append("graph has no edges")
+        if p.sinks is not None:
+            why.append("attention sinks: the edge and dense backends add the sink")
+        if p.positions is not None and biases:
+            why.append("biases on given node positions: the tiles carry token positions only")
         return tuple(why)
 
     def auto_reasons(self, p: Problem) -> tuple[str, ...]:

@@ -171,6 +171,8 @@ class FlexBackend(Backend):
             names = [b.name for b in biases]
             why.append(f"score {p.score.name!r} carries the biases {names}: flex runs none")
         why += self.per_edge_reasons(p)
+        if p.sinks is not None:
+            why.append("attention sinks: the edge and dense backends add the sink")
         if p.q.device.type != "cuda":
             why.append(
                 f"FlexAttention needs CUDA (it has no CPU backward), and the input is on "
