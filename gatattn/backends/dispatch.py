@@ -144,9 +144,10 @@ def decide(requested: str, p: Problem, *, every: bool = False) -> Decision:
 
     A score with a node transform (rotary positions) is checked as the score it runs after
     that transform (``after_transform``). ``"auto"`` walks ``BACKENDS`` in order and takes the
-    first backend whose ``auto_reasons`` is empty; the backends before it are listed with their reasons. With ``every=True`` the
-    backends after it are checked and listed too (for ``explain_backend``; dispatch itself
-    stops at the first that runs). A forced name is checked with ``supports``.
+    first backend whose ``auto_reasons`` is empty; the backends before it are listed with their
+    reasons. With ``every=True`` the backends after it are checked and listed too (for
+    ``explain_backend``; dispatch itself stops at the first that runs). A forced name is
+    checked with ``supports``.
 
     Args:
         requested: "auto" or a registered backend name.
