@@ -129,13 +129,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
     parser.add_argument("--out", default=None, help="folder for each rank's results")
     parser.add_argument("--check", action="store_true", help="rank 0 compares with one process")
+    parser.add_argument("--start-method", choices=["spawn", "fork"], default="spawn")
     args = parser.parse_args(argv)
     if "RANK" in os.environ:  # torchrun set RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT
         worker(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), args, "env://")
     else:
         init = f"tcp://127.0.0.1:{free_port()}"
         mp.start_processes(
-            worker, args=(args.nproc, args, init), nprocs=args.nproc, start_method="spawn"
+            worker, args=(args.nproc, args, init), nprocs=args.nproc, start_method=args.start_method
         )
     return 0
 
