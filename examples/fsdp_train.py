@@ -147,7 +147,9 @@ def train(
     per = GLOBAL_BATCH // world
     losses = []
     for step in steps:
-        loss = shard_loss(kind, model, global_batch(kind, step, seed)[rank * per : (rank + 1) * per])
+        loss = shard_loss(
+            kind, model, global_batch(kind, step, seed)[rank * per : (rank + 1) * per]
+        )
         opt.zero_grad()
         loss.backward()  # FSDP: reduce-scatter of the gradients, averaged over ranks
         opt.step()
@@ -197,8 +199,10 @@ def run_model(kind: str, rank: int, world: int, mesh: Any, args: argparse.Namesp
     set_state_dict(model2, opt2, model_state_dict=state["model"], optim_state_dict=state["optim"])
     resumed = train(kind, model2, opt2, rest, args.seed, rank, world)
     if rank == 0:
-        print(f"{kind}: loss {losses[0]:.6f} -> {losses[-1]:.6f} in {args.steps} steps; "
-              f"resumed at step {args.save_at}: {resumed[-1]:.6f}")
+        print(
+            f"{kind}: loss {losses[0]:.6f} -> {losses[-1]:.6f} in {args.steps} steps; "
+            f"resumed at step {args.save_at}: {resumed[-1]:.6f}"
+        )
         if args.out:
             result = {"losses": losses, "resumed": resumed, "params": params}
             torch.save(result, Path(args.out) / f"{kind}.pt")

@@ -5,7 +5,7 @@
 See docs/math.md for the equations and docs/architecture.md for the layers of the package.
 """
 
-from . import analysis, hf, plot, pretrained
+from . import analysis, distributed, hf, plot, pretrained
 from ._version import __version__
 from .analysis import attention_flow, attention_rollout
 from .export import from_networkx, layered_graph, read_graph, to_networkx, write_graph
@@ -76,6 +76,7 @@ __all__ = [
     "causal_graph",
     "complete_graph",
     "convert",
+    "distributed",
     "fixed_graph",
     "from_mask",
     "from_networkx",

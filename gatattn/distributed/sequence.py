@@ -86,8 +86,7 @@ def plan_shards(graph: BandedGraph, sizes: Sequence[int]) -> list[ShardPlan]:
             raise ValueError(f"sizes[{r}] must be a positive int (rows of rank {r}), got {n!r}")
     if sum(sizes) != graph.length:
         raise ValueError(
-            f"the shard sizes {sizes} sum to {sum(sizes)}, not to the graph's length "
-            f"{graph.length}"
+            f"the shard sizes {sizes} sum to {sum(sizes)}, not to the graph's length {graph.length}"
         )
     bounds = torch.tensor([0, *sizes]).cumsum(0).tolist()
     plans = []
@@ -156,7 +155,9 @@ class ShardedSequence:
                 + ", ".join(f"rank {r} has {_describe(everyone[r])}" for r in differ)
             )
         self.graph = graph
-        self.sizes = list(sizes) if sizes is not None else shard_sizes(graph.length, self.world_size)
+        self.sizes = (
+            list(sizes) if sizes is not None else shard_sizes(graph.length, self.world_size)
+        )
         if len(self.sizes) != self.world_size:
             raise ValueError(
                 f"sizes has {len(self.sizes)} entries, one per rank is needed "
@@ -207,8 +208,7 @@ class ShardedSequence:
         """
         if x.dim() == 0 or x.shape[0] != self.graph.length:
             raise ValueError(
-                f"shard: x must have the sequence's {self.graph.length} rows, got "
-                f"{tuple(x.shape)}"
+                f"shard: x must have the sequence's {self.graph.length} rows, got {tuple(x.shape)}"
             )
         return x[self.start : self.stop]
 

@@ -20,7 +20,7 @@ import gatattn as ga
 import gatattn.distributed as gd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples"))
-import context_parallel as example  # noqa: E402  the L = 65,536 problem of the example
+import context_parallel as example  # the L = 65,536 problem of the example
 
 WORLD = 4
 C, H = 6, 2

@@ -9,6 +9,7 @@ whole sequence is the reference: the same module on ``ga.window_graph`` / ``ga.b
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import os
 import subprocess
 import sys
@@ -37,7 +38,10 @@ def _load(path: Path) -> ModuleType:
 
 
 def _run(args: list[str]) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
     done = subprocess.run(
         [sys.executable, *args], capture_output=True, text=True, timeout=300, cwd=ROOT, env=env,
         stdin=subprocess.DEVNULL,
@@ -65,7 +69,7 @@ def _big_reference() -> dict[str, torch.Tensor]:
 
 def _assert_equal_to_one_process(ranks: list[dict[str, Any]], ref: dict[str, torch.Tensor]) -> None:
     assert ranks[0]["start"] == 0 and ranks[-1]["stop"] == ref["y"].shape[0]
-    assert all(a["stop"] == b["start"] for a, b in zip(ranks, ranks[1:]))  # rows tile [0, L)
+    assert all(a["stop"] == b["start"] for a, b in itertools.pairwise(ranks))  # rows tile [0, L)
     y = torch.cat([o["y"] for o in ranks])  # [L, C]
     x_grad = torch.cat([o["x_grad"] for o in ranks])  # [L, C]
     param_grad = torch.stack([o["param_grad"] for o in ranks]).sum(0)  # each rank's share

@@ -45,7 +45,10 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     out = tmp_path_factory.mktemp("fsdp")
     cmd = [sys.executable, "examples/fsdp_train.py", "--nproc", "2", "--steps", str(STEPS)]
     cmd += ["--save-at", str(SAVE_AT), "--checkpoint", "--out", str(out), "--start-method", "fork"]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
     done = subprocess.run(
         cmd, capture_output=True, text=True, timeout=400, cwd=ROOT, env=env,
         stdin=subprocess.DEVNULL,
