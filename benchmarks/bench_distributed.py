@@ -34,9 +34,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.utils.checkpoint import checkpoint
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-sys.path.insert(0, str(ROOT / "examples"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 import context_parallel as example  # the L = 65,536 problem
 import harness  # benchmarks/ is not a package
 
@@ -58,7 +57,11 @@ def memory_point(backend: str, checkpointed: bool, n: int, c: int, h: int) -> di
     def forward() -> torch.Tensor:
         y = x
         for block in stack:
-            y = checkpoint(block, y, graph, use_reentrant=False) if checkpointed else block(y, graph)
+            y = (
+                checkpoint(block, y, graph, use_reentrant=False)
+                if checkpointed
+                else block(y, graph)
+            )
         return y
 
     forward().sum().backward()  # warm-up: graph caches, allocator
@@ -99,16 +102,16 @@ def memory(args: argparse.Namespace) -> None:
 # ---------------------------------------------------------------------------- comm
 def ring_bytes(seq: gd.ShardedSequence, k: torch.Tensor, v: torch.Tensor) -> int:
     """Pass every rank's K and V block once around the ring (P − 1 hops); bytes this rank sent."""
-    sent, P, r = 0, seq.world_size, seq.rank
+    sent, P, me = 0, seq.world_size, seq.rank
     kv = torch.cat([k, v], 1)  # [n_r, 2C]
+    holder = me  # whose block this rank holds now
     for _ in range(P - 1):
-        got = torch.empty(seq.sizes[(r - 1) % P], kv.shape[1], dtype=kv.dtype)  # [n, 2C]
-        ops = [dist.P2POp(dist.isend, kv, (r + 1) % P), dist.P2POp(dist.irecv, got, (r - 1) % P)]
+        got = torch.empty(seq.sizes[(holder - 1) % P], kv.shape[1], dtype=kv.dtype)  # [n, 2C]
+        ops = [dist.P2POp(dist.isend, kv, (me + 1) % P), dist.P2POp(dist.irecv, got, (me - 1) % P)]
         for work in dist.batch_isend_irecv(ops):
             work.wait()
         sent += kv.numel() * kv.element_size()
-        kv = got  # the next hop passes on the block just received (that rank's neighbour's)
-        r = (r - 1) % P  # whose block we now hold
+        kv, holder = got, (holder - 1) % P  # pass on, next hop, the block just received
     return sent
 
 
@@ -136,7 +139,8 @@ def comm_worker(rank: int, world: int, repeat: int, init: str, out: str) -> None
         per_call = {k: v // (repeat + 1) for k, v in seq.bytes_sent.items()}
         kv = x_local.detach()  # stands for K and V of the same width C
         ring = ring_bytes(seq, kv, kv) if world > 1 else 0
-        result = {"rank": rank, "halo": seq.halo, "sent": per_call, "ring_forward": ring}
+        result = {"rank": rank, "world": world, "halo": seq.halo, "sent": per_call}
+        result["ring_forward"] = ring
         result["seconds"] = statistics.median(times)
         Path(out, f"comm{world}_{rank}.json").write_text(json.dumps(result))
     finally:
@@ -167,25 +171,31 @@ def comm(args: argparse.Namespace) -> None:
     out.mkdir(parents=True, exist_ok=True)
     print(f"load before: {os.getloadavg()}")
     rows = []
-    for world in (1, 2, 4):
+    for world in args.worlds:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             init = f"tcp://127.0.0.1:{s.getsockname()[1]}"
         mp.start_processes(comm_worker, args=(world, args.repeat, init, str(out)), nprocs=world)
         rows += [json.loads(Path(out, f"comm{world}_{r}.json").read_text()) for r in range(world)]
-        print(f"P={world}: " + ", ".join(f"rank {x['rank']} {x['seconds']:.2f} s" for x in rows[-world:]))
+        print(
+            f"P={world}: "
+            + ", ".join(f"rank {x['rank']} {x['seconds']:.2f} s" for x in rows[-world:])
+        )
     w, c, n = 128, 6, 65536
     print("| P | rank | halo (l, r) | sent fwd | sent bwd | formula (l + r)·C·8 | ring fwd (K,V) |")
     print("|---|---|---|---|---|---|---|")
-    for world, start in ((2, 1), (4, 3)):
-        for x in rows[start : start + world]:
+    for x in rows:
+        world = len([y for y in rows if y.get("world") == x["world"]])
+        if world > 1:
             formula = sum(x["halo"]) * c * 8  # what the neighbours send it equals what it sends
             print(
                 f"| {world} | {x['rank']} | {tuple(x['halo'])} | {x['sent']['forward']:,} | "
                 f"{x['sent']['backward']:,} | {formula:,} | {x['ring_forward']:,} |"
             )
     for threads in (1, 2):
-        print(f"one process, {threads} thread(s), no sharding: {one_process(threads, args.repeat):.2f} s")
+        print(
+            f"one process, {threads} thread(s), no sharding: {one_process(threads, args.repeat):.2f} s"
+        )
     print(f"load after: {os.getloadavg()}  (w={w}, C={c}, L={n})")
 
 
@@ -205,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("heads", type=int)
     c = sub.add_parser("comm")
     c.add_argument("--repeat", type=int, default=3)
+    c.add_argument("--worlds", type=int, nargs="+", default=[1, 2, 4])
     c.add_argument("--out", default="bench-distributed")
     args = parser.parse_args(argv)
     if args.what == "memory":

@@ -62,6 +62,11 @@ class BandedGraph:
         block_size: s, the block side (block_banded; 0 otherwise).
         window_blocks: W, odd, the blocks of the band (block_banded; 0 otherwise).
 
+    Raises:
+        ValueError: an unknown kind, a parameter out of range (length < 1, window < 0,
+            dilation < 1, block_size < 1, an even window_blocks), or a parameter of the other
+            kind (block_size for a window, window for a block band).
+
     Shapes:
         ``graph()`` edge_index [2, E] over L tokens; ``local_graph(start, stop)`` over the
         n = stop − start + h_l + h_r tokens of the slice with its halo.

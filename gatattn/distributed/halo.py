@@ -64,7 +64,12 @@ class HaloPlan:
         self, to_left: Tensor, to_right: Tensor, from_left: int, from_right: int, phase: str
     ) -> tuple[Tensor, Tensor]:
         """Send ``to_left`` / ``to_right`` to the neighbours and receive ``from_left`` /
-        ``from_right`` rows from them (empty tensors where there is nothing), all at once."""
+        ``from_right`` rows from them (empty tensors where there is nothing), all at once, with
+        one ``batch_isend_irecv``; adds the bytes sent to ``bytes_sent[phase]``.
+
+        Shapes:
+            to_left [s_l, ...], to_right [s_r, ...] -> ([from_left, ...], [from_right, ...])
+        """
         like = to_left if to_left.numel() else to_right
         tail = tuple(like.shape[1:])
         got_left = like.new_empty((from_left, *tail))  # [h, ...]
