@@ -2,7 +2,7 @@
 
 One run of the example in a fresh interpreter with a time limit (as tests/test_ddp.py; a fork of
 the pytest process can deadlock): 2 processes, 20 Adam steps in fp64, for a stack of
-GraphTransformerBlocks (activation-checkpointed), a stack of GraphormerLayers, a ga.convert-ed
+GraphTransformerBlocks and a stack of GraphormerLayers (both activation-checkpointed), a ga.convert-ed
 nn.TransformerEncoder and a ga.convert-ed BERT. At step 10 the sharded model and optimizer state
 are saved with torch.distributed.checkpoint; a fresh model with other weights loads them and
 trains steps 10-19 again.
