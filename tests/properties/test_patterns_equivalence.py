@@ -70,6 +70,7 @@ BUILDERS: dict[str, Callable[[], ga.TokenGraph]] = {
     "strided": lambda: ga.strided_graph(11, 3),
     "fixed": lambda: ga.fixed_graph(13, 4, 2, causal=False),
     "star": lambda: ga.star_graph(lengths=[6, 5]),
+    "sink_window": lambda: ga.sink_window_graph(lengths=[9, 4], num_sinks=2, window=3),
     "knn": lambda: ga.knn_graph(_points(11), 4),
     "radius": lambda: ga.radius_graph(_points(13, isolated=True), 0.5, lengths=[5, 8]),
     "padding": lambda: ga.from_padding_mask(
@@ -203,6 +204,7 @@ LARGER: dict[str, Callable[[], ga.TokenGraph]] = {  # E >= 4096: dispatch may pi
     "block": lambda: ga.block_graph(300, 32),
     "strided": lambda: ga.strided_graph(300, 12),
     "global": lambda: ga.global_graph(400, [0, 7], window=6),
+    "sink_window": lambda: ga.sink_window_graph(lengths=[250, 173], num_sinks=4, window=16),
 }
 
 
