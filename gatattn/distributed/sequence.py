@@ -116,7 +116,10 @@ class ShardedSequence:
     sizes (checked with one ``all_gather_object``; a disagreement raises on every rank). A call
     ``seq(module, x_local)`` exchanges the halos with the neighbouring ranks (point-to-point),
     runs ``module(x_ext, local_graph)`` with the ordinary backends and returns this rank's rows.
-    Every rank must make the same calls in the same order (each call is a collective).
+    Every rank must make the same calls in the same order (each call is a collective). The
+    parameter gradients of a call are each rank's share: sum them over the group
+    (``dist.all_reduce``). With NCCL, set the rank's device (``torch.cuda.set_device``) before
+    construction, as ``all_gather_object`` and ``batch_isend_irecv`` need it.
 
     Args:
         graph: the ``BandedGraph`` (window, causal window or block band over L tokens).
@@ -125,6 +128,7 @@ class ShardedSequence:
 
     Raises:
         RuntimeError: torch.distributed is not initialised.
+        TypeError: ``graph`` is not a ``BandedGraph``.
         ValueError: the ranks disagree on graph or sizes; bad sizes; a window wider than a
             shard (``plan_shards``).
 
