@@ -95,7 +95,7 @@ def worker(rank: int, world: int, args: argparse.Namespace, init_method: str) ->
             torch.save(out, Path(args.out) / f"rank{rank}.pt")
         dist.barrier()
         if rank == 0:
-            print(f"{seq!r}: forward+backward {seconds:.2f} s, sent {seq.bytes_sent} bytes")
+            print(f"{seq!r}: first forward+backward {seconds:.2f} s, sent {seq.bytes_sent} bytes")
             if args.check and args.out:
                 compare(graph, args.seed, world, Path(args.out))
     finally:
