@@ -5,7 +5,7 @@
 See docs/math.md for the equations and docs/architecture.md for the layers of the package.
 """
 
-from . import analysis, hf, plot, pretrained
+from . import analysis, distributed, hf, plot, pretrained
 from ._version import __version__
 from .analysis import attention_flow, attention_rollout
 from .backends import Backend, BackendOutput, Problem, register_backend
@@ -85,6 +85,7 @@ __all__ = [
     "causal_graph",
     "complete_graph",
     "convert",
+    "distributed",
     "fixed_graph",
     "from_mask",
     "from_networkx",
