@@ -238,6 +238,10 @@ def _wants_weights(module: nn.Module, kwargs: dict[str, Any]) -> bool:
         from transformers.utils.output_capturing import _active_collector
     except ImportError:  # another transformers layout: always return the weights
         return True
+    if torch.compiler.is_compiling() and not getattr(_active_collector, "compiling", True):
+        # no collector was set inside this trace (BLOOM records its outputs itself), and
+        # ContextVar.get would break a fullgraph trace: nothing is being collected
+        return False
     wanted = _active_collector.get()
     return bool(wanted) and ("attentions" in wanted or "cross_attentions" in wanted)
 

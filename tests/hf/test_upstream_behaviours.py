@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import gatattn as ga
 
@@ -34,16 +35,21 @@ GEMMA2 = {
 }
 
 
-def _cached_step(model: Any, forward: Any, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def _cached_step(
+    model: Any, forward: Any, ids: torch.Tensor, mask: torch.Tensor, *, whole: bool = False
+) -> torch.Tensor:
     """Prefill into a static cache (transformers' compiled generation), then one decoding step
-    through ``forward``: its logits [B, 1, V]."""
+    through ``forward``: its logits [B, 1, V]. ``whole``: the 2-D masks span the whole cache
+    (zeros past the tokens), as BLOOM's generation passes them (it reads ALiBi from the mask)."""
     B = ids.size(0)
     cache = transformers.StaticCache(config=model.config, max_cache_len=12)
     pos = (mask.cumsum(1) - 1).clamp(min=0)
-    out = model(ids, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True)
-    nxt = out.logits[:, -1:].argmax(-1)  # [B, 1]
     grown = torch.cat([mask, torch.ones(B, 1, dtype=mask.dtype)], 1)  # [B, L + 1]
     last = grown.sum(1, keepdim=True) - 1  # [B, 1]
+    if whole:
+        mask, grown = (F.pad(m, (0, 12 - m.size(1))) for m in (mask, grown))  # [B, 12]
+    out = model(ids, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True)
+    nxt = out.logits[:, -1:].argmax(-1)  # [B, 1]
     out = forward(nxt, attention_mask=grown, position_ids=last, cache=cache, use_cache=True)
     return out.logits
 
@@ -69,3 +75,28 @@ def test_softcapped_decoding_step_compiles_fullgraph() -> None:
         compiled_fn = torch.compile(conv.forward, fullgraph=True, dynamic=False, backend="eager")
         compiled = _cached_step(conv, compiled_fn, ids, mask)
     assert (compiled - eager).abs().max() <= 1e-12
+
+
+@pytest.mark.filterwarnings(
+    "ignore:<class 'torch.autograd.function.Function'> should not be instantiated:DeprecationWarning"
+)
+def test_bloom_decoding_step_compiles_fullgraph() -> None:
+    """test_generate_compile_model_forward_fullgraph (BLOOM): BLOOM returns its attention maps
+    itself, without transformers' output collector, so inside torch.compile no collector is
+    set; asking it whether one wants the maps (a ContextVar.get) broke the fullgraph trace."""
+    torch.manual_seed(0)
+    cfg = transformers.BloomConfig(
+        vocab_size=50, hidden_size=24, n_layer=2, n_head=4, pad_token_id=0, bos_token_id=1,
+        eos_token_id=2, attn_implementation="eager",
+    )  # fmt: skip
+    conv = ga.convert(transformers.BloomForCausalLM(cfg).double().eval())
+    ids = torch.randint(3, 50, (2, 6), generator=torch.Generator().manual_seed(3))
+    mask = torch.tensor([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]])  # left padding
+    with torch.no_grad():
+        eager = _cached_step(conv, conv.forward, ids, mask, whole=True)
+        torch.compiler.reset()
+        compiled_fn = torch.compile(conv.forward, fullgraph=True, dynamic=False, backend="eager")
+        compiled = _cached_step(conv, compiled_fn, ids, mask, whole=True)
+        maps = conv(ids, attention_mask=mask, output_attentions=True).attentions
+    assert (compiled - eager).abs().max() <= 1e-12
+    assert len(maps) == 2 and maps[0].shape == (2, 4, 6, 6)  # eager still returns the maps
