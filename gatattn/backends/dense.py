@@ -40,7 +40,15 @@ from torch import Tensor
 from ..graph import TokenGraph
 from ..scores import DenseContext, Edges
 from .base import Backend, BackendOutput, Problem
-from .dense_mask import bias_grid, guard_empty_rows, no_key, sink_mask
+from .bias_sdpa import biased_sdpa, use_biased_sdpa
+from .dense_mask import (
+    bias_grid,
+    edge_base,
+    guard_empty_rows,
+    no_key,
+    scattered_inputs,
+    sink_mask,
+)
 
 __all__ = ["MIN_DENSE_DENSITY", "DenseBackend", "dense_density", "dense_keys"]
 
@@ -218,16 +226,20 @@ class DenseBackend(Backend):
             mask = sink_mask(mask, causal, p.sinks, (H, Lq, Lk), q.dtype)
             causal = False
             kp, vp = (F.pad(t, (0, 0, 0, 1)) for t in (kp, vp))  # [B, H_kv, L_k + 1, D]
-        out = F.scaled_dot_product_attention(
-            pad(q, q_index, Lq),
-            kp,
-            vp,
-            attn_mask=mask,
-            dropout_p=p.dropout if p.training else 0.0,
-            is_causal=causal,
-            scale=base.sdpa_scale(D),
-            enable_gqa=k.size(1) != H,
-        )  # [B, H, L_q, D]
+        dropout, scale = p.dropout if p.training else 0.0, base.sdpa_scale(D)
+        if mask is not None and scale is not None and use_biased_sdpa(q, k, mask, dropout):
+            out = biased_sdpa(pad(q, q_index, Lq), kp, vp, mask, scale)  # a learned bias
+        else:
+            out = F.scaled_dot_product_attention(
+                pad(q, q_index, Lq),
+                kp,
+                vp,
+                attn_mask=mask,
+                dropout_p=dropout,
+                is_causal=causal,
+                scale=scale,
+                enable_gqa=k.size(1) != H,
+            )  # [B, H, L_q, D]
         if empty is not None:
             out = out.masked_fill(empty, 0.0)
         out = out.transpose(1, 2).reshape(B * Lq, H, D)  # [B·L_q, H, D]
@@ -292,6 +304,14 @@ class DenseBackend(Backend):
             return g.derived("dense_allowed", allowed, dev), g.derived(
                 "dense_edgeless", edgeless, dev
             )
+        scattered = scattered_inputs(g, keys, p.edge_attr, (B, Lq, Lk))  # once per graph
+        grid = bias_grid(biases, scattered, (B, p.q.size(1), Lq, Lk), p.q.dtype)
+        if grid is not None and grid.dtype != torch.bool:  # every bias from its grid form
+            base, real_rows = edge_base(g, keys, (B, Lq, Lk))
+            finite = not torch.compiler.is_compiling() and bool(
+                grid.detach().amin() > float("-inf")
+            )
+            return grid + base.to(grid.dtype), real_rows if finite else None
         edges = Edges(g.edge_index[0], g.edge_index[1], g, p.edge_attr, p.positions)
         vals = sum((b(edges) for b in biases), torch.zeros((), device=dev))
         vals = vals.to(p.q.dtype)

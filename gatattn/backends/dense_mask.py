@@ -3,19 +3,32 @@
     M[b, h, i, j] = Σ_biases b_h(i, j)  on the edges,  −∞ elsewhere      (docs/math.md, eq. 5)
 
 ``bias_grid`` sums the biases that read their values from a grid-form edge input
-(``ScoreBias.dense_grid``); ``guard_empty_rows`` opens the rows SDPA cannot normalise (their
+(``ScoreBias.dense_grid``); ``scattered_inputs`` puts per-edge inputs [E] into that form once
+per graph and input tensor, and ``edge_base`` is the graph's own 0 / −∞ mask that goes with
+it; ``guard_empty_rows`` opens the rows SDPA cannot normalise (their
 output is zeroed afterwards, as the graph formula gives 0); ``sink_mask`` appends the sink
 column of gpt-oss's attention sinks.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 from torch import Tensor
 
+from ..graph import TokenGraph
 from ..scores import ScoreBias
+from ..scores.grid import UNNAMED, GridInput
 
-__all__ = ["bias_grid", "guard_empty_rows", "no_key", "sink_mask"]
+__all__ = [
+    "bias_grid",
+    "edge_base",
+    "guard_empty_rows",
+    "no_key",
+    "scattered_inputs",
+    "sink_mask",
+]
 
 
 def bias_grid(
@@ -55,6 +68,72 @@ def bias_grid(
             t = torch.zeros(t.shape, dtype=dtype, device=t.device).masked_fill(~t, float("-inf"))
         total = total + t.to(dtype)
     return total
+
+
+def scattered_inputs(
+    g: TokenGraph, keys: Tensor, edge_attr: object, grid: tuple[int, int, int]
+) -> GridInput | None:
+    """The graph's per-edge inputs of one value per edge ([E] or [E, 1], no gradient) on the
+    padded grid, 0 off the edges, kept per graph and input tensor (the same GridInput while
+    the tensors are the same objects, unchanged: across layers and steps). None when there
+    are none (other inputs are left out: a bias reading them has no grid form).
+
+    Shapes:
+        keys [E] (``dense_keys``), grid (B, L_q, L_k) -> each input [B, 1, L_q, L_k].
+    """
+    if edge_attr is None or isinstance(edge_attr, GridInput) or torch.compiler.is_compiling():
+        return None
+    given = dict(edge_attr) if isinstance(edge_attr, Mapping) else {UNNAMED: edge_attr}
+    named: dict[str, Tensor] = {n: t for n, t in given.items() if isinstance(t, Tensor)}
+    E = keys.numel()
+    flat = {
+        n: t.reshape(E)
+        for n, t in named.items()
+        if not t.requires_grad
+        and t.numel() == E
+        and (t.dim() == 1 or (t.dim() == 2 and t.size(1) == 1))
+    }
+    if not flat:
+        return None
+    memo: dict[str, object] = g.derived("dense_scattered_inputs", dict, keys.device)
+    seen = [(n, t, t._version) for n, t in named.items() if n in flat]
+    last = memo.get("last")
+    if isinstance(last, tuple) and len(last[0]) == len(seen):
+        if all(a[0] == b[0] and a[1] is b[1] and a[2] == b[2] for a, b in zip(last[0], seen)):
+            return last[1]  # type: ignore[no-any-return]
+    B, Lq, Lk = grid
+    grids = {}
+    for n, t in flat.items():
+        cells = t.new_zeros(B * Lq * Lk).index_copy(0, keys, t).view(B, 1, Lq, Lk)
+        grids[n] = (cells, lambda t=named[n]: t)  # per edge: the tensor itself
+    made = GridInput(grids)
+    memo["last"] = (seen, made)
+    return made
+
+
+def edge_base(g: TokenGraph, keys: Tensor, grid: tuple[int, int, int]) -> tuple[Tensor, Tensor]:
+    """The graph's own additive mask and its rows without a key, once per graph:
+
+        base[b, 0, i, j] = 0 if (j → i) is an edge or i is padding, −∞ otherwise
+
+    Padding rows (i past its sequence's length) are left open, so SDPA can normalise them
+    (their output is never read); ``rows`` are the real targets without an edge.
+
+    Shapes:
+        keys [E], grid (B, L_q, L_k) -> base [B, 1, L_q, L_k], rows [B, 1, L_q, 1] bool.
+    """
+    B, Lq, Lk = grid
+
+    def build() -> tuple[Tensor, Tensor]:
+        dev = keys.device
+        allowed = torch.zeros(B * Lq * Lk, dtype=torch.bool, device=dev).index_fill(0, keys, True)
+        allowed = allowed.view(B, 1, Lq, Lk)
+        lens = torch.tensor(g.sequence_lengths("dst"), device=dev)  # [B]
+        pad = (torch.arange(Lq, device=dev) >= lens[:, None]).view(B, 1, Lq, 1)
+        base = torch.zeros(allowed.shape, device=dev).masked_fill(~(allowed | pad), float("-inf"))
+        return base, no_key(allowed) & ~pad
+
+    return g.derived(("dense_edge_base", Lq, Lk), build, keys.device)
 
 
 def no_key(mask: Tensor) -> Tensor:

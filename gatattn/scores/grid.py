@@ -15,11 +15,18 @@ as its mask: no edge_index and no [E, F] copy (``ScoreBias.dense_grid``). The dr
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterator, Mapping
+from typing import Any, TypeVar
 
+import torch
 from torch import Tensor
 
-__all__ = ["GridInput"]
+__all__ = ["UNNAMED", "GridInput", "table_gather"]
+
+T = TypeVar("T")
+
+#: The name of a per-edge input given as one tensor (``edge_attr=dist``) rather than by name.
+UNNAMED = ""
 
 
 class GridInput(Mapping[str, Tensor]):
@@ -37,11 +44,22 @@ class GridInput(Mapping[str, Tensor]):
     def __init__(self, grids: Mapping[str, tuple[Tensor, Callable[[], Tensor]]]) -> None:
         self._grids = dict(grids)
         self._edges: dict[str, Tensor] = {}
+        self._derived: dict[Hashable, object] = {}
 
     def grid(self, name: str) -> Tensor | None:
-        """The grid of input ``name`` [B | 1, F | 1, L_q, L_k], or None when there is none."""
-        entry = self._grids.get(name)
+        """The grid of input ``name`` [B | 1, F | 1, L_q, L_k], or None when there is none.
+        An input given as one tensor rather than by name (``UNNAMED``) answers every name, as
+        ``Edges.input`` does."""
+        entry = self._grids.get(name, self._grids.get(UNNAMED))
         return None if entry is None else entry[0]
+
+    def derived(self, key: Hashable, fn: Callable[[], T]) -> T:
+        """``fn()``, computed once per GridInput and key (a bias's index tensors, say): a
+        GridInput the dense backend builds is kept per graph and edge input, so this lasts
+        across layers and steps."""
+        if key not in self._derived:
+            self._derived[key] = fn()
+        return self._derived[key]  # type: ignore[return-value]
 
     def __getitem__(self, name: str) -> Tensor:
         if name not in self._edges:
@@ -57,3 +75,32 @@ class GridInput(Mapping[str, Tensor]):
     def __repr__(self) -> str:
         shapes = {n: list(g.shape) for n, (g, _) in self._grids.items()}
         return f"GridInput({shapes})"
+
+
+class _TableGather(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, table: Tensor, index: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(index)
+        ctx.size = table.numel()
+        return table[index]
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        (index,) = ctx.saved_tensors
+        flat, g = index.reshape(-1), grad.reshape(-1)
+        if torch.is_grad_enabled():  # create_graph=True: a differentiable sum
+            return grad.new_zeros(ctx.size).index_add(0, flat, g), None
+        return torch.bincount(flat, g, minlength=ctx.size).to(grad.dtype), None
+
+
+def table_gather(table: Tensor, index: Tensor) -> Tensor:
+    r"""``table[index]`` whose gradient is one weighted ``bincount`` over the index (every cell
+    adds its gradient to its table entry), not a scatter with colliding writes.
+
+    .. math:: \partial L / \partial t_r = \sum_{c : \mathrm{index}_c = r} \partial L / \partial y_c
+
+    Shapes:
+        table [R] (flat), index [...] long in [0, R) -> [...].
+    """
+    out: Tensor = _TableGather.apply(table, index)
+    return out
