@@ -118,7 +118,7 @@ class SpatialBias(ScoreBias):
     def dense_grid(self, edge_attr: object) -> Tensor | None:
         """b on the padded grid, gathered from the table by the distance grid of a
         ``GridInput`` (the dense backend scatters the distances there once per graph), else
-        None. Its table gradient is one weighted ``bincount``, not a colliding scatter.
+        None. Its table gradient is one pass over the grid (``table_gather``).
 
         Shapes:
             distance grid [B, 1, L_q, L_k] -> [B, H, L_q, L_k].

@@ -1,6 +1,6 @@
 """SpatialBias on the dense backend's grid path (backends/dense_mask.py, scores/grid.py): the
 distances scattered into the padded grid once per graph, the bias gathered from its table there
-(table gradient by one bincount), attention with the learned mask by ``biased_sdpa``. Every
+(table gradient in one pass, ``table_gather``), attention with the learned mask by ``biased_sdpa``. Every
 comparison is fp64 against the edge backend at 1e-10: outputs, q/k/v gradients and the table's.
 
 Sizes are pairwise distinct: H=3, D=5, graphs of 4, 7 and 2 nodes.
