@@ -13,6 +13,7 @@ from torch import Tensor
 
 from ..backends import EdgeInput
 from ..graph import TokenGraph
+from ..validation import check_batch_ids
 
 __all__ = [
     "Attention",
@@ -190,6 +191,7 @@ def with_batch(g: TokenGraph, batch: Tensor) -> TokenGraph:
     if not isinstance(batch, Tensor) or batch.dim() != 1 or batch.numel() != g.num_dst:
         shape = list(batch.shape) if isinstance(batch, Tensor) else type(batch).__name__
         raise ValueError(f"batch must be a LongTensor [N={g.num_dst}], got {shape}")
+    check_batch_ids(batch, "GraphAttention")
     if g.lengths is not None or g.num_src != g.num_dst or batch.numel() == 0:
         return g
     if not torch.compiler.is_compiling() and bool((batch[1:] < batch[:-1]).any()):

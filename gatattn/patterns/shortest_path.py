@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from ..graph import TokenGraph
-from ..validation import validate_edge_index
+from ..validation import check_batch_ids, validate_edge_index
 from .complete import complete_graph
 
 __all__ = ["ShortestPaths", "shortest_path_distances", "shortest_paths"]
@@ -108,8 +108,7 @@ def _graph_sizes(batch: Tensor | None, num_nodes: int, edge_index: Tensor) -> Te
         raise ValueError(f"batch must be a LongTensor [num_nodes={num_nodes}], got {shape}")
     if batch.dtype != torch.long:
         raise ValueError(f"batch must have dtype torch.long, got {batch.dtype}")
-    if int(batch.min()) < 0:
-        raise ValueError(f"batch holds a negative graph id ({int(batch.min())})")
+    check_batch_ids(batch, "shortest_paths")
     if bool((batch[1:] < batch[:-1]).any()):
         raise ValueError(
             "batch must be sorted (the nodes of each graph contiguous, as PyG's Batch gives them)"

@@ -209,6 +209,10 @@ def test_hostile_forward_inputs_get_named_errors() -> None:
         layer(x, g, batch=torch.zeros(N))
     with pytest.raises(TypeError, match=r"batch must be a LongTensor .* got dtype torch.bool"):
         layer(x, g, batch=torch.zeros(N, dtype=torch.bool))
+    with pytest.raises(  # used to crash inside torch.bincount
+        ValueError, match=r"GraphAttention: batch holds a negative graph id \(-2, first at node 3\)"
+    ):
+        layer(x, g, batch=torch.tensor([0, 0, 0, -2, 1]))
 
 
 def test_autocast_casts_half_and_fp32_inputs_but_not_fp64() -> None:
