@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch_geometric.utils import scatter
 
-from ..kernels import chunked_edge_map, edge_aggregate, neighbourhood_softmax
+from ..kernels import chunked_edge_map, edge_aggregate
+from ..kernels.softmax import softmax_by_target
 from ..scores import Edges, check_scores
 from .base import Backend, BackendOutput, EdgeModulation, Problem
 
@@ -60,7 +61,7 @@ def _wide_scores_and_weights(p: Problem) -> tuple[Tensor, Tensor]:
             f"score function {p.score.name!r} returned shape {tuple(alpha.shape)}; expected "
             f"(E, H) = ({g.num_edges}, {p.q.size(1)})"
         )
-    return alpha, neighbourhood_softmax(alpha, g.edge_index[1], g.num_dst)  # [E, H], [E, H]
+    return alpha, softmax_by_target(alpha, g.edge_index[1], g.num_dst)  # [E, H], [E, H]
 
 
 def edge_scores_and_weights(p: Problem) -> tuple[Tensor, Tensor]:
