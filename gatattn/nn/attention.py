@@ -27,7 +27,7 @@ from ..backends import (
     select_backend,
 )
 from ..graph import TokenGraph, as_token_graph
-from ..scores import ScoreCallable, ScoreFunction, make_score
+from ..scores import ScoreCallable, ScoreFunction, check_score_sizes, make_score
 from . import inputs as check
 from . import projection as proj
 from .inputs import Attention, Sources
@@ -88,6 +88,7 @@ class GraphAttention(MessagePassing):
         proj.add_projections(self, C, self.kdim, self.vdim, bias)  # W_q, W_k, W_v
         self.out_proj = skip_init(nn.Linear, C, C, bias=bias)  # W_o
         self.score = make_score(score, num_heads, self.head_dim)
+        check_score_sizes(self.score, num_heads, self.head_dim)
         # Optional PyG features (docs/pyg.md); only the options in use hold parameters.
         self.edge_dim, self.root_weight = edge_dim, root_weight
         # W_e [C, F], no bias, as TransformerConv's lin_edge
@@ -194,6 +195,7 @@ class GraphAttention(MessagePassing):
     def _problem(
         self, q: Tensor, k: Tensor, v: Tensor, g: TokenGraph, attr: EdgeInput | None, need: bool
     ) -> Problem:
+        check_score_sizes(self.score, self.num_heads, self.head_dim)  # also a score set later
         mod = None
         if self.edge_proj is not None:  # W_e e_ij modulates keys and values (TransformerConv)
             w_e = self.edge_proj.weight  # [C, F]

@@ -9,7 +9,16 @@
 Imports run one way: base <- functions, biases, structural <- registry.
 """
 
-from .base import Biased, DenseContext, Edges, ScoreBias, ScoreCallable, ScoreFunction, check_scores
+from .base import (
+    Biased,
+    DenseContext,
+    Edges,
+    ScoreBias,
+    ScoreCallable,
+    ScoreFunction,
+    check_score_sizes,
+    check_scores,
+)
 from .biases import ALiBi, EdgeFeatureBias, RelativePositionBias, alibi_slopes, t5_bucket
 from .functions import (
     Additive,
@@ -48,6 +57,7 @@ __all__ = [
     "ScoreFunction",
     "SpatialBias",
     "alibi_slopes",
+    "check_score_sizes",
     "check_scores",
     "make_score",
     "register_score",
