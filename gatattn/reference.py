@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from .graph import TokenGraph, as_token_graph
-from .nn.inputs import split_sources
+from .nn.inputs import check_graph_device, split_sources
 from .scores import DenseContext
 
 if TYPE_CHECKING:
@@ -72,6 +72,7 @@ def dense_reference(
     reads per-edge scores and weights back at the graph's edges.
     """
     xk, xv = split_sources(x, x_src, (layer.embed_dim, layer.kdim, layer.vdim))
+    check_graph_device(graph, x, "dense_reference")
     g = as_token_graph(graph, num_src=xk.size(0), num_dst=x.size(0))
     q, k, v = (t.transpose(0, 1) for t in layer.project(x, xk, xv))  # [H, N, D] each
     dense_attr = None

@@ -18,6 +18,7 @@ __all__ = [
     "check_lengths",
     "check_node_count",
     "is_int",
+    "same_device",
     "structure_holds",
     "validate_edge_index",
 ]
@@ -72,6 +73,19 @@ def check_batch_ids(batch: Tensor, owner: str) -> None:
                 f"{owner}: batch holds a negative graph id ({low}, first at node {node}); "
                 "graph ids are 0, 1, ... as PyG's Batch gives them"
             )
+
+
+def same_device(a: torch.device, b: torch.device) -> bool:
+    """Whether two devices are one: equal types and indices, where a missing index is the
+    current device (``cuda`` matches ``cuda:0`` when device 0 is current; ``cpu`` is one)."""
+    if a.type != b.type:
+        return False
+    if a.index is None or b.index is None:
+        if a.type != "cuda":
+            return True
+        here = torch.cuda.current_device()
+        return (here if a.index is None else a.index) == (here if b.index is None else b.index)
+    return a.index == b.index
 
 
 def is_int(value: Any) -> bool:

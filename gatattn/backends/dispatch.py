@@ -26,6 +26,7 @@ import logging
 import torch
 
 from ..graph import TokenGraph
+from ..validation import same_device
 from .base import Backend, BackendOutput, Problem
 from .block import MIN_DENSITY, BlockBackend, block_layout, estimate_density
 from .dense import MIN_DENSE_DENSITY, DenseBackend, dense_density
@@ -147,7 +148,16 @@ def attend(p: Problem, backend: str = "auto") -> BackendOutput:
         out [N_t, H, D]; with ``p.need_weights`` also α and Attn [E, H] in edge order. A fast
         backend computes no per-edge values; they then come from the edge formula (eqs. 1-2),
         which is exact and costs O(E·H).
+
+    Raises:
+        ValueError: the graph is on another device than q, or a forced backend cannot run
+            ``p``.
     """
+    if not same_device(p.graph.device, p.q.device):
+        raise ValueError(
+            f"attend: the graph is on {p.graph.device} but q is on {p.q.device}; move the "
+            f"graph with graph.to({str(p.q.device)!r})"
+        )
     name, _ = select_backend(backend, p)
     res = BACKENDS[name].run(p)
     if p.need_weights and (res.scores is None or res.weights is None):

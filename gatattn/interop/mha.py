@@ -223,6 +223,8 @@ class GraphMultiheadAttention(nn.Module):
                 ``attn_mask`` (a ValueError and torch's RuntimeError).
             DtypeAssertionError: a mask neither bool nor float (a TypeError and an
                 AssertionError).
+            DeviceRuntimeError: key, value or a mask on another device than query (a
+                ValueError and a RuntimeError).
             TypeError: inputs or masks that are not tensors.
         """
         key_padding_mask = check_mask_dtype(key_padding_mask, "key_padding_mask", attn_mask)
@@ -336,6 +338,7 @@ class GraphMultiheadAttention(nn.Module):
                 "graph_forward is self-attention over the graph's nodes: it needs kdim == vdim "
                 "== embed_dim and no add_bias_kv / add_zero_attn"
             )
+        inputs.check_graph_device(graph, x, type(self).__name__)
         g = as_token_graph(graph, num_src=x.size(0), num_dst=x.size(0))
         q, k, v = proj.project(self, x, x, x)  # 3 x [N, H, D]
         p = Problem(q, k, v, g, _PLAIN, dropout=self.dropout, training=self.training)

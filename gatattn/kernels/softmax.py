@@ -11,6 +11,8 @@ import torch
 from torch import Tensor
 from torch_geometric.utils import scatter
 
+from ..validation import same_device
+
 __all__ = ["neighbourhood_softmax"]
 
 
@@ -43,8 +45,9 @@ def neighbourhood_softmax(scores: Tensor, index: Tensor, num_nodes: int) -> Tens
 
     Raises:
         TypeError: ``index`` is not a LongTensor, or ``num_nodes`` is not an int.
-        ValueError: ``index`` is not 1-D with one entry per row of ``scores``, or holds a
-            target outside [0, num_nodes) (the message names it and its edge).
+        ValueError: ``index`` is not 1-D with one entry per row of ``scores``, lives on
+            another device, or holds a target outside [0, num_nodes) (the message names it
+            and its edge).
     """
     if not isinstance(index, Tensor) or index.dtype != torch.long:
         what = index.dtype if isinstance(index, Tensor) else type(index).__name__
@@ -57,6 +60,8 @@ def neighbourhood_softmax(scores: Tensor, index: Tensor, num_nodes: int) -> Tens
             f"scores has {rows} rows but index has {index.numel()} edges (shape "
             f"{list(index.shape)}); index must be [E], one target per row of scores"
         )
+    if not same_device(index.device, scores.device):
+        raise ValueError(f"index is on {index.device} but scores are on {scores.device}")
     if index.numel() and index.device.type != "meta" and not torch.compiler.is_compiling():
         low, high = (int(t) for t in torch.aminmax(index))
         if low < 0 or high >= num_nodes:

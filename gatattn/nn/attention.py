@@ -176,11 +176,12 @@ class GraphAttention(MessagePassing):
         dtype = self.out_proj.weight.dtype
         for name, t in (("x", x), ("x_src", xk), ("x_src", xv)):
             check.check_dtype(t, name, dtype)
+        check.check_graph_device(graph, x)
         g = as_token_graph(graph, num_src=xk.size(0), num_dst=x.size(0))
         if batch is not None:
             g = check.with_batch(g, batch)
         if edge_attr is not None:  # E of a mask graph is a count over its mask: only if needed
-            edge_attr = check.check_edge_inputs(edge_attr, g.num_edges)
+            edge_attr = check.check_edge_inputs(edge_attr, g.num_edges, x.device)
         q, k, v = self.project(x, xk, xv)  # [N_t, H, D], [N_s, H, D], [N_s, H, D]
         p = self._problem(q, k, v, g, edge_attr, return_attention)
         res = attend(p, "edge" if p.aggregate is not None else self.backend)
@@ -222,6 +223,7 @@ class GraphAttention(MessagePassing):
             ``"<backend>: <reason>"``, e.g. ``"dense: complete graph and score 'scaled_dot': ..."``.
         """
         check.check_features(x, "x", self.embed_dim, "embed_dim")
+        check.check_graph_device(graph, x)
         g = as_token_graph(graph, num_src=x.size(0), num_dst=x.size(0))
         if self.edge_proj is not None:
             return "edge: edge_dim is set, so keys and values are per-edge (edge modulation)"

@@ -13,7 +13,7 @@ from torch import Tensor
 
 from ..backends import EdgeInput
 from ..graph import TokenGraph
-from ..validation import check_batch_ids
+from ..validation import check_batch_ids, same_device
 
 __all__ = [
     "Attention",
@@ -21,6 +21,7 @@ __all__ = [
     "check_dtype",
     "check_edge_inputs",
     "check_features",
+    "check_graph_device",
     "check_layer_args",
     "edge_features",
     "split_sources",
@@ -144,8 +145,25 @@ def split_sources(
     return x_src, x_src
 
 
-def check_edge_inputs(edge_attr: EdgeInput | None, num_edges: int) -> EdgeInput | None:
-    """Every per-edge input (one tensor, or each value of a mapping) has one row per edge."""
+def check_graph_device(graph: object, x: Tensor, owner: str = "GraphAttention") -> None:
+    """The graph (a TokenGraph or an edge_index) lives on x's device.
+
+    Raises:
+        ValueError: it does not (the message names both devices).
+    """
+    device = graph.device if isinstance(graph, (TokenGraph, Tensor)) else None
+    if device is not None and not same_device(device, x.device):
+        raise ValueError(
+            f"{owner}: the graph is on {device} but the features are on {x.device}; move the "
+            f"graph with graph.to({str(x.device)!r}) (or the features to {device})"
+        )
+
+
+def check_edge_inputs(
+    edge_attr: EdgeInput | None, num_edges: int, device: torch.device | None = None
+) -> EdgeInput | None:
+    """Every per-edge input (one tensor, or each value of a mapping) has one row per edge (and
+    lives on ``device`` when given)."""
     if edge_attr is None:
         return None
     if not isinstance(edge_attr, (Tensor, Mapping)):
@@ -157,8 +175,10 @@ def check_edge_inputs(edge_attr: EdgeInput | None, num_edges: int) -> EdgeInput 
     for key, t in items:
         if not isinstance(t, Tensor):
             raise TypeError(f"edge_attr[{key!r}] must be a Tensor, got {type(t).__name__}")
+        name = "edge_attr" if not isinstance(edge_attr, Mapping) else f"edge_attr[{key!r}]"
+        if device is not None and not same_device(t.device, device):
+            raise ValueError(f"{name} is on {t.device} but the features are on {device}")
         if t.dim() == 0 or t.size(0) != num_edges:
-            name = "edge_attr" if not isinstance(edge_attr, Mapping) else f"edge_attr[{key!r}]"
             rows = "no" if t.dim() == 0 else t.size(0)
             raise ValueError(
                 f"{name} has {rows} rows but the graph has {num_edges} edges (one row per edge)"

@@ -93,6 +93,11 @@ def test_index_out_of_range_raises(index: list[int], match: str) -> None:
         neighbourhood_softmax(torch.zeros(3, 2), torch.tensor(index), 3)
 
 
+def test_index_on_another_device_raises() -> None:
+    with pytest.raises(ValueError, match="index is on meta but scores are on cpu"):
+        neighbourhood_softmax(torch.zeros(2, 1), torch.tensor([0, 1], device="meta"), 2)
+
+
 def test_bad_index_dtype_and_num_nodes_raise() -> None:
     with pytest.raises(TypeError, match="index must be a LongTensor .* got torch.int32"):
         neighbourhood_softmax(torch.zeros(2, 1), torch.tensor([0, 1], dtype=torch.int32), 2)
