@@ -1,7 +1,8 @@
 """Re-exports ``gatattn.inspect.export`` under the old path ``gatattn.export``.
 
-The code lives in ``gatattn.inspect.export`` (``to_networkx``, ``from_networkx``,
-``write_graph``, ``read_graph``, ``layered_graph``). This module keeps ``ga.export.<name>`` and
+The code lives in ``gatattn.inspect.graphs`` (``to_networkx``, ``from_networkx``,
+``layered_graph``) and ``gatattn.inspect.export`` (``write_graph``, ``read_graph``), which
+re-exports the former. This module keeps ``ga.export.<name>`` and
 ``from gatattn.export import <name>`` working; it defines nothing itself. ``MAX_WRITE_EDGES``
 here is a copy for reading: ``write_graph`` reads ``gatattn.inspect.export.MAX_WRITE_EDGES``.
 """

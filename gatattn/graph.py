@@ -1,23 +1,28 @@
 """TokenGraph: the neighbourhoods N(i) of attention, as a directed graph over tokens.
 
-Convention (DESIGN.md, "Conventions"; docs/math.md): ``edge_index`` is a LongTensor [2, E] in PyG's
+Convention (docs/math.md, "Conventions"): ``edge_index`` is a LongTensor [2, E] in PyG's
 source→target flow. Row 0 is the source j (key/value token), row 1 the target i (query token).
 The message travels j → i and the softmax runs over the incoming edges of each target, so
 
     N(i) = { j : (j, i) ∈ edges }                                   (docs/math.md, eq. 2)
 
 Dense masks follow torch SDPA: ``mask[i, j] = True`` means query i may attend to key j.
+
+This module is the graph's interface: construction, pickling, ``to()``, node positions and
+sequences, CSR, dense views and set algebra. What a graph keeps (edges, counts, tag, the one
+derived-data cache, the verified trust in the tag) lives in ``gatattn.graph_state``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Mapping, Sequence
-from typing import Any, TypeVar
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from .validation import check_lengths, check_node_count, structure_holds, validate_edge_index
+from .graph_state import VERIFIABLE, GraphState
+from .validation import check_lengths, check_node_count, validate_edge_index
 
 __all__ = [
     "VERIFIABLE",
@@ -27,22 +32,8 @@ __all__ = [
     "validate_edge_index",
 ]
 
-# Structure tags set by the builders. Fast backends may use them; the edge backend ignores them.
-#   "complete"  every target attends to every source of its sequence (params: self_loops)
-#   "causal"    j <= i within each sequence
-#   "window", "global", "bigbird", "block", "strided", "fixed", "star", "knn", "radius",
-#   "bipartite" (set by gatattn.patterns)
-#   "masked"    built from a dense mask (``from_mask``); ``dense_mask()`` returns it
-# ``lengths`` holds per-sequence node counts of a block-diagonal batch (None: one sequence).
 
-
-#: Tags whose claim a backend relies on; ``trusted_structure`` verifies them against the edges.
-VERIFIABLE = ("complete", "causal", "bipartite")
-
-T = TypeVar("T")
-
-
-class TokenGraph:
+class TokenGraph(GraphState):
     """A directed attention graph: edge_index [2, E] plus node counts and a structure tag.
 
     Graphs are immutable: their attributes cannot be set, and ``to()`` or the set operations
@@ -66,20 +57,6 @@ class TokenGraph:
     Shapes:
         edge_index [2, E]; ``to_dense_mask()`` [N_t, N_s]; ``positions`` [N].
     """
-
-    _edge_index: Tensor | None
-    _build: Callable[[], Tensor] | None
-    _num_edges: int | None
-    _device: torch.device
-    _mask: Tensor | None
-    _num_src: int
-    _num_dst: int
-    _structure: str | None
-    _lengths: tuple[int, ...] | None
-    _params: dict[str, Any]
-    _cache: dict[tuple[Hashable, str], Any]
-    _version: int
-    _verified: bool
 
     def __init__(
         self,
@@ -109,76 +86,18 @@ class TokenGraph:
                 f"lengths={list(seq)} sum to {sum(seq)} but the graph has {num_dst} target nodes"
             )
         self._setup(
-            edge_index,
-            None,
-            None,
-            edge_index.device,
-            None,
-            int(num_src),
-            int(num_dst),
-            structure,
-            seq,
-            params,
-            verified,
+            edge_index=edge_index,
+            build=None,
+            num_edges=None,
+            device=edge_index.device,
+            mask=None,
+            num_src=int(num_src),
+            num_dst=int(num_dst),
+            structure=structure,
+            lengths=seq,
+            params=params,
+            verified=verified,
         )
-
-    def _setup(
-        self,
-        edge_index: Tensor | None,
-        build: Callable[[], Tensor] | None,
-        num_edges: int | None,
-        device: torch.device,
-        mask: Tensor | None,
-        num_src: int,
-        num_dst: int,
-        structure: str | None,
-        lengths: tuple[int, ...] | None,
-        params: Mapping[str, Any] | None,
-        verified: bool,
-    ) -> None:
-        init = object.__setattr__
-        init(self, "_edge_index", edge_index)
-        init(self, "_build", build)  # makes edge_index on first access (deferred graphs)
-        init(self, "_num_edges", num_edges)
-        init(self, "_device", device)
-        init(self, "_mask", mask)  # [B, 1 | L_q, L_k] bool when the graph was built from one
-        init(self, "_num_src", num_src)
-        init(self, "_num_dst", num_dst)
-        init(self, "_structure", structure)
-        init(self, "_lengths", lengths)
-        init(self, "_params", dict(params or {}))
-        # one cache of derived data (CSR, padding indices, block layouts...), keyed by
-        # (key, device); valid while edge_index keeps the version it had when filled
-        init(self, "_cache", {})
-        init(self, "_version", -1 if edge_index is None else edge_index._version)
-        init(self, "_verified", bool(verified and structure is not None))
-
-    @classmethod
-    def _deferred(
-        cls,
-        build: Callable[[], Tensor],
-        num_src: int,
-        num_dst: int,
-        num_edges: int | None,
-        *,
-        device: torch.device | str | None = None,
-        structure: str,
-        lengths: tuple[int, ...] | None = None,
-        params: Mapping[str, Any] | None = None,
-        mask: Tensor | None = None,
-    ) -> TokenGraph:
-        """A builder's graph whose edge_index [2, E] is made by ``build()`` on first access.
-
-        The dense backend never reads the edges of a complete, causal or mask graph, so they
-        are not made there: no O(E) memory, and no data-dependent sizes under torch.compile.
-        The builder guarantees that ``structure`` (and ``mask``) describe ``build()`` exactly.
-        """
-        g = cls.__new__(cls)
-        dev = torch.device("cpu") if device is None else torch.device(device)
-        g._setup(
-            None, build, num_edges, dev, mask, num_src, num_dst, structure, lengths, params, True
-        )
-        return g
 
     def __reduce__(self) -> tuple[Any, ...]:
         """Pickle (and deepcopy) support: the edges, counts, tag, lengths, params, the trust in
@@ -187,150 +106,6 @@ class TokenGraph:
         self._sync()  # an in-place edit withdraws the trust before it is copied
         state = (self.structure, self.lengths, self._params, self._verified, self._mask)
         return (_rebuild, (self.edge_index, self.num_src, self.num_dst, *state))
-
-    def __setattr__(self, name: str, value: object) -> None:
-        raise AttributeError(
-            f"TokenGraph is immutable: cannot set {name!r}; build a new graph (e.g. "
-            "TokenGraph(new_edge_index, num_src, num_dst)) instead"
-        )
-
-    # ------------------------------------------------------------------ read-only attributes
-    @property
-    def edge_index(self) -> Tensor:
-        """LongTensor [2, E]: row 0 source j, row 1 target i (made on first access when the
-        builder deferred it)."""
-        edge_index = self._edge_index
-        if edge_index is None:
-            assert self._build is not None
-            edge_index = self._build()
-            object.__setattr__(self, "_edge_index", edge_index)
-            object.__setattr__(self, "_version", edge_index._version)
-        return edge_index
-
-    @property
-    def num_src(self) -> int:
-        """N_s, the number of source (key/value) nodes."""
-        return self._num_src
-
-    @property
-    def num_dst(self) -> int:
-        """N_t, the number of target (query) nodes."""
-        return self._num_dst
-
-    @property
-    def structure(self) -> str | None:
-        """The builder's tag (``"complete"``, ``"window"``...), or None. Not a verified claim:
-        backends use ``trusted_structure()``."""
-        return self._structure
-
-    @property
-    def lengths(self) -> tuple[int, ...] | None:
-        """Per-sequence target counts of a block-diagonal batch, or None for one sequence."""
-        return self._lengths
-
-    @property
-    def params(self) -> dict[str, Any]:
-        """The builder's parameters (a copy: the graph's own cannot be changed)."""
-        return dict(self._params)
-
-    # ------------------------------------------------------------------ derived data
-    def _sync(self) -> None:
-        """Drop every derived value if edge_index was written in place since it was cached.
-        (Not under torch.compile, which cannot read a version counter; compiled code reads the
-        cache as it was when tracing.)"""
-        if torch.compiler.is_compiling() or self._edge_index is None:
-            return
-        version = self._edge_index._version
-        if version != self._version:
-            self._cache.clear()
-            object.__setattr__(self, "_version", version)
-            object.__setattr__(self, "_verified", False)
-            object.__setattr__(self, "_mask", None)  # the mask no longer describes the edges
-
-    def derived(self, key: Hashable, fn: Callable[[], T], device: torch.device | None = None) -> T:
-        """The value ``fn()`` derived from this graph, computed once per (key, device).
-
-        This is the graph's only cache; every backend keeps its per-graph data here (CSR,
-        padding indices, block layouts, masks). It is cleared when edge_index is modified in
-        place, so a cached value always describes the current edges.
-
-        Args:
-            key: any hashable name of the value (e.g. ``("block_layout", 32)``).
-            fn: computes the value from the graph.
-            device: the device the value lives on (default the graph's).
-        """
-        self._sync()
-        k = (key, str(self.device if device is None else device))
-        if k not in self._cache:
-            self._cache[k] = fn()
-        return self._cache[k]
-
-    def trusted_structure(self) -> str | None:
-        """The structure tag if it is known to describe the edges exactly, else None.
-
-        Only the tags that backends rely on (``VERIFIABLE``: complete, causal, bipartite) can be
-        trusted. A builder's graph is trusted by construction; any other claim is checked once
-        (cached) in O(E): the edge count equals the pattern's, the edges are sorted by (target,
-        source) without repeats, and every edge belongs to the pattern. Together these prove
-        the edge set equals the pattern. Under ``torch.compile`` an unverified claim is not
-        checked (that would need data-dependent control flow) and is not trusted.
-        """
-        tag = self._structure
-        if tag not in VERIFIABLE:
-            return None
-        self._sync()
-        if self._verified:
-            return tag
-        if torch.compiler.is_compiling():
-            return None
-        ok = self.derived(
-            "structure_holds",
-            lambda: structure_holds(
-                tag,
-                self.edge_index,
-                self.sequence_lengths("dst"),
-                self.sequence_lengths("src"),
-                bool(self.params.get("self_loops", True)),
-            ),
-        )
-        return tag if ok else None
-
-    @property
-    def num_edges(self) -> int:
-        """E, the number of edges (duplicates count separately)."""
-        if self._edge_index is None:
-            if self._num_edges is not None:
-                return self._num_edges
-            if self._mask is not None:  # a [B, 1, L_k] mask stands for L_q equal rows
-                rows = len(self.sequence_lengths("dst")) * self._mask.size(1)
-                return int(self._mask.sum()) * (self.num_dst // rows)
-        return int(self.edge_index.size(1))
-
-    def dense_mask(self, compact: bool = False) -> Tensor | None:
-        """The batched mask [B, L_q, L_k] (True = may attend) this graph was built from by
-        ``from_mask`` / ``from_padding_mask``, or None. Dropped when edge_index is written in
-        place. ``compact=True`` returns it as stored: [B, 1, L_k] when every query of a
-        sequence has the same keys (a padding mask), which SDPA broadcasts."""
-        self._sync()
-        m = self._mask
-        if m is None or compact:
-            return m
-        return m.expand(-1, self.num_dst // m.size(0), -1)
-
-    @property
-    def num_nodes(self) -> int:
-        """N for a self-attention graph; raises for a bipartite graph with N_s != N_t."""
-        if self.num_src != self.num_dst:
-            raise ValueError(
-                f"bipartite graph has num_src={self.num_src} != num_dst={self.num_dst}; "
-                "use num_src / num_dst"
-            )
-        return self.num_src
-
-    @property
-    def device(self) -> torch.device:
-        """The device of edge_index."""
-        return self._device if self._edge_index is None else self._edge_index.device
 
     def to(self, device: torch.device | str) -> TokenGraph:
         """The same graph with edge_index on ``device`` (a new graph unless already there)."""
@@ -362,19 +137,6 @@ class TokenGraph:
             validate=False,
             verified=self._verified,
         )
-
-    def sequence_lengths(self, side: str = "dst") -> tuple[int, ...]:
-        """Per-sequence node counts of one side: ``lengths`` for targets; for sources the key
-        lengths of a bipartite batch (``params["kv_lengths"]``), else the target lengths of a
-        self-attention graph, else one sequence of all sources."""
-        if side == "dst":
-            return self.lengths or (self.num_dst,)
-        kv = self.params.get("kv_lengths")
-        if kv is not None:
-            return tuple(kv)
-        if self.num_src == self.num_dst and self.structure != "bipartite":
-            return self.lengths or (self.num_src,)
-        return (self.num_src,)
 
     def positions(self, side: str = "dst") -> Tensor:
         """Token position of each node within its sequence, LongTensor [N].

@@ -20,15 +20,15 @@ Each import becomes an edge to the module that defines what it imports:
 2. ``from P import name``, where P only re-exports ``name`` (P's top level binds it with an
    import, and P neither defines nor assigns it): the edge follows the re-export, link by link,
    to the module that defines ``name``. A package ``__init__`` that re-exports its submodules'
-   names is therefore transparent: ``from ..nn import Attention`` depends on
+   names is therefore transparent: ``from ..nn import GraphAttention`` depends on
    ``gatattn.nn.attention``, not on everything that ``gatattn/nn/__init__.py`` imports. The
    same rule applies to re-export modules such as ``gatattn/plot.py``.
 3. Any other ``from P import name`` (the name is defined in P, P uses ``import *``, or the
    name cannot be found): the edge goes to P itself.
 4. ``import P`` or ``import P.Q``: the edge goes to that module.
 
-Not counted: the implicit import of parent packages. Importing ``gatattn.a.b`` runs
-``gatattn/__init__.py`` and ``gatattn/a/__init__.py`` first, and the root ``__init__``
+Not counted: the implicit import of parent packages. Importing ``gatattn.nn.attention`` runs
+``gatattn/__init__.py`` and ``gatattn/nn/__init__.py`` first, and the root ``__init__``
 imports nearly everything, so counting those edges would put every module on a cycle through
 ``gatattn``. Python handles that pattern, since the package is already in ``sys.modules`` while
 its ``__init__`` runs. A real cycle through an ``__init__`` still shows up: a module that imports
@@ -41,6 +41,7 @@ that imports a name it defines itself) are dropped.
 from __future__ import annotations
 
 import ast
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -167,15 +168,17 @@ def test_package_has_no_import_cycles() -> None:
 def test_rules_on_known_modules() -> None:
     G = import_graph()
     # rule 2: the re-export in gatattn/nn/__init__.py is followed to the defining module
-    # (Attention is defined in gatattn/nn/inputs.py)
-    assert G.has_edge("gatattn.inspect.matrices", "gatattn.nn.inputs")
-    assert not G.has_edge("gatattn.inspect.matrices", "gatattn.nn")
+    # (GraphAttention is defined in gatattn/nn/attention.py, Attention in gatattn/result.py)
+    assert G.has_edge("gatattn.pyg", "gatattn.nn.attention")
+    assert not G.has_edge("gatattn.pyg", "gatattn.nn")
+    assert G.has_edge("gatattn.pretrained", "gatattn.result")
     # rule 1: a package __init__ importing its submodules is an edge to each of them
     assert G.has_edge("gatattn.inspect", "gatattn.inspect.plot")
-    # the inspect layers import one way: matrices <- export <- analysis, plot reads matrices
-    assert set(G.successors("gatattn.inspect.matrices")) == {"gatattn.nn.inputs"}
-    assert G.has_edge("gatattn.inspect.analysis", "gatattn.inspect.export")
-    assert not G.has_edge("gatattn.inspect.export", "gatattn.inspect.analysis")
+    # the inspect layers import one way: matrices <- graphs <- export, analysis; plot reads matrices
+    assert set(G.successors("gatattn.inspect.matrices")) == {"gatattn.result"}
+    assert G.has_edge("gatattn.inspect.analysis", "gatattn.inspect.graphs")
+    assert G.has_edge("gatattn.inspect.export", "gatattn.inspect.graphs")
+    assert not G.has_edge("gatattn.inspect.graphs", "gatattn.inspect.export")
     assert not any(u.startswith("gatattn.inspect.") for u in G.predecessors("gatattn.inspect.plot"))
     # the re-export modules lead to the inspect package
     assert G.has_edge("gatattn.plot", "gatattn.inspect.plot")
@@ -199,3 +202,116 @@ def test_graph_finds_a_planted_cycle(tmp_path: Path) -> None:
     assert not G.has_edge("gatattn.sub.b", "gatattn")  # re-export followed, not the __init__
     cycles = [c for c in nx.strongly_connected_components(G) if len(c) > 1]
     assert cycles == [{"gatattn.a", "gatattn.sub.b"}]
+
+
+# ------------------------------------------------------------------ the layer order of the docs
+ARCHITECTURE = ROOT.parent / "docs" / "architecture.md"
+ROW = re.compile(r"^\|\s*(`[^|]*`)[^|]*\|\s*([^|]*?)\s*\|\s*$")
+EVERYTHING = "any part except"
+
+
+def part(module: str) -> str:
+    """The part of the layer table a module belongs to: ``__init__.py`` (the root), ``graph.py``
+    (a top-level module) or ``nn/`` (anything in a subpackage)."""
+    names = module.split(".")[1:]
+    if not names:
+        return "__init__.py"
+    if len(names) > 1 or (ROOT / names[0]).is_dir():
+        return f"{names[0]}/"
+    return f"{names[0]}.py"
+
+
+def layer_table(path: Path = ARCHITECTURE) -> dict[str, set[str] | None]:
+    """The table "Who may import whom" of docs/architecture.md: part -> the parts it may import
+    (None: any part but those named after "any part except")."""
+    text = path.read_text(encoding="utf-8")
+    section = text.split("## Who may import whom", 1)[1].split("\n## ", 1)[0]
+    table: dict[str, set[str] | None] = {}
+    for line in section.splitlines():
+        m = ROW.match(line)
+        if m is None:
+            continue
+        parts = re.findall(r"`([^`]+)`", m.group(1))
+        cell = m.group(2)
+        allowed = set(re.findall(r"`([^`]+)`", cell))
+        for p in parts:
+            assert p not in table, f"{p} is listed twice in the layer table"
+            table[p] = None if cell.startswith(EVERYTHING) else allowed
+    return table
+
+
+def part_graph() -> nx.DiGraph:
+    """The import graph between parts (imports inside a part are left out)."""
+    G, P = import_graph(), nx.DiGraph()
+    P.add_nodes_from(part(m) for m in G)
+    for u, v, data in G.edges(data=True):
+        if part(u) != part(v):
+            P.add_edge(part(u), part(v), example=f"{u} (line {data['lines'][0]}) -> {v}")
+    return P
+
+
+def test_imports_follow_the_layer_table_of_the_docs() -> None:
+    """Every import between parts is one that docs/architecture.md allows, every allowed one is
+    used (the table stays exact), and every part of the package is in the table."""
+    table, P = layer_table(), part_graph()
+    assert set(P) == set(table), (
+        f"parts missing from the table: {sorted(set(P) - set(table))}; "
+        f"in the table but not in the package: {sorted(set(table) - set(P))}"
+    )
+    forbidden, unused = [], []
+    for u in P:
+        allowed = table[u]
+        if allowed is None:  # the root: anything but the parts named after "any part except"
+            continue
+        forbidden += [P[u][v]["example"] for v in P.successors(u) if v not in allowed]
+        unused += [f"{u} -> {v}" for v in sorted(allowed) if not P.has_edge(u, v)]
+    assert not forbidden, "imports the layer table forbids:\n" + "\n".join(forbidden)
+    assert not unused, "the layer table allows imports no module makes:\n" + "\n".join(unused)
+
+
+def test_the_layer_table_is_an_order() -> None:
+    """The table is acyclic, and its rules the issue names hold: nothing below nn/ imports nn/,
+    kernels/ imports nothing of gatattn, and graph.py only what lies under it."""
+    table = layer_table()
+    T = nx.DiGraph()
+    for u, allowed in table.items():
+        T.add_node(u)
+        T.add_edges_from((u, v) for v in allowed or ())
+    assert nx.is_directed_acyclic_graph(T)
+    assert table["kernels/"] == set()
+    assert table["graph.py"] == {"graph_state.py", "validation.py"}
+    below_nn = {"backends/", "scores/", "kernels/", "patterns/", "inspect/", "hf/", "result.py"}
+    below_nn |= {"graph.py", "graph_state.py", "validation.py"}
+    assert below_nn.isdisjoint(nx.ancestors(T, "nn/"))  # not even through another part
+    root = {p for p, allowed in table.items() if allowed is None}
+    assert root == {"__init__.py"}
+    P = part_graph()
+    barred = re.findall(r"`([^`]+)`", _root_cell())
+    assert barred and not any(P.has_edge("__init__.py", p) for p in barred)
+
+
+def _root_cell() -> str:
+    text = ARCHITECTURE.read_text(encoding="utf-8")
+    return next(line for line in text.splitlines() if EVERYTHING in line and "__init__" in line)
+
+
+def test_layer_table_parser_reads_a_planted_table(tmp_path: Path) -> None:
+    """The parser on a small table: several parts in one row, an empty cell, the root row."""
+    doc = tmp_path / "architecture.md"
+    doc.write_text(
+        "# A\n\n## Who may import whom\n\n| part | may import |\n|---|---|\n"
+        "| `kernels/`, `validation.py` | nothing of gatattn |\n"
+        "| `graph.py` (TokenGraph) | `validation.py` |\n"
+        "| `__init__.py` | any part except `cli/` |\n\n## Next\n\n| `x.py` | `y.py` |\n"
+    )
+    assert layer_table(doc) == {
+        "kernels/": set(),
+        "validation.py": set(),
+        "graph.py": {"validation.py"},
+        "__init__.py": None,
+    }
+    assert (part("gatattn"), part("gatattn.graph"), part("gatattn.nn.attention")) == (
+        "__init__.py",
+        "graph.py",
+        "nn/",
+    )

@@ -82,6 +82,8 @@ def test_wheel_installs_and_runs_outside_the_repository(tmp_path: Path) -> None:
     assert re.search(rf"^Version: {re.escape(version)}$", metadata, flags=re.M)
     assert "Classifier: Typing :: Typed" in metadata
     assert "Requires-Python: >=3.10" in metadata
+    assert "License-Expression: MIT" in metadata  # and the licence text itself goes along
+    assert f"gatattn-{version}.dist-info/licenses/LICENSE" in names
     assert "gatattn = gatattn." in entry_points
 
     # 3. A fresh virtual environment: torch first (the CPU build), then the wheel with its deps.

@@ -32,8 +32,8 @@ from torch import Tensor, nn
 from ..backends import Problem, attend
 from ..graph import TokenGraph
 from ..kernels import edge_dot
-from ..nn import Attention
 from ..patterns import bipartite_graph, causal_graph, complete_graph, from_mask
+from ..result import Attention, dense_weights
 from ..scores import DenseContext, Edges, ScoreFunction
 
 __all__ = [
@@ -262,14 +262,6 @@ def _wants_weights(module: nn.Module, kwargs: dict[str, Any]) -> bool:
     return bool(wanted) and ("attentions" in wanted or "cross_attentions" in wanted)
 
 
-def _dense_weights(weights: Tensor, graph: TokenGraph, B: int, Lq: int, Lk: int) -> Tensor:
-    """Per-edge Attn [E, H] -> transformers' attn_weights [B, H, L_q, L_k] (0 off the graph)."""
-    src, dst = graph.edge_index  # [E], [E]
-    dense = weights.new_zeros(B, Lq, Lk, weights.size(1))  # [B, L_q, L_k, H]
-    dense[dst // Lq, dst % Lq, src % Lk] = weights
-    return dense.permute(0, 3, 1, 2)  # [B, H, L_q, L_k]
-
-
 def graph_attention(
     module: nn.Module,
     query: Tensor,
@@ -348,7 +340,7 @@ def graph_attention(
         recorder.append(
             (module, Attention(flat, graph.edge_index, res.scores, res.weights, graph), valid)
         )
-    return out, _dense_weights(res.weights, graph, B, Lq, Lk).to(value.dtype)
+    return out, dense_weights(res.weights, graph, B, Lq, Lk).to(value.dtype)
 
 
 def register() -> None:

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from ..graph import TokenGraph
-from ..nn import Attention
+from ..result import Attention
 from .attention import SETTINGS, GraphFn, GraphSettings, recording
 
 __all__ = ["ModelGraphs", "attention_graphs", "compact"]

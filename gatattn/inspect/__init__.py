@@ -2,12 +2,14 @@
 
 The modules import one way only::
 
-    matrices  ->  export  ->  analysis        html -> plot (read matrices; imported by none of them)
+    matrices  ->  graphs  ->  export, analysis        html -> plot (read matrices; imported by none)
 
 - ``matrices``: Attention -> arrays: head choice, duplicate-edge merge, residual adjustment
   Â = rownorm(0.5·A + 0.5·I) (eq. R1), dense matrices A[i, j] = Attn_ij (row = query).
-- ``export``: ``to_networkx`` / ``from_networkx``, ``write_graph`` (GraphML, GEXF, JSON) and
-  ``layered_graph``, the (L+1)·N-node DAG of Abnar & Zuidema (2020).
+- ``graphs``: ``to_networkx`` / ``from_networkx`` and ``layered_graph``, the (L+1)·N-node DAG
+  of Abnar & Zuidema (2020).
+- ``export``: the graph files, ``write_graph`` / ``read_graph`` (GraphML, GEXF, JSON); it also
+  re-exports the conversions of ``graphs`` (their import path before the split).
 - ``xmltext``: the lossless escape of strings that XML cannot hold (``write_graph`` and
   ``read_graph`` apply it to GraphML and GEXF files).
 - ``analysis``: rollout (eq. R2), flow (eq. R3), entropy, weight sums, top edges, PageRank,
@@ -21,7 +23,7 @@ The modules import one way only::
 import paths that existed before this package.
 """
 
-from . import analysis, export, html, matrices, plot, xmltext
+from . import analysis, export, graphs, html, matrices, plot, xmltext
 from .analysis import (
     attention_entropy,
     attention_flow,
@@ -74,6 +76,7 @@ __all__ = [
     "escape_xml_text",
     "export",
     "from_networkx",
+    "graphs",
     "html",
     "layered_graph",
     "matrices",

@@ -27,8 +27,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..nn import Attention
-from .export import layered_graph
+from ..result import Attention
+from .graphs import layered_graph
 from .matrices import HeadSpec, LayerInput, adjusted_matrices, node_counts
 
 if TYPE_CHECKING:

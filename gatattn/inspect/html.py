@@ -24,7 +24,7 @@ from typing import Any, Literal
 import numpy as np
 from torch import Tensor
 
-from ..nn import Attention
+from ..result import Attention
 from ._html_template import TEMPLATE
 from .matrices import HeadSpec, check_head, merged_edges
 

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..nn import Attention
+from ..result import Attention
 
 __all__ = [
     "HeadSpec",

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from ..nn import Attention
+from ..result import Attention
 from .html import attention_html
 from .matrices import HeadSpec, attention_matrix, check_head
 

@@ -12,7 +12,6 @@ import warnings
 import torch
 from torch import Tensor
 
-from ..validation import same_device
 from .errors import (
     DeviceRuntimeError,
     DtypeAssertionError,
@@ -142,7 +141,7 @@ def check_inputs(
     others = (("key", key), ("value", value), ("key_padding_mask", key_padding_mask),
               ("attn_mask", attn_mask))  # fmt: skip
     for name, other in others:
-        if other is not None and not same_device(other.device, query.device):
+        if other is not None and other.device != query.device:
             raise DeviceRuntimeError(
                 f"{name} is on {other.device} but query is on {query.device}: Expected all "
                 "tensors to be on the same device"

@@ -22,6 +22,7 @@ from ..backends import Problem, attend, check_backend_name
 from ..graph import TokenGraph, as_token_graph
 from ..nn import inputs
 from ..nn import projection as proj
+from ..result import dense_weights
 from ..scores import ScaledDot
 from .checks import check_inputs, check_mask_dtype, check_mask_shapes
 from .errors import ShapeAssertionError, ShapeRuntimeError
@@ -274,10 +275,16 @@ class GraphMultiheadAttention(nn.Module):
         if extra:
             kh, vh = self._extra_keys(kh, vh, B, S)  # 2 x [B·S', H, D]
         p = Problem(
-            qh, kh, vh, graph, _PLAIN if bias is None else _MASKED,
-            None if bias is None else {"attn_mask": bias},
-            dropout=self.dropout, training=self.training, need_weights=need_weights,
-        )  # fmt: skip
+            q=qh,
+            k=kh,
+            v=vh,
+            graph=graph,
+            score=_PLAIN if bias is None else _MASKED,
+            edge_attr=None if bias is None else {"attn_mask": bias},
+            dropout=self.dropout,
+            training=self.training,
+            need_weights=need_weights,
+        )
         res = attend(p, self.backend)
         out = self.out_proj(res.out.reshape(B * L, self.embed_dim)).view(B, L, -1)  # [B, L, C]
         if not batched:
@@ -287,7 +294,7 @@ class GraphMultiheadAttention(nn.Module):
         if not need_weights:
             return out, None
         assert res.weights is not None
-        weights = self._dense_weights(res.weights, graph, B, L, S + extra)  # [B, H, L, S']
+        weights = dense_weights(res.weights, graph, B, L, S + extra)  # [B, H, L, S']
         if average_attn_weights:
             weights = weights.mean(1)  # [B, L, S']
         return out, weights if batched else weights.squeeze(0)
@@ -308,14 +315,6 @@ class GraphMultiheadAttention(nn.Module):
             vs.append(v.new_zeros(B, 1, H, D))
         k_all, v_all = torch.cat(ks, 1), torch.cat(vs, 1)  # [B, S', H, D]
         return k_all.reshape(-1, H, D), v_all.reshape(-1, H, D)
-
-    @staticmethod
-    def _dense_weights(w: Tensor, graph: TokenGraph, B: int, L: int, S: int) -> Tensor:
-        """Per-edge weights [E, H] scattered into torch's dense [B, H, L, S] (0 off the graph)."""
-        dense = w.new_zeros(B, L, S, w.size(1))  # [B, L, S, H]
-        src, dst = graph.edge_index[0], graph.edge_index[1]  # [E]
-        dense = dense.index_put((dst // L, dst % L, src % S), w)
-        return dense.permute(0, 3, 1, 2)  # [B, H, L, S]
 
     # ------------------------------------------------------------------ the GNN form
     def graph_forward(self, x: Tensor, graph: TokenGraph | Tensor) -> Tensor:

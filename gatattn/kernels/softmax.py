@@ -11,8 +11,6 @@ import torch
 from torch import Tensor
 from torch_geometric.utils import scatter
 
-from ..validation import same_device
-
 __all__ = ["neighbourhood_softmax"]
 
 
@@ -60,7 +58,7 @@ def neighbourhood_softmax(scores: Tensor, index: Tensor, num_nodes: int) -> Tens
             f"scores has {rows} rows but index has {index.numel()} edges (shape "
             f"{list(index.shape)}); index must be [E], one target per row of scores"
         )
-    if not same_device(index.device, scores.device):
+    if index.device != scores.device:  # (a tensor's device always carries its index)
         raise ValueError(f"index is on {index.device} but scores are on {scores.device}")
     if index.numel() and index.device.type != "meta" and not torch.compiler.is_compiling():
         low, high = (int(t) for t in torch.aminmax(index))

@@ -1,6 +1,7 @@
 """Layers: ``GraphAttention`` (validate -> project -> attend -> out-project) and ``Attention``,
-its typed result."""
+its typed result (defined in ``gatattn.result``, re-exported here)."""
 
-from .attention import Attention, GraphAttention
+from ..result import Attention
+from .attention import GraphAttention
 
 __all__ = ["Attention", "GraphAttention"]

@@ -27,10 +27,11 @@ from ..backends import (
     select_backend,
 )
 from ..graph import TokenGraph, as_token_graph
+from ..result import Attention
 from ..scores import ScoreCallable, ScoreFunction, check_score_sizes, make_score
 from . import inputs as check
 from . import projection as proj
-from .inputs import Attention, Sources
+from .inputs import Sources
 
 __all__ = ["Attention", "GraphAttention"]
 
@@ -209,8 +210,18 @@ class GraphAttention(MessagePassing):
                 return self.propagate(g.edge_index, v=v_, alpha=w, size=size)
 
         return Problem(
-            q, k, v, g, self.score, attr, mod, self.dropout, self.training, need, aggregate
-        )  # fmt: skip
+            q=q,
+            k=k,
+            v=v,
+            graph=g,
+            score=self.score,
+            edge_attr=attr,
+            modulation=mod,
+            dropout=self.dropout,
+            training=self.training,
+            need_weights=need,
+            aggregate=aggregate,
+        )
 
     def explain_backend(self, x: Tensor, graph: TokenGraph | Tensor) -> str:
         """Which backend ``forward(x, graph)`` would run, and why (docs/backends.md).
@@ -228,7 +239,9 @@ class GraphAttention(MessagePassing):
         if self.edge_proj is not None:
             return "edge: edge_dim is set, so keys and values are per-edge (edge modulation)"
         q = x.new_empty(0, self.num_heads, self.head_dim)  # [0, H, D]: device, dtype and D only
-        p = Problem(q, q, q, g, self.score, dropout=self.dropout, training=self.training)
+        p = Problem(
+            q=q, k=q, v=q, graph=g, score=self.score, dropout=self.dropout, training=self.training
+        )
         name, reason = select_backend(self.backend, p)
         return f"{name}: {reason}"
 

@@ -1,4 +1,4 @@
-"""Input checks of ``GraphAttention``, and its typed result ``Attention``.
+"""Input checks of ``GraphAttention``.
 
 Every check raises an error that names the offending argument and value (tests/nn/test_layer.py).
 """
@@ -6,13 +6,13 @@ Every check raises an error that names the offending argument and value (tests/n
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from ..backends import EdgeInput
 from ..graph import TokenGraph
+from ..result import Attention  # re-exported: its import path before gatattn.result
 from ..validation import check_batch_ids, same_device
 
 __all__ = [
@@ -30,30 +30,6 @@ __all__ = [
 
 #: Key/value features of cross-attention: one tensor [N_s, kdim] or a pair (keys, values).
 Sources = Tensor | tuple[Tensor, Tensor] | None
-
-
-@dataclass
-class Attention:
-    """Result of ``GraphAttention(..., return_attention=True)``.
-
-    Attributes:
-        out: layer output [N_t, C].
-        edge_index: the edges [2, E] that scores and weights refer to (row 0 source j, row 1 target i).
-        scores: pre-softmax α_ij [E, H] (eq. 1).
-        weights: post-softmax Attn_ij [E, H] (eq. 2), before dropout.
-        graph: the TokenGraph (node counts, lengths, structure tag), when known.
-    """
-
-    out: Tensor
-    edge_index: Tensor
-    scores: Tensor
-    weights: Tensor
-    graph: TokenGraph | None = None
-
-    @property
-    def num_heads(self) -> int:
-        """H."""
-        return int(self.scores.size(1))
 
 
 def check_layer_args(

@@ -64,7 +64,7 @@ def causal_graph(
 ) -> TokenGraph:
     """Causal (autoregressive) attention: each token attends to itself and the tokens before it.
 
-    .. math:: N(i) = \\{ j : p_j \\le p_i \\}   (self-loops included)
+    .. math:: N(i) = \\{ j : p_j \\le p_i \\} \\quad \\text{(self-loops included)}
 
     Source: the decoder mask of Vaswani et al. 2017, "Attention Is All You Need".
     Tag ``"causal"``, params ``{}``. Equal to SDPA with ``is_causal=True`` for one sequence.

@@ -10,7 +10,7 @@ radius boundary are exact. Flow: j → i where j is a neighbour of i (i attends 
 On the CPU, sequences of at least ``KDTREE_MIN`` points go to SciPy's ``cKDTree`` instead
 (``method="auto"``): brute force is O(L²) distance work, the tree O(L log L), which for 50k points
 is about 30x faster (benchmarks/bench_patterns.py). ``method="brute"`` / ``"kdtree"`` force one;
-tests/test_patterns.py checks that both give the same graph.
+tests/patterns/test_patterns.py checks that both give the same graph.
 """
 
 from __future__ import annotations

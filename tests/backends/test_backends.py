@@ -6,7 +6,7 @@ every parameter. A backend that cannot run a score or graph must refuse it with 
 naming both (that is checked here too); FlexAttention skips without CUDA.
 
 The edge backend itself equals F.scaled_dot_product_attention / nn.MultiheadAttention
-(tests/test_equivalence.py), so equality to it is equality to torch.
+(tests/properties/test_equivalence.py), so equality to it is equality to torch.
 """
 
 from __future__ import annotations

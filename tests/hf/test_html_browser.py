@@ -1,6 +1,8 @@
 """The HTML view in a real headless browser (Chromium through Selenium).
 
-Skips cleanly without selenium, Chromium or chromedriver (README: "Browser test"). The page comes
+Skips cleanly without selenium, Chromium or chromedriver (README: "Browser test"), unless
+``GATATTN_REQUIRE_BROWSER=1`` (set by ``.ci/run``, which installs them): then it fails. The
+browser is the ``driver`` fixture of tests/conftest.py. The page comes
 from a converted BERT whose graph is swapped for a window plus [CLS], so the drawn edges are a
 strict subset of all token pairs and their count says that the graph is what is drawn.
 Set ``GATATTN_SCREENSHOT=<file.png>`` to keep the screenshot.
@@ -9,8 +11,6 @@ Set ``GATATTN_SCREENSHOT=<file.png>`` to keep the screenshot.
 from __future__ import annotations
 
 import os
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -23,32 +23,9 @@ import gatattn as ga
 transformers = pytest.importorskip("transformers")
 webdriver = pytest.importorskip("selenium.webdriver")
 
-from selenium.common.exceptions import WebDriverException  # noqa: E402
 from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import Select  # noqa: E402
-
-BROWSERS = ("chromium", "chromium-browser", "google-chrome")
-
-
-@pytest.fixture(scope="module")
-def driver() -> Iterator[Any]:
-    binary = next((b for b in map(shutil.which, BROWSERS) if b), None)
-    chromedriver = shutil.which("chromedriver")
-    if binary is None or chromedriver is None:
-        pytest.skip("no Chromium and chromedriver: apt-get install chromium chromium-driver")
-    options = webdriver.ChromeOptions()
-    options.binary_location = binary
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
-        options.add_argument(arg)
-    options.add_argument("--window-size=1000,760")
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    try:
-        d = webdriver.Chrome(service=webdriver.ChromeService(chromedriver), options=options)
-    except WebDriverException as err:  # a browser that cannot start here is no test failure
-        pytest.skip(f"Chromium did not start: {err.msg}")
-    yield d
-    d.quit()
 
 
 def _graph_fn(lengths: list[int]) -> ga.TokenGraph:
@@ -66,6 +43,17 @@ def page(tmp_path_factory: pytest.TempPathFactory, hf: SimpleNamespace) -> tuple
     path = tmp_path_factory.mktemp("html") / "view.html"
     ga.plot.attention_html(res.attentions, res.tokens, path=path, title="BERT, window + [CLS]")
     return path, res
+
+
+def test_chromium_runs_with_the_flags_it_needs(
+    driver: Any, chromium_flags: tuple[str, ...]
+) -> None:
+    """As root in a container without a network: chrome://version shows the command line."""
+    driver.get("chrome://version")
+    command_line = driver.find_element(By.ID, "command_line").text
+    missing = [f for f in chromium_flags if f not in command_line]
+    assert not missing, command_line
+    assert "--user-data-dir=" in command_line
 
 
 def _count(d: Any, css: str) -> int:

@@ -1,5 +1,5 @@
-"""to_networkx / from_networkx / write_graph / layered_graph (gatattn.inspect.export) against
-PyTorch and NetworkX."""
+"""to_networkx / from_networkx / layered_graph (gatattn.inspect.graphs) and write_graph /
+read_graph (gatattn.inspect.export) against PyTorch and NetworkX."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 import gatattn as ga
-from gatattn.inspect import analysis, export, matrices
+from gatattn.inspect import analysis, export, graphs, matrices
 
 N, H, D = 5, 3, 7  # pairwise-distinct sizes: a transposed axis fails
 C = H * D
@@ -260,7 +260,7 @@ def test_bulk_insertion_equals_add_edges_from() -> None:
     fast, slow = nx.DiGraph(), nx.DiGraph()
     for G in (fast, slow):
         G.add_nodes_from(range(7))
-    export._add_edges_in_bulk(fast, src, dst, attrs)
+    graphs._add_edges_in_bulk(fast, src, dst, attrs)
     slow.add_edges_from(zip(src.tolist(), dst.tolist(), attrs))
     assert nx.utils.graphs_equal(fast, slow)
     assert all(fast._succ[u][v] is fast._pred[v][u] for u, v in fast.edges)  # one dict per edge

@@ -95,7 +95,7 @@ def test_inspect_all_is_complete_and_defined_inside() -> None:
     assert public == set(gi.__all__)
     # plot's names stay under gi.plot (``graph`` alone would say too little), as in ga.plot
     assert {"graph", "heatmap"}.isdisjoint(gi.__all__)
-    for sub in (gi.matrices, gi.export, gi.analysis):
+    for sub in (gi.matrices, gi.graphs, gi.export, gi.analysis):
         assert set(sub.__all__) <= set(gi.__all__) | {"WRITERS"}, sub.__name__
     assert set(gi.xmltext.__all__) <= set(gi.__all__)
 
@@ -116,8 +116,9 @@ def test_modules_import_one_way_and_no_private_names() -> None:
     want = {
         "matrices": set(),
         "xmltext": set(),
-        "export": {"matrices", "xmltext"},
-        "analysis": {"matrices", "export"},
+        "graphs": {"matrices"},
+        "export": {"graphs", "xmltext"},
+        "analysis": {"matrices", "graphs"},
         "plot": {"matrices", "html"},
         "html": {"matrices", "_html_template"},
     }

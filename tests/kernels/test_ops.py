@@ -1,4 +1,5 @@
-"""The chunked edge primitives (gatattn/ops.py): the CSR fast path equals the plain gather path."""
+"""The chunked edge primitives (gatattn/kernels/ops.py): the CSR fast path equals the plain gather
+path."""
 
 from __future__ import annotations
 

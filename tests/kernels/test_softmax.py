@@ -1,4 +1,4 @@
-"""The neighbourhood softmax (docs/math.md, eq. 2; gatattn/softmax.py)."""
+"""The neighbourhood softmax (docs/math.md, eq. 2; gatattn/kernels/softmax.py)."""
 
 from __future__ import annotations
 

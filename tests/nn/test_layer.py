@@ -1,4 +1,5 @@
-"""GraphAttention construction, parameters and bad input (gatattn/layer.py)."""
+"""GraphAttention construction, parameters and bad input (gatattn/nn/attention.py,
+gatattn/nn/inputs.py)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Score functions w(i, j) and biases (gatattn/scores.py, gatattn/biases.py; docs/scores.md).
+"""Score functions w(i, j) and biases (gatattn/scores/functions.py, gatattn/scores/biases.py;
+docs/scores.md).
 
 Each score's edge path equals its formula computed densely on the full N×N matrix, and passes
 ``torch.autograd.gradcheck`` in fp64.
