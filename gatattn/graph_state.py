@@ -247,7 +247,7 @@ class GraphState:
                 return self._num_edges
             if self._mask is not None:  # a [B, 1, L_k] mask stands for L_q equal rows
                 rows = len(self.sequence_lengths("dst")) * self._mask.size(1)
-                return int(self._mask.sum()) * (self.num_dst // rows)
+                return int(self._mask.sum()) * (self.num_dst // rows) if rows else 0
         return int(self.edge_index.size(1))
 
     def dense_mask(self, compact: bool = False) -> Tensor | None:

@@ -146,6 +146,8 @@ class DenseBackend(Backend):
         if base.sdpa_scale(p.q.size(-1)) is None:
             return None, f"score {base.name!r} is not s·<q_i, k_j>, which SDPA computes"
         g = p.graph
+        if g.num_src == 0 or g.num_dst == 0:  # also a batch of no sequences (B = 0)
+            return None, f"the graph has no nodes on one side (N_s={g.num_src}, N_t={g.num_dst})"
         tag = g.trusted_structure()
         if tag is not None:
             if tag != "bipartite" and g.num_src != g.num_dst:
@@ -156,8 +158,6 @@ class DenseBackend(Backend):
                 return "tagged", f"{tag} graph with position biases: SDPA with their dense form"
         elif g.dense_mask(compact=True) is not None and not biases:
             return "mask", "graph built from a dense mask: SDPA with that mask"
-        if g.num_src == 0 or g.num_dst == 0:
-            return None, f"the graph has no nodes on one side (N_s={g.num_src}, N_t={g.num_dst})"
         keys = dense_keys(g)
         if isinstance(keys, str):
             if g.structure in ("complete", "causal", "bipartite") and tag is None:

@@ -268,9 +268,9 @@ class GraphMultiheadAttention(nn.Module):
             attn_mask=pad_keys(attn_mask, extra),
             causal=causal, need_weights=need_weights, dtype=q.dtype, device=q.device,
         )  # fmt: skip
-        xq = q.reshape(B * L, -1)  # [B·L, C]
-        xk = xq if key is query else k.reshape(B * S, -1)  # [B·S, kdim]
-        xv = xk if value is key else v.reshape(B * S, -1)  # [B·S, vdim]
+        xq = q.reshape(B * L, q.size(-1))  # [B·L, C] (explicit widths: B, L or S may be 0)
+        xk = xq if key is query else k.reshape(B * S, k.size(-1))  # [B·S, kdim]
+        xv = xk if value is key else v.reshape(B * S, v.size(-1))  # [B·S, vdim]
         qh, kh, vh = proj.project(self, xq, xk, xv)  # [B·L, H, D], 2 x [B·S, H, D]
         if extra:
             kh, vh = self._extra_keys(kh, vh, B, S)  # 2 x [B·S', H, D]
@@ -286,7 +286,8 @@ class GraphMultiheadAttention(nn.Module):
             need_weights=need_weights,
         )
         res = attend(p, self.backend)
-        out = self.out_proj(res.out.reshape(B * L, self.embed_dim)).view(B, L, -1)  # [B, L, C]
+        out = self.out_proj(res.out.reshape(B * L, self.embed_dim))  # [B·L, C]
+        out = out.view(B, L, self.embed_dim)  # [B, L, C]
         if not batched:
             out = out.squeeze(0)  # [L, C]
         elif not self.batch_first:
