@@ -34,12 +34,12 @@ backend (the neighbourhood softmax of an empty or all −∞ set is 0); SDPA alo
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from ..graph import TokenGraph
 from ..scores import DenseContext, Edges
 from .base import Backend, BackendOutput, Problem
+from .sdpa import sdpa
 
 __all__ = ["MIN_DENSE_DENSITY", "DenseBackend", "dense_density", "dense_keys"]
 
@@ -209,7 +209,7 @@ class DenseBackend(Backend):
         empty: Tensor | None = None  # [B, 1 | H, L_q, 1]: targets with no edge (or all -inf)
         if mask is not None:
             empty, mask = _guard_empty_rows(mask, rows)
-        out = F.scaled_dot_product_attention(
+        out = sdpa(  # F.scaled_dot_product_attention, differentiable twice
             pad(q, q_index, Lq),
             pad(k, k_index, Lk),
             pad(v, k_index, Lk),
