@@ -11,7 +11,15 @@ Every backend other than edge is proven equal to it (tests/backends/) before dis
 """
 
 from .base import Backend, BackendOutput, EdgeInput, EdgeModulation, Problem
-from .dispatch import BACKENDS, attend, backend_names, check_backend_name, select_backend
+from .dispatch import (
+    BACKENDS,
+    attend,
+    backend_names,
+    check_backend_name,
+    expand_kv,
+    select_backend,
+    transform_nodes,
+)
 
 __all__ = [
     "BACKENDS",
@@ -23,5 +31,7 @@ __all__ = [
     "attend",
     "backend_names",
     "check_backend_name",
+    "expand_kv",
     "select_backend",
+    "transform_nodes",
 ]

@@ -65,6 +65,14 @@ class Problem(NamedTuple):
         aggregate: replaces the sum into targets (eq. 3) on the edge backend:
             ``aggregate(weights [E, H], v [N_s, H, D]) -> [N_t, H, D]``. The layer passes PyG's
             ``propagate`` here while an explainer watches it.
+        positions: node positions (targets [N_t] or [N_t, P], sources [N_s] or [N_s, P]) that
+            position-aware scores read; None: token positions within each sequence.
+        sinks: attention-sink logits s [H] (an extra key per target with logit s_h and value
+            0; gpt-oss), or None.
+
+    Grouped-query attention: k and v may have H_kv heads, H_kv dividing H; query head h reads
+    key/value head h // (H / H_kv). ``attend`` hands a backend k and v with H heads (expanded
+    per node, O(N_s·H·D)) unless the backend sets ``grouped_kv``.
     """
 
     q: Tensor
@@ -78,6 +86,8 @@ class Problem(NamedTuple):
     training: bool = False
     need_weights: bool = False
     aggregate: Callable[[Tensor, Tensor], Tensor] | None = None
+    positions: tuple[Tensor, Tensor] | None = None
+    sinks: Tensor | None = None
 
 
 class Backend:
@@ -88,6 +98,9 @@ class Backend:
     """
 
     name: ClassVar[str] = "backend"
+    #: runs k and v with H_kv < H heads itself (grouped-query attention); else ``attend``
+    #: expands them per node first
+    grouped_kv: ClassVar[bool] = False
 
     def supports(self, p: Problem) -> str | None:
         """None when this backend can run ``p``, else why not (shown to users)."""

@@ -206,6 +206,10 @@ class BlockBackend(Backend):
         why = self.score_support(p)
         if why is None and p.graph.num_edges == 0:
             why = "graph has no edges"
+        if why is None and p.sinks is not None:
+            why = "attention sinks: the edge and dense backends add the sink"
+        if why is None and p.positions is not None and p.score.parts()[1]:
+            why = "biases on given node positions: the edge and dense backends read them"
         return why
 
     def run(self, p: Problem) -> BackendOutput:

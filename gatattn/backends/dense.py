@@ -34,6 +34,7 @@ backend (the neighbourhood softmax of an empty or all −∞ set is 0); SDPA alo
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ..graph import TokenGraph
@@ -136,6 +137,7 @@ class DenseBackend(Backend):
     """
 
     name = "dense"
+    grouped_kv = True  # SDPA's enable_gqa: k and v keep their H_kv heads
 
     def plan(self, p: Problem) -> tuple[str | None, str]:
         """("tagged" | "mask" | "scatter", why) when SDPA can run ``p``, else (None, why not)."""
@@ -154,7 +156,8 @@ class DenseBackend(Backend):
                 return None, f"graph is bipartite (num_src={g.num_src}, num_dst={g.num_dst})"
             if not biases:
                 return "tagged", f"{tag} graph: SDPA without reading the edges"
-            if tag != "bipartite" and all("dense" in b.backends for b in biases):
+            dense_biases = all("dense" in b.backends for b in biases)
+            if tag != "bipartite" and p.positions is None and dense_biases:
                 return "tagged", f"{tag} graph with position biases: SDPA with their dense form"
         elif g.dense_mask(compact=True) is not None and not biases:
             return "mask", "graph built from a dense mask: SDPA with that mask"
@@ -187,10 +190,11 @@ class DenseBackend(Backend):
             q.device,
         )
 
-        def pad(t: Tensor, index: Tensor | None, n: int) -> Tensor:  # [N, H, D] -> [B, H, n, D]
+        def pad(t: Tensor, index: Tensor | None, n: int) -> Tensor:  # [N, h, D] -> [B, h, n, D]
+            h = t.size(1)  # H, or H_kv for grouped keys and values
             if index is not None:
-                t = t.new_zeros(B * n, H, D).index_copy(0, index, t)  # [B·n, H, D]
-            return t.view(B, n, H, D).transpose(1, 2)
+                t = t.new_zeros(B * n, h, D).index_copy(0, index, t)  # [B·n, h, D]
+            return t.view(B, n, h, D).transpose(1, 2)
 
         causal = False
         mask: Tensor | None = None  # bool (True = may attend) or additive float
@@ -209,14 +213,20 @@ class DenseBackend(Backend):
         empty: Tensor | None = None  # [B, 1 | H, L_q, 1]: targets with no edge (or all -inf)
         if mask is not None:
             empty, mask = _guard_empty_rows(mask, rows)
+        kp, vp = pad(k, k_index, Lk), pad(v, k_index, Lk)  # [B, H_kv, L_k, D]
+        if p.sinks is not None:  # one more key per sequence: logit s_h (in the mask), value 0
+            mask = _sink_mask(mask, causal, p.sinks, (H, Lq, Lk), q.dtype)
+            causal = False
+            kp, vp = (F.pad(t, (0, 0, 0, 1)) for t in (kp, vp))  # [B, H_kv, L_k + 1, D]
         out = sdpa(  # F.scaled_dot_product_attention, differentiable twice
             pad(q, q_index, Lq),
-            pad(k, k_index, Lk),
-            pad(v, k_index, Lk),
+            kp,
+            vp,
             attn_mask=mask,
             dropout_p=p.dropout if p.training else 0.0,
             is_causal=causal,
             scale=base.sdpa_scale(D),
+            enable_gqa=k.size(1) != H,
         )  # [B, H, L_q, D]
         if empty is not None:
             out = out.masked_fill(empty, 0.0)
@@ -278,7 +288,7 @@ class DenseBackend(Backend):
             return g.derived("dense_allowed", allowed, dev), g.derived(
                 "dense_edgeless", edgeless, dev
             )
-        edges = Edges(g.edge_index[0], g.edge_index[1], g, p.edge_attr)
+        edges = Edges(g.edge_index[0], g.edge_index[1], g, p.edge_attr, p.positions)
         vals = sum((b(edges) for b in biases), torch.zeros((), device=dev))
         vals = vals.to(p.q.dtype)
         if vals.dim() < 2:
@@ -318,3 +328,33 @@ def _guard_empty_rows(mask: Tensor, rows: Tensor | None = None) -> tuple[Tensor 
     if mask.dtype == torch.bool:
         return rows, mask | rows
     return rows, mask.masked_fill(rows, 0.0)
+
+
+def _sink_mask(
+    mask: Tensor | None,
+    causal: bool,
+    sinks: Tensor,
+    shape: tuple[int, int, int],
+    dtype: torch.dtype,
+) -> Tensor:
+    """The additive mask with one more key column, the sink: [B | 1, H, L_q, L_k + 1].
+
+    Column L_k holds s_h for every query (its key and value are 0, so its logit is the mask
+    value alone): softmax over the row is exp(α_ij) / (exp(s_h) + Σ_k exp(α_ik)).
+    """
+    H, Lq, Lk = shape
+    if mask is None:
+        base = torch.zeros(1, 1, Lq, Lk, dtype=dtype, device=sinks.device)  # [1, 1, L_q, L_k]
+        if causal:
+            allowed = torch.ones(Lq, Lk, dtype=torch.bool, device=sinks.device).tril()
+            base = base.masked_fill(~allowed, float("-inf"))
+    elif mask.dtype == torch.bool:
+        base = torch.zeros(mask.shape, dtype=dtype, device=mask.device)
+        base = base.masked_fill(~mask, float("-inf"))
+    else:
+        base = mask.to(dtype)
+    if base.dim() == 3:  # [H, L_q, L_k] (position biases of a tagged graph)
+        base = base.unsqueeze(0)
+    rows = base.size(0)
+    col = sinks.to(dtype).view(1, H, 1, 1).expand(rows, H, Lq, 1)  # [B | 1, H, L_q, 1]
+    return torch.cat([base.expand(rows, H, Lq, Lk), col], -1)  # [B | 1, H, L_q, L_k + 1]

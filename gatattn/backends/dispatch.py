@@ -39,7 +39,9 @@ __all__ = [
     "attend",
     "backend_names",
     "check_backend_name",
+    "expand_kv",
     "select_backend",
+    "transform_nodes",
 ]
 
 #: The registry: name -> backend. ``backend="auto"`` lets ``select_backend`` choose.
@@ -83,6 +85,9 @@ def select_backend(requested: str, p: Problem) -> tuple[str, str]:
         ValueError: an unknown name, or a forced backend that cannot run ``p``.
     """
     check_backend_name(requested)
+    after = p.score.after_transform() if p.modulation is None else None
+    if after is not None:  # the backends run the score after its node transform (``attend``)
+        p = p._replace(score=after)
     if requested != "auto":
         why = BACKENDS[requested].supports(p)
         if why is not None:
@@ -158,9 +163,53 @@ def attend(p: Problem, backend: str = "auto") -> BackendOutput:
             f"attend: the graph is on {p.graph.device} but q is on {p.q.device}; move the "
             f"graph with graph.to({str(p.q.device)!r})"
         )
+    p = transform_nodes(p)
     name, _ = select_backend(backend, p)
-    res = BACKENDS[name].run(p)
+    grouped = _grouped(p)
+    res = BACKENDS[name].run(expand_kv(p) if grouped and not BACKENDS[name].grouped_kv else p)
     if p.need_weights and (res.scores is None or res.weights is None):
-        scores, weights = edge_scores_and_weights(p)
+        scores, weights = edge_scores_and_weights(expand_kv(p) if grouped else p)
         return BackendOutput(res.out, scores, weights)
     return res
+
+
+def transform_nodes(p: Problem) -> Problem:
+    """``p`` with its score's node transform applied: q, k -> φ(q), ψ(k) (once per node, O(N))
+    and the score -> ``score.after_transform()``; ``p`` itself when the score has none, or when
+    edge features modulate the keys (then the transform belongs to each edge's key, which only
+    the literal per-edge formula sees)."""
+    after = p.score.after_transform()
+    if after is None or p.modulation is not None:
+        return p
+    pos = p.positions
+    if pos is None:
+        pos = (p.graph.positions("dst"), p.graph.positions("src"))
+    q, k = p.score.transform_nodes(p.q, p.k, pos[0], pos[1])
+    return p._replace(q=q, k=k, score=after)
+
+
+def _grouped(p: Problem) -> bool:
+    """True when k and v have fewer heads than q (grouped-query attention); checks the counts."""
+    H, h_k, h_v = p.q.size(1), p.k.size(1), p.v.size(1)
+    if h_k != h_v or H % h_k:
+        raise ValueError(
+            f"grouped-query attention needs keys and values with the same number of heads "
+            f"dividing the query heads; got q {H}, k {h_k}, v {h_v} heads"
+        )
+    return h_k != H
+
+
+def expand_kv(p: Problem) -> Problem:
+    """Grouped-query attention for backends that need H key/value heads: query head h reads
+    key/value head h // G (G = H / H_kv), by repeating each head G times per node.
+
+    Shapes:
+        k, v [N_s, H_kv, D] -> [N_s, H, D] (O(N_s·H·D), never per edge).
+
+    Raises:
+        ValueError: k and v have different head counts, or H_kv does not divide H.
+    """
+    if not _grouped(p):
+        return p
+    g = p.q.size(1) // p.k.size(1)
+    return p._replace(k=p.k.repeat_interleave(g, dim=1), v=p.v.repeat_interleave(g, dim=1))

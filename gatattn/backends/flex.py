@@ -85,6 +85,8 @@ class FlexBackend(Backend):
         base, biases = p.score.parts()
         if base.sdpa_scale(p.q.size(-1)) is None or biases:
             return f"score {p.score.name!r} has no FlexAttention form (flex runs s·<q_i, k_j>)"
+        if p.sinks is not None:
+            return "attention sinks: the edge and dense backends add the sink"
         if p.q.device.type != "cuda":
             return (
                 f"FlexAttention needs CUDA (has no CPU backward); the input is on {p.q.device.type}"

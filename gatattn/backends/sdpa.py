@@ -36,12 +36,12 @@ def _detached(t: Tensor | None) -> Tensor | None:
     return t.detach().requires_grad_()
 
 
-def _call(inputs: list[Tensor | None], options: tuple[bool, float | None]) -> Tensor:
+def _call(inputs: list[Tensor | None], options: tuple[bool, float | None, bool]) -> Tensor:
     q, k, v, mask = inputs
     assert q is not None and k is not None and v is not None
-    is_causal, scale = options
+    is_causal, scale, gqa = options
     return F.scaled_dot_product_attention(
-        q, k, v, attn_mask=mask, is_causal=is_causal, scale=scale
+        q, k, v, attn_mask=mask, is_causal=is_causal, scale=scale, enable_gqa=gqa
     )  # [.., L_q, D_v]
 
 
@@ -55,8 +55,9 @@ class _TwiceDifferentiableSDPA(torch.autograd.Function):
         mask: Tensor | None,
         is_causal: bool,
         scale: float | None,
+        enable_gqa: bool,
     ) -> Tensor:
-        ctx.options = (is_causal, scale)
+        ctx.options = (is_causal, scale, enable_gqa)
         inner = [_detached(t) for t in (q, k, v, mask)]
         with torch.enable_grad():  # the fused kernel, its graph kept for the first-order backward
             ctx.inner = (_call(inner, ctx.options), inner)
@@ -80,7 +81,7 @@ class _TwiceDifferentiableSDPA(torch.autograd.Function):
         wanted = [w and t is not None for t, w in zip(inputs, ctx.needs_input_grad[:4])]
         targets = [t for t, w in zip(inputs, wanted) if w]
         found = iter(torch.autograd.grad(out, targets, grad, create_graph=create_graph))
-        return (*(next(found) if w else None for w in wanted), None, None)
+        return (*(next(found) if w else None for w in wanted), None, None, None)
 
 
 def sdpa(
@@ -92,28 +93,29 @@ def sdpa(
     dropout_p: float = 0.0,
     is_causal: bool = False,
     scale: float | None = None,
+    enable_gqa: bool = False,
 ) -> Tensor:
     """``F.scaled_dot_product_attention``, differentiable twice (see the module docstring).
 
     .. math:: \\mathrm{out} = \\mathrm{softmax}(s\\,QK^\\top + M)\\,V
 
     Args:
-        q: [..., L_q, D].  k: [..., L_k, D].  v: [..., L_k, D_v].
+        q: [..., H, L_q, D].  k: [..., H_kv, L_k, D].  v: [..., H_kv, L_k, D_v].
         attn_mask: bool (True = may attend) or additive float, broadcast to [..., L_q, L_k].
         dropout_p: dropout on the attention weights (p > 0: a plain SDPA call).
         is_causal: the causal mask.  scale: s (default 1/√D).
+        enable_gqa: H_kv divides H, each key/value head serving H / H_kv query heads.
 
     Shapes:
-        q [..., L_q, D], k [..., L_k, D], v [..., L_k, D_v] -> out [..., L_q, D_v].
+        q [..., H, L_q, D], k [..., H_kv, L_k, D], v [..., H_kv, L_k, D_v]
+        -> out [..., H, L_q, D_v].
     """
     tracked = any(t is not None and t.requires_grad for t in (q, k, v, attn_mask))
-    if dropout_p > 0 or not tracked or not torch.is_grad_enabled():
+    plain = dropout_p > 0 or not tracked or not torch.is_grad_enabled()
+    if plain or torch.compiler.is_compiling():  # (compiled graphs take SDPA as it is)
         return F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale
-        )
-    if torch.compiler.is_compiling():  # compiled graphs take SDPA as it is
-        return F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_mask, is_causal=is_causal, scale=scale
-        )
-    out: Tensor = _TwiceDifferentiableSDPA.apply(q, k, v, attn_mask, is_causal, scale)
+            q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale,
+            enable_gqa=enable_gqa,
+        )  # fmt: skip
+    out: Tensor = _TwiceDifferentiableSDPA.apply(q, k, v, attn_mask, is_causal, scale, enable_gqa)
     return out

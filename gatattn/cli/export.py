@@ -12,6 +12,12 @@ so the pictures show the mechanics (who attends to whom, per head), not linguist
 ``--model <folder>`` any Hugging Face model saved in a local folder (config, safetensors,
 tokenizer; ``gatattn[hf]``), converted by ``gatattn.convert``. ``--html`` also writes the
 interactive view ``attention.html`` (``ga.plot.attention_html``).
+
+``--top-k``, ``--min-weight``, ``--only-heads`` and ``--only-layers`` (or ``--format tsv``)
+write sparse graphs instead (docs/hf.md, "Long contexts"): per head, only the k largest /
+above-threshold weights of each query, streamed to the file (``ga.inspect.write_sparse``) with
+each head's KV group; a model folder's layers are then extracted a block of query rows at a
+time, never holding a layer's [E, H] weights.
 """
 
 from __future__ import annotations
@@ -21,13 +27,16 @@ import math
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 import gatattn as ga
 
 from ..inspect.export import MAX_WRITE_EDGES, check_write_size
+from ..inspect.sparse import SparseAttention, sparsify
+from ..inspect.stream import write_sparse
 from . import UsageError
 from ._toy import ToyEncoder
 from .options import check_finite, check_output_dir, check_positive, check_seed
@@ -46,6 +55,9 @@ example:
   gatattn export --model path/to/bert-folder --text "the cat sat" --html --out out/
       a Hugging Face model folder (save_pretrained), and out/attention.html: the interactive
       head and model views (open it in a browser; it loads nothing from the network)
+  gatattn export --model path/to/gpt2-folder --text "..." --top-k 16 --only-layers 5 --out out/
+      a sparse graph: per head, the 16 strongest keys of every query, streamed to
+      out/layer5.graphml (edge attributes head, kv_head, score, weight; --format tsv or json too)
   python -c "import networkx as nx; print(nx.read_graphml('out/layer0.graphml'))"
 """
 
@@ -112,7 +124,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--out", type=Path, default=Path("out"), help="output folder (default out/)"
     )
     parser.add_argument(
-        "--format", choices=["graphml", "gexf", "json"], default="graphml", help="graph file type"
+        "--format",
+        choices=["graphml", "gexf", "json", "tsv"],
+        default="graphml",
+        help="graph file type (tsv: an edge list, written sparse)",
     )
     parser.add_argument(
         "--model",
@@ -136,10 +151,30 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--threshold", type=float, default=0.1, help="graph.png: hide edges below this weight"
     )
+    sparse = parser.add_argument_group(
+        "sparse graphs (long contexts)",
+        "keep, per query and head, only some edges; the files are written as the edges come",
+    )
+    sparse.add_argument("--top-k", type=int, metavar="K", help="keep the K largest weights")
+    sparse.add_argument(
+        "--min-weight", type=float, metavar="W", help="keep weights >= W (W in [0, 1])"
+    )
+    sparse.add_argument("--only-heads", type=int, nargs="+", metavar="H", help="these heads")
+    sparse.add_argument("--only-layers", type=int, nargs="+", metavar="L", help="these layers")
+    sparse.add_argument(
+        "--renormalize", action="store_true", help="rescale kept weights to sum to 1 per query"
+    )
 
 
 def _run_folder(args: argparse.Namespace) -> tuple[list[str], list[ga.Attention]]:
     """A local Hugging Face model folder, converted; the word pieces are the tokens."""
+    model, tokenizer = _load_folder(args)
+    text = args.text if args.text is not None else " ".join(args.tokens)
+    res = ga.hf.attention_graphs(model, text, tokenizer=tokenizer)
+    return res.tokens, res.attentions
+
+
+def _load_folder(args: argparse.Namespace) -> tuple[nn.Module, Any]:
     folder = Path(args.model)
     if not (folder / "config.json").is_file():
         raise UsageError(
@@ -153,9 +188,51 @@ def _run_folder(args: argparse.Namespace) -> tuple[list[str], list[ga.Attention]
         ) from None
     except (OSError, ValueError) as err:  # no tokenizer, or an attention gatattn does not support
         raise UsageError(f"cannot load {folder}: {err}") from None
-    text = args.text if args.text is not None else " ".join(args.tokens)
-    res = ga.hf.attention_graphs(model, text, tokenizer=tokenizer)
-    return res.tokens, res.attentions
+    return model, tokenizer
+
+
+def _is_sparse(args: argparse.Namespace) -> bool:
+    """Whether the run writes sparse graphs (a sparse option, or the tsv edge list)."""
+    options = (args.top_k, args.min_weight, args.only_heads, args.only_layers)
+    return args.format == "tsv" or args.renormalize or any(o is not None for o in options)
+
+
+def _run_sparse(args: argparse.Namespace) -> tuple[list[str], list[SparseAttention]]:
+    """The sparse graphs of the selected layers: a model folder extracts them a block of query
+    rows at a time; the tiny model and MiniLM (short inputs) sparsify their whole layers."""
+    opts = {"top_k": args.top_k, "threshold": args.min_weight, "heads": args.only_heads}
+    layers: list[int] | None = args.only_layers
+    try:
+        if args.model not in ("tiny", "minilm"):
+            model, tokenizer = _load_folder(args)
+            text = args.text if args.text is not None else " ".join(args.tokens)
+            nothing = args.top_k is None and args.only_heads is None and layers is None
+            res = ga.hf.attention_graphs(
+                model,
+                text,
+                tokenizer=tokenizer,
+                top_k=args.top_k,
+                # --format tsv alone: τ = 0 keeps every edge, through the sparse extraction
+                threshold=0.0 if nothing and args.min_weight is None else args.min_weight,
+                heads=args.only_heads,
+                layers=layers,
+                renormalize=args.renormalize,
+            )
+            return res.tokens, res.sparse
+        tokens, attentions = _run_model(args)
+        chosen = range(len(attentions)) if layers is None else layers
+        missing = [n for n in chosen if n >= len(attentions)]
+        if missing:
+            raise ValueError(
+                f"layers {missing} do not exist: the model has {len(attentions)} layers"
+            )
+        graphs = [
+            sparsify(attentions[n], layer=n, renormalize=args.renormalize, **opts)  # type: ignore[arg-type]
+            for n in chosen
+        ]
+        return tokens, graphs
+    except ValueError as err:  # a head or layer that the model does not have
+        raise UsageError(str(err)) from None
 
 
 def _run_model(args: argparse.Namespace) -> tuple[list[str], list[ga.Attention]]:
@@ -189,7 +266,21 @@ def _check_args(args: argparse.Namespace) -> None:
     for option in ("layers", "heads", "dim"):
         check_positive(getattr(args, option), f"--{option}")
     check_finite(args.threshold, "--threshold", minimum=0.0)
-    if args.model == "tiny":  # the tokens are known before the model runs: N² edges per layer
+    if args.top_k is not None:
+        check_positive(args.top_k, "--top-k")
+    if args.min_weight is not None:
+        check_finite(args.min_weight, "--min-weight", minimum=0.0)
+        if args.min_weight > 1.0:
+            raise UsageError(f"--min-weight must be <= 1 (a weight), got {args.min_weight:g}")
+    for option in ("only_heads", "only_layers"):
+        for value in getattr(args, option) or ():
+            check_positive(value, f"--{option.replace('_', '-')}", minimum=0)
+    if _is_sparse(args):
+        if args.format == "gexf":
+            raise UsageError("sparse graphs are written as graphml, json or tsv, not gexf")
+        if args.html:
+            raise UsageError("--html draws whole layers; it cannot be combined with sparse graphs")
+    elif args.model == "tiny":  # the tokens are known before the model runs: N² edges per layer
         n = len(args.text.split()) if args.text is not None else len(args.tokens)
         _check_size(n, args.allow_large)
     check_output_dir(args.out)
@@ -205,8 +296,28 @@ def _check_size(num_tokens: int, allow_large: bool) -> None:
         ) from None
 
 
+def _write_sparse(args: argparse.Namespace) -> int:
+    tokens, graphs = _run_sparse(args)
+    for res in graphs:
+        try:
+            check_write_size(res.num_edges, args.allow_large)
+        except ValueError:
+            raise UsageError(
+                f"layer {res.layer} keeps {res.num_edges:,} edges, more than the graph files' "
+                f"limit of {MAX_WRITE_EDGES:,}; lower --top-k, or pass --allow-large"
+            ) from None
+    print(f"{len(tokens)} tokens, {len(graphs)} sparse layers ({args.model} model)")
+    for res in graphs:
+        path = write_sparse(res, args.out / f"layer{res.layer}.{args.format}", tokens=tokens)
+        kv = f", {res.num_kv_heads} KV heads" if res.num_kv_heads != res.num_heads else ""
+        print(f"  wrote {path}: {res.num_edges:,} (edge, head) pairs, {res.num_heads} heads{kv}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     _check_args(args)
+    if _is_sparse(args):
+        return _write_sparse(args)
     tokens, attentions = _run_model(args)
     _check_size(len(tokens), args.allow_large)  # minilm: its own tokenisation
     written = []

@@ -27,18 +27,24 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..backends import Problem, attend
+from ..backends.edge import edge_scores_and_weights
 from ..graph import TokenGraph
 from ..kernels import edge_dot
 from ..patterns import bipartite_graph, causal_graph, complete_graph, from_mask
 from ..result import Attention, dense_weights
 from ..scores import DenseContext, Edges, ScoreFunction
+from . import modern
+from .configs import allow_output_attentions
+from .swaps import GraphFn, swap_graph
 
 __all__ = [
     "IMPLEMENTATION",
     "SETTINGS",
+    "Capture",
     "GraphSettings",
     "ScaledScore",
     "UnsupportedModelError",
@@ -54,16 +60,23 @@ IMPLEMENTATION = "gatattn"
 #: The attribute of a converted attention module that holds its ``GraphSettings``.
 SETTINGS = "gatattn"
 
-#: ``graph_fn(lengths) -> TokenGraph`` over sum(lengths) tokens (as ``pretrained.GraphFn``).
-GraphFn = Callable[[list[int]], TokenGraph]
 
-#: The per-forward recorder of ``attention_graphs``: (module, Attention, key validity) per call.
-_RECORDER: contextvars.ContextVar[list[tuple[nn.Module, Attention, Tensor | None]] | None] = (
-    contextvars.ContextVar("gatattn_hf_recorder", default=None)
+class Capture:
+    """A recorder that takes each self-attention call's ``Problem`` (q, k, graph, score) instead
+    of its weights, so the call computes no per-edge weights (``gatattn.hf.extract``)."""
+
+    def capture(self, module: nn.Module, p: Problem, valid: Tensor | None, kv_heads: int) -> None:
+        """One self-attention call: ``valid`` [B, L] marks the real tokens (None: all), and
+        ``kv_heads`` is H_kv, the key/value heads of the call (H without grouping)."""
+        raise NotImplementedError
+
+
+#: The per-forward recorder of ``attention_graphs``: (module, Attention, key validity) per call,
+#: or a ``Capture``.
+Recorder = list[tuple[nn.Module, Attention, Tensor | None]] | Capture
+_RECORDER: contextvars.ContextVar[Recorder | None] = contextvars.ContextVar(
+    "gatattn_hf_recorder", default=None
 )
-
-#: Keyword arguments of the attention interface that change the formula: gatattn refuses them.
-_UNSUPPORTED_KWARGS = ("softcap", "sliding_window", "s_aux", "position_bias", "sinks")
 
 
 class UnsupportedModelError(TypeError, ValueError, NotImplementedError):
@@ -102,6 +115,8 @@ class GraphSettings:
     def cached(self, key: tuple[Any, ...], mask: Tensor | None, build: Callable[[], Any]) -> Any:
         """One-entry cache: every layer of one forward gets the same mask object, so the graph
         (and its derived dense-backend data) is built once per forward, not once per layer."""
+        if torch.compiler.is_compiling():  # traced once per compiled graph: nothing to reuse
+            return build()
         c = self._cache
         ref = c.get("mask")
         same_mask = (mask is None and ref is None) or (
@@ -148,63 +163,6 @@ class ScaledScore(ScoreFunction):
         return q @ k.transpose(-1, -2) * self.scale  # [..., H, L_q, L_k]
 
 
-def _bool_mask(mask: Tensor, module: nn.Module, B: int, Lq: int, Lk: int) -> Tensor:
-    """transformers' 4-D mask -> bool [B, L_q, L_k] (True = may attend, SDPA's convention)."""
-    name = type(module).__name__
-    if mask.dim() != 4 or mask.size(1) != 1:
-        raise UnsupportedModelError(
-            f"{name}: gatattn needs an attention mask [B, 1, L_q, L_k] shared by the heads, "
-            f"got shape {list(mask.shape)}"
-        )
-    if mask.dtype != torch.bool:
-        if not mask.is_floating_point():
-            raise UnsupportedModelError(f"{name}: attention mask of dtype {mask.dtype}")
-        # transformers' eager masks are 0 (attend) or the dtype's minimum / -inf (masked out);
-        # any other value is a bias on the scores, which this adapter does not carry over
-        keep = mask == 0
-        if not bool((keep | (mask <= torch.finfo(mask.dtype).min / 2)).all()):
-            raise UnsupportedModelError(
-                f"{name}: an additive float attention mask with values other than 0 and -inf "
-                "(a score bias) is not supported; pass a boolean or 0/-inf mask"
-            )
-        mask = keep
-    return mask[:, 0].expand(B, Lq, Lk)
-
-
-def _swap_graph(
-    graph_fn: GraphFn, valid: Tensor, allowed: Tensor | None, causal: bool
-) -> TokenGraph:
-    """``graph_fn(lengths)`` on the unpadded tokens, placed into the padded layout [B, L] and
-    intersected with the model's own mask (padding, causality): a swap never adds an edge that
-    the model forbids.
-
-    Shapes:
-        valid [B, L] bool (real tokens) -> a graph over B·L nodes.
-    """
-    B, L = valid.shape
-    lengths = [int(n) for n in valid.sum(1).tolist()]
-    g = graph_fn(lengths)
-    n = sum(lengths)
-    if not isinstance(g, TokenGraph) or (g.num_src, g.num_dst) != (n, n):
-        raise ValueError(
-            f"graph_fn must return a TokenGraph on {n} nodes (lengths={lengths}), got {g!r}"
-        )
-    full = bool(valid.all())
-    if full and allowed is None:
-        g = g.to(valid.device)
-        if g.lengths is None and B > 1:  # block-diagonal by construction: name the sequences
-            g = TokenGraph(g.edge_index, n, n, lengths=lengths, validate=False)
-        return g & causal_graph(lengths=lengths, device=valid.device) if causal else g
-    pos = valid.flatten().nonzero().flatten()  # [n] padded index of each real token
-    src, dst = pos[g.edge_index[0].to(pos.device)], pos[g.edge_index[1].to(pos.device)]  # [E]
-    if allowed is not None:
-        keep = allowed[dst // L, dst % L, src % L]  # [E]
-    else:
-        keep = (src // L == dst // L) & ((src % L <= dst % L) | (not causal))  # [E]
-    ei = torch.stack([src[keep], dst[keep]])  # [2, E']
-    return TokenGraph(ei, B * L, B * L, lengths=[L] * B, validate=False)
-
-
 def mask_graph(
     module: nn.Module,
     mask: Tensor | None,
@@ -212,32 +170,49 @@ def mask_graph(
     causal: bool,
     graph_fn: GraphFn | None,
     device: torch.device,
-) -> tuple[TokenGraph, Tensor | None]:
-    """The graph of one attention call, and the key validity of its tokens.
+    window: GraphFn | None = None,
+) -> tuple[TokenGraph, Tensor | None, Tensor | None]:
+    """The graph of one attention call, the key validity of its tokens, and the bias that a
+    float mask carries on its edges (Falcon's ALiBi; ``modern.split_mask``).
 
     Without a mask: the complete graph of each sequence, the causal graph (``causal``, L_q > 1),
     or the complete bipartite graph (L_q != L_k, cross-attention or a cached decoding step).
     With a mask [B, 1, L_q, L_k]: N(i) = { j : mask[b, i, j] } in each sequence b, as
     ``ga.from_mask`` (the dense backend runs it as one SDPA call with that mask). With
     ``graph_fn`` (the caller passes it for self-attention only): the swapped graph ∩ the
-    model's mask.
+    model's mask. A sliding ``window`` (a builder, ``modern.window_fn``) is one more such graph
+    on self-attention calls (L_q = L_k); on cached steps the model's mask carries it.
 
     Returns:
-        (graph over B·L_q targets and B·L_k sources, valid [B, L_k] bool or None = all real).
+        (graph over B·L_q targets and B·L_k sources, valid [B, L_k] bool or None = all real,
+        bias [E, H | 1] or None).
+
+    Raises:
+        UnsupportedModelError: a mask gatattn cannot read as one graph (``modern.split_mask``).
     """
     B, Lq, Lk = shape
-    allowed = None if mask is None else _bool_mask(mask, module, B, Lq, Lk)  # [B, L_q, L_k]
+    allowed, bias = None, None  # [B, L_q, L_k], [B | 1, H | 1, L_q, L_k]
+    if mask is not None:
+        try:
+            allowed, bias = modern.split_mask(mask, type(module).__name__, B, Lq, Lk)
+        except modern._Unsupported as err:
+            raise UnsupportedModelError(str(err)) from None
     valid = None if allowed is None else allowed.any(1)  # [B, L_k] keys someone may attend
+    if window is not None and Lq == Lk and graph_fn is None:
+        graph_fn, window = window, None
     if graph_fn is not None:
         keys = valid if valid is not None else torch.ones(B, Lk, dtype=torch.bool, device=device)
-        return _swap_graph(graph_fn, keys, allowed, causal), valid
-    if allowed is not None:
-        return from_mask(allowed), valid  # tag 'masked': one SDPA call with this mask
-    if Lq != Lk:
-        return bipartite_graph([Lq] * B, [Lk] * B, device=device), None
-    if causal:
-        return causal_graph(lengths=[Lq] * B, device=device), None
-    return complete_graph(lengths=[Lq] * B, device=device), None
+        within = window if Lq == Lk else None  # on cached steps the model's mask carries it
+        g = swap_graph(graph_fn, keys, allowed, causal, Lq, within)
+    elif allowed is not None:
+        g = from_mask(allowed)  # tag 'masked': one SDPA call with this mask
+    elif Lq != Lk:
+        g = bipartite_graph([Lq] * B, [Lk] * B, device=device)
+    elif causal:
+        g = causal_graph(lengths=[Lq] * B, device=device)
+    else:
+        g = complete_graph(lengths=[Lq] * B, device=device)
+    return g, valid, None if bias is None else modern.edge_bias(bias, g, Lq, Lk)
 
 
 def is_cross_attention(module: nn.Module) -> bool:
@@ -252,7 +227,11 @@ def _wants_weights(module: nn.Module, kwargs: dict[str, Any]) -> bool:
     """Whether the caller asked for the attention weights: ``output_attentions=True`` in the
     call or the config, or transformers' output collector records this module's output (GPT-2
     takes ``output_attentions`` itself and does not pass it on)."""
-    if kwargs.get("output_attentions") or getattr(module.config, "output_attentions", False):
+    if kwargs.get("output_attentions") or getattr(
+        getattr(module, "config", None), "output_attentions", False
+    ):
+        return True
+    if module.__dict__.get(modern.WANTS_WEIGHTS):  # Falcon, BLOOM: noted by a pre-hook
         return True
     try:
         from transformers.utils.output_capturing import _active_collector
@@ -284,14 +263,16 @@ def graph_attention(
         attention_mask: None, or a mask [B, 1, L_q, L_k] (bool True = attend, or 0 / -inf).
         scaling: s (default 1/√D).  dropout: dropout on Attn (the module passes 0 in eval).
         kwargs: transformers' extra arguments; ``graph_fn`` swaps the graph for this call,
-            ``is_causal`` overrides the module's flag (as in transformers' SDPA function).
+            ``is_causal`` overrides the module's flag (as in transformers' SDPA function);
+            ``sliding_window``, ``softcap`` and ``position_bias`` (T5) are read as in
+            ``gatattn.hf.modern``, and key/value with fewer heads than the query are grouped.
 
     Returns:
         out [B, L_q, H, D], and Attn [B, H, L_q, L_k] (0 off the graph) when asked for, else None.
 
     Raises:
         UnsupportedModelError: the module was not converted, or the call asks for a feature
-            that gatattn does not reproduce (soft-capping, sliding windows, sinks, biases).
+            that gatattn does not reproduce (attention sinks, a graph per head).
     """
     settings = getattr(module, SETTINGS, None)
     name = type(module).__name__
@@ -300,51 +281,83 @@ def graph_attention(
             f"{name} was not converted by gatattn.convert, but its config selects the "
             f"'{IMPLEMENTATION}' attention: convert the whole model with gatattn.convert(model)"
         )
-    bad = [k for k in _UNSUPPORTED_KWARGS if kwargs.get(k) is not None]
-    if bad:
-        raise UnsupportedModelError(f"{name} passes {bad}, which gatattn does not reproduce")
     B, H, Lq, D = query.shape
-    if key.size(1) != H:
-        raise UnsupportedModelError(
-            f"{name} has {key.size(1)} key/value heads for {H} query heads (grouped-query "
-            "attention), which gatattn does not convert"
-        )
-    causal = bool(kwargs.get("is_causal", getattr(module, "is_causal", True)))
-    causal = causal and Lq > 1 and attention_mask is None  # transformers' SDPA rule
+    scale = 1.0 / math.sqrt(D) if scaling is None else scaling
+    try:
+        special, sliding, position_bias = modern.call_options(name, scale, kwargs)
+        modern.check_kv_heads(key.size(1), H, name)
+    except modern._Unsupported as err:
+        raise UnsupportedModelError(str(err)) from None
+    module_causal = bool(kwargs.get("is_causal", getattr(module, "is_causal", True)))
+    causal = module_causal and Lq > 1 and attention_mask is None  # transformers' SDPA rule
     if causal and key.size(2) > Lq:  # an empty static cache: SDPA crops the keys the same way
         key, value = key[:, :, :Lq], value[:, :, :Lq]
     Lk = key.size(2)
     cross = is_cross_attention(module)
-    graph_fn = None if cross or Lq != Lk else kwargs.get("graph_fn", settings.graph_fn)
-    cache_key = (B, Lq, Lk, causal, graph_fn, query.device)
-    graph, valid = settings.cached(
+    graph_fn = None if cross else kwargs.get("graph_fn", settings.graph_fn)
+    window = None
+    if sliding is not None and not cross:
+        window = modern.window_fn(sliding, module_causal)
+        causal = causal and Lq != Lk  # a causal window graph lies inside the causal graph
+        if graph_fn is not None and Lq != Lk:
+            raise UnsupportedModelError(
+                f"{name}: a graph_fn on a cached decoding step of a sliding-window layer "
+                f"(window {sliding}) is not supported: its cache may hold only the last keys, "
+                "so its tokens cannot be numbered as in the uncached forward; generate with "
+                "use_cache=False"
+            )
+    cache_key = (B, Lq, Lk, causal, graph_fn, sliding, query.device)
+    graph, valid, bias = settings.cached(
         cache_key,
         attention_mask,
-        lambda: mask_graph(module, attention_mask, (B, Lq, Lk), causal, graph_fn, query.device),
+        lambda: mask_graph(
+            module, attention_mask, (B, Lq, Lk), causal, graph_fn, query.device, window
+        ),
     )
+    if position_bias is not None:  # T5: a learned bias per head on every edge
+        extra = modern.edge_bias(position_bias, graph, Lq, Lk)  # [E, H | 1]
+        bias = extra if bias is None else bias + extra
     q = query.transpose(1, 2).reshape(B * Lq, H, D)  # [N_t, H, D]
-    k = key.transpose(1, 2).reshape(B * Lk, H, D)  # [N_s, H, D]
-    v = value.transpose(1, 2).reshape(B * Lk, H, value.size(-1))  # [N_s, H, D]
-    recorder = _RECORDER.get()
-    need = recorder is not None or _wants_weights(module, kwargs)
-    score = ScaledScore(1.0 / math.sqrt(D) if scaling is None else scaling)
+    k = modern.expand_kv(key, H)  # [N_s, H, D], grouped-query heads expanded per node
+    v = modern.expand_kv(value, H)  # [N_s, H, D]
+    # ContextVar.get cannot be traced (torch.compile(fullgraph=True)); recording runs eagerly
+    recorder = None if torch.compiler.is_compiling() else _RECORDER.get()
+    score = modern.bias_score(special or ScaledScore(scale), bias is not None)
+    if isinstance(recorder, Capture):  # sparse extraction: q, k and the graph, no weights
+        if not cross and Lq == Lk:
+            call = Problem(q=q, k=k, v=v, graph=graph, score=score, edge_attr=bias)
+            recorder.capture(module, call, valid, key.size(1))
+        recorder = None
     training = dropout > 0.0 and module.training
-    p = Problem(q, k, v, graph, score, dropout=dropout, training=training, need_weights=need)
-    res = attend(p, settings.backend)
-    out = res.out.view(B, Lq, H, -1)  # [B, L_q, H, D]
-    if not need:
-        return out, None
-    assert res.scores is not None and res.weights is not None
+    p = Problem(
+        q, k, v, graph, score, edge_attr=bias, dropout=dropout, training=training,
+        need_weights=recorder is not None,
+    )  # fmt: skip
+    attn: Tensor | None = None
+    scores: Tensor | None
+    weights: Tensor | None
+    if _wants_weights(module, kwargs):
+        # the returned Attn is the one the output is computed from (out = Attn v, as the eager
+        # function does), so d(out)/d(Attn) reaches attentions[l].grad
+        scores, weights = edge_scores_and_weights(p)  # [E, H], [E, H]
+        attn = dense_weights(weights, graph, B, Lq, Lk).to(value.dtype)  # [B, H, L_q, L_k]
+        if training:
+            attn = F.dropout(attn, dropout, True)  # returned after dropout, as eager does
+        out = (attn @ v.view(B, Lk, H, -1).transpose(1, 2)).transpose(1, 2)  # [B, L_q, H, D]
+    else:
+        res = attend(p, settings.backend)
+        out = res.out.view(B, Lq, H, -1)  # [B, L_q, H, D]
+        scores, weights = res.scores, res.weights
     if recorder is not None and not cross and Lq == Lk:
-        flat = res.out.reshape(B * Lq, -1)  # [N_t, H·D], before the output projection
-        recorder.append(
-            (module, Attention(flat, graph.edge_index, res.scores, res.weights, graph), valid)
-        )
-    return out, dense_weights(res.weights, graph, B, Lq, Lk).to(value.dtype)
+        assert scores is not None and weights is not None
+        flat = out.reshape(B * Lq, -1)  # [N_t, H·D], before the output projection
+        recorder.append((module, Attention(flat, graph.edge_index, scores, weights, graph), valid))
+    return out, attn
 
 
 def register() -> None:
-    """Register ``"gatattn"`` with transformers' attention and mask interfaces (idempotent).
+    """Register ``"gatattn"`` with transformers' attention and mask interfaces (idempotent),
+    and let its configs set ``output_attentions = True`` (``configs.allow_output_attentions``).
 
     Raises:
         ImportError: transformers (>= 5, the attention-interface design) is not installed.
@@ -358,8 +371,9 @@ def register() -> None:
         ) from err
     AttentionInterface.register(IMPLEMENTATION, graph_attention)
     AttentionMaskInterface.register(IMPLEMENTATION, sdpa_mask)
+    allow_output_attentions(IMPLEMENTATION)  # config.output_attentions = True (hf/configs.py)
 
 
-def recording() -> contextvars.ContextVar[list[tuple[nn.Module, Attention, Tensor | None]] | None]:
+def recording() -> contextvars.ContextVar[Recorder | None]:
     """The context variable that ``attention_graphs`` sets to collect each layer's Attention."""
     return _RECORDER

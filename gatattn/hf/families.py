@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import copy
 import importlib
+import inspect
 from typing import Any
 
 from torch import nn
 
 from ..backends import check_backend_name
+from . import bloom
 from .attention import (
     IMPLEMENTATION,
     SETTINGS,
@@ -29,6 +31,7 @@ from .attention import (
     UnsupportedModelError,
     register,
 )
+from .modern import note_output_attentions
 
 __all__ = ["FAMILIES", "convert", "is_hf_model", "register", "supported_modules"]
 
@@ -59,7 +62,35 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
     "gpt2": ("transformers.models.gpt2.modeling_gpt2", ("GPT2Attention",)),
     "vit": ("transformers.models.vit.modeling_vit", ("ViTAttention",)),
     "deit": ("transformers.models.deit.modeling_deit", ("DeiTAttention",)),
+    # modern families (docs/hf.md, "Modern families"): rotary positions, grouped-query heads,
+    # sliding windows, soft-capping, ALiBi and T5 biases, encoder-decoders
+    "llama": ("transformers.models.llama.modeling_llama", ("LlamaAttention",)),
+    "mistral": ("transformers.models.mistral.modeling_mistral", ("MistralAttention",)),
+    "qwen2": ("transformers.models.qwen2.modeling_qwen2", ("Qwen2Attention",)),
+    "qwen3": ("transformers.models.qwen3.modeling_qwen3", ("Qwen3Attention",)),
+    "gemma": ("transformers.models.gemma.modeling_gemma", ("GemmaAttention",)),
+    "gemma2": ("transformers.models.gemma2.modeling_gemma2", ("Gemma2Attention",)),
+    "gemma3": ("transformers.models.gemma3.modeling_gemma3", ("Gemma3Attention",)),
+    "phi3": ("transformers.models.phi3.modeling_phi3", ("Phi3Attention",)),
+    "gpt-neox": ("transformers.models.gpt_neox.modeling_gpt_neox", ("GPTNeoXAttention",)),
+    "falcon": ("transformers.models.falcon.modeling_falcon", ("FalconAttention",)),
+    "t5": ("transformers.models.t5.modeling_t5", ("T5Attention",)),
+    "mt5": ("transformers.models.mt5.modeling_mt5", ("MT5Attention",)),
+    "bart": ("transformers.models.bart.modeling_bart", ("BartAttention",)),
+    "mbart": ("transformers.models.mbart.modeling_mbart", ("MBartAttention",)),
+    "marian": ("transformers.models.marian.modeling_marian", ("MarianAttention",)),
+    "modernbert": ("transformers.models.modernbert.modeling_modernbert", ("ModernBertAttention",)),
+    "albert": ("transformers.models.albert.modeling_albert", ("AlbertAttention",)),
+    "bloom": ("transformers.models.bloom.modeling_bloom", ("BloomAttention",)),
 }
+
+#: Families whose attention modules call no attention function (they compute the softmax
+#: inline): gatattn gives each module a forward of its own (gatattn/hf/bloom.py).
+OWN_FORWARD = {"bloom"}
+
+#: Names under which encoder-decoders hold their cross-attention modules (a module class
+#: shared with self-attention: BartAttention, T5Attention): marked ``is_cross_attention``.
+CROSS_ATTENTION_NAMES = ("encoder_attn", "EncDecAttention")
 
 
 def supported_modules() -> dict[type, str]:
@@ -179,15 +210,25 @@ def convert(
     backend = check_backend_name(backend)
     if graph_fn is not None and not callable(graph_fn):
         raise TypeError(f"graph_fn must be callable(lengths) -> TokenGraph, got {graph_fn!r}")
-    _plan(model)  # refuse before copying
+    for m, family in _plan(model).values():  # refuse before copying
+        if family in OWN_FORWARD:
+            bloom.check(m)
     new = model if inplace else copy.deepcopy(model)
     plan = _plan(new)
     families = sorted({f for _, f in plan.values()})
     settings = GraphSettings(backend=backend, graph_fn=graph_fn, family="+".join(families))
     configs: dict[int, Any] = {}
-    for m, _ in plan.values():
+    for name, (m, family) in plan.items():
         setattr(m, SETTINGS, settings)  # a plain attribute: no parameter, buffer or state_dict key
-        configs[id(m.config)] = m.config
+        if name.rsplit(".", 1)[-1] in CROSS_ATTENTION_NAMES:
+            setattr(m, "is_cross_attention", True)  # noqa: B010  (no swap, window, recording)
+        if "output_attentions" in inspect.signature(type(m).forward).parameters:
+            # Falcon keeps output_attentions to itself: note it for graph_attention
+            m.register_forward_pre_hook(note_output_attentions, with_kwargs=True)
+        if family in OWN_FORWARD:
+            bloom.install(m)
+        if getattr(m, "config", None) is not None:  # BLOOM's attention holds no config
+            configs[id(m.config)] = m.config
     for sub in new.modules():
         cfg = getattr(sub, "config", None)
         if cfg is not None and hasattr(cfg, "_attn_implementation"):

@@ -19,8 +19,10 @@ import torch
 from torch import Tensor, nn
 
 from ..graph import TokenGraph
+from ..inspect.sparse import SparseAttention
 from ..result import Attention
 from .attention import SETTINGS, GraphFn, GraphSettings, recording
+from .extract import SparseCapture
 
 __all__ = ["ModelGraphs", "attention_graphs", "compact"]
 
@@ -33,14 +35,17 @@ class ModelGraphs:
         tokens: the word pieces of all sentences in node order, padding removed (N of them).
         lengths: tokens per sentence (they sum to N).
         attentions: one ``ga.Attention`` per self-attention layer, bottom first; ``out`` holds
-            the heads' outputs before the output projection [N, C].
+            the heads' outputs before the output projection [N, C]. Empty when ``sparse`` is.
         output: the model's own output (``last_hidden_state``... padded, [B, L, ...]).
+        sparse: with ``top_k``, ``threshold``, ``heads`` or ``layers``: one ``SparseAttention``
+            per selected layer (its ``layer`` says which), bottom first; else empty.
     """
 
     tokens: list[str]
     lengths: list[int]
     attentions: list[Attention] = field(default_factory=list)
     output: Any = None
+    sparse: list[SparseAttention] = field(default_factory=list)
 
 
 def compact(att: Attention, valid: Tensor | None) -> Attention:
@@ -52,7 +57,7 @@ def compact(att: Attention, valid: Tensor | None) -> Attention:
     """
     g = att.graph
     assert g is not None
-    if valid is None:
+    if valid is None or bool(valid.all()):  # nothing to drop: keep the graph (and its tag)
         return att
     flat = valid.flatten().to(att.edge_index.device)  # [B·L]
     new_id = torch.cumsum(flat.long(), 0) - 1  # [B·L] compact index of each real token
@@ -112,6 +117,11 @@ def attention_graphs(
     *,
     tokenizer: Any = None,
     graph_fn: GraphFn | None = None,
+    top_k: int | None = None,
+    threshold: float | None = None,
+    heads: Sequence[int] | None = None,
+    layers: Sequence[int] | None = None,
+    renormalize: bool = False,
     **inputs: Any,
 ) -> ModelGraphs:
     """Run a converted model once and return each layer's attention graph.
@@ -128,20 +138,35 @@ def attention_graphs(
         graph_fn: swap the graph for this run: ``graph_fn(lengths) -> TokenGraph`` on the
             sum(lengths) real tokens (the same as ``pretrained.minilm``'s), intersected with
             the model's mask.
+        top_k: keep only the k largest weights per query and head (docs/hf.md, "Long
+            contexts"): the layers are computed a block of query rows at a time and come back
+            in ``sparse``, never holding a layer's [E, H] weights.
+        threshold: keep only weights >= τ (τ in [0, 1]; with ``top_k``: the top k of those).
+        heads: extract these heads only.  layers: extract these layers only (0 = bottom).
+        renormalize: rescale the kept weights to sum to 1 per query and head (default False:
+            the model's own weights). Any of these five options returns ``sparse``.
         inputs: the model's keyword inputs, when ``text`` is not given.
 
     Returns:
-        ``ModelGraphs`` (tokens, lengths, attentions [one per self-attention layer], output).
+        ``ModelGraphs`` (tokens, lengths, attentions [one per self-attention layer], output),
+        or with any of the sparse options, ``sparse`` [one per selected layer] instead.
 
     Shapes:
         input_ids [B, L] (padded) -> per layer: edge_index [2, E], scores / weights [E, H] and
-        out [N, C] over the N = Σ lengths real tokens.
+        out [N, C] over the N = Σ lengths real tokens; sparse: K <= N·k·H rows per layer.
 
     Raises:
         ValueError: the model is not converted, ``text`` without a tokenizer, or neither text
-            nor inputs.
+            nor inputs; a bad sparse option (k <= 0, τ outside [0, 1], a head or layer that
+            does not exist).
     """
     _settings(model)
+    capture = None
+    options = (top_k, threshold, heads, layers)
+    if renormalize or any(option is not None for option in options):
+        capture = SparseCapture(
+            top_k=top_k, threshold=threshold, heads=heads, layers=layers, renormalize=renormalize
+        )
     if text is not None:
         if tokenizer is None:
             raise ValueError("attention_graphs(text=...) needs tokenizer=, to split the text")
@@ -160,19 +185,25 @@ def attention_graphs(
         inputs["graph_fn"] = graph_fn
     var = recording()
     kept: list[tuple[nn.Module, Attention, Tensor | None]] = []
-    token = var.set(kept)
+    token = var.set(kept if capture is None else capture)
     try:
         output = model(**inputs)
     finally:
         var.reset(token)
     attentions = [compact(att, valid) for _, att, valid in kept]
-    if not attentions:
+    if capture is not None:
+        sparse = capture.finish()
+        if capture.lengths is None:
+            raise ValueError(f"{type(model).__name__} ran no self-attention layer")
+        lengths = capture.lengths
+    elif not attentions:
         raise ValueError(f"{type(model).__name__} ran no self-attention layer")
-    g = attentions[0].graph
-    assert g is not None
-    lengths = list(g.lengths or (g.num_dst,))
+    else:
+        g = attentions[0].graph
+        assert g is not None
+        lengths, sparse = list(g.lengths or (g.num_dst,)), []
     if pieces is not None:
         tokens = [t for p in pieces for t in p]
     else:
         tokens = _default_tokens(model, inputs, lengths)
-    return ModelGraphs(tokens, lengths, attentions, output)
+    return ModelGraphs(tokens, lengths, attentions, output, sparse)

@@ -12,6 +12,10 @@ The modules import one way only::
   re-exports the conversions of ``graphs`` (their import path before the split).
 - ``xmltext``: the lossless escape of strings that XML cannot hold (``write_graph`` and
   ``read_graph`` apply it to GraphML and GEXF files).
+- ``sparse`` -> ``extract``, ``stream``: long contexts: ``SparseAttention`` (per head, only the
+  top-k / above-threshold edges of each query), ``sparsify`` (of a computed Attention),
+  ``extract_sparse`` (from q and k, a block of query rows at a time, never the [E, H] weights)
+  and ``write_sparse`` (GraphML, JSON or an edge list, written as the edges come).
 - ``analysis``: rollout (eq. R2), flow (eq. R3), entropy, weight sums, top edges, PageRank,
   strength.
 - ``plot``: ``heatmap`` and ``graph`` pictures (matplotlib is imported inside them); they stay
@@ -23,7 +27,7 @@ The modules import one way only::
 import paths that existed before this package.
 """
 
-from . import analysis, export, graphs, html, matrices, plot, xmltext
+from . import analysis, export, extract, graphs, html, matrices, plot, sparse, stream, xmltext
 from .analysis import (
     attention_entropy,
     attention_flow,
@@ -43,6 +47,7 @@ from .export import (
     to_networkx,
     write_graph,
 )
+from .extract import extract_sparse
 from .matrices import (
     HeadSpec,
     LayerInput,
@@ -55,6 +60,8 @@ from .matrices import (
     node_counts,
     residual_adjust,
 )
+from .sparse import SparseAttention, sparsify
+from .stream import SparseGraphWriter, write_sparse
 from .xmltext import XML_ESCAPE_PREFIX, escape_xml_text, unescape_xml_text
 
 __all__ = [
@@ -64,6 +71,8 @@ __all__ = [
     "HeadSpec",
     "LayerInput",
     "MergedEdges",
+    "SparseAttention",
+    "SparseGraphWriter",
     "adjusted_matrices",
     "analysis",
     "attention_entropy",
@@ -75,6 +84,8 @@ __all__ = [
     "check_write_size",
     "escape_xml_text",
     "export",
+    "extract",
+    "extract_sparse",
     "from_networkx",
     "graphs",
     "html",
@@ -87,10 +98,14 @@ __all__ = [
     "plot",
     "read_graph",
     "residual_adjust",
+    "sparse",
+    "sparsify",
+    "stream",
     "strength",
     "to_networkx",
     "top_edges",
     "unescape_xml_text",
     "write_graph",
+    "write_sparse",
     "xmltext",
 ]

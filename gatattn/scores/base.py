@@ -13,6 +13,11 @@ of the graph (and optional edge features and positions), to pre-softmax logits �
 What each backend can run is declared as data, never by isinstance lists in the backends:
 ``backends`` (a frozenset of backend names) on every score and bias, and ``sdpa_scale(D)``, the
 scale s when the score is s·<q_i, k_j> (SDPA and FlexAttention compute exactly that).
+
+A score may also declare a node-level transform (rotary positions): w(i, j) = w'(φ_i(q_i),
+ψ_j(k_j)) with ``transform_nodes`` computing φ and ψ once per node (O(N)) and
+``after_transform()`` returning w'. ``backends.attend`` applies the transform before any backend
+runs, so a rotary score runs wherever w' runs (SDPA for s·<q_i, k_j>).
 """
 
 from __future__ import annotations
@@ -50,14 +55,17 @@ class Edges:
 
     ``src``/``dst`` are LongTensors [e]. ``edge_attr`` holds the per-edge inputs: one tensor
     [e, ...], several by name (``{"distance": [e], "edge_attr": [e, F]}``), or None; a score or
-    bias reads its own with ``input(name)``. Token positions of the endpoints (within their
-    sequence) come from ``pos_src()``/``pos_dst()``, gathered on demand.
+    bias reads its own with ``input(name)``. Positions of the endpoints come from
+    ``pos_src()``/``pos_dst()``, gathered on demand: the node positions ``positions`` =
+    (targets [N_t] or [N_t, P], sources [N_s] or [N_s, P]) when given, else the token positions
+    within each sequence (``TokenGraph.positions``).
     """
 
     src: Tensor
     dst: Tensor
     graph: TokenGraph
     edge_attr: Tensor | Mapping[str, Tensor] | None = None
+    positions: tuple[Tensor, Tensor] | None = None
 
     def __len__(self) -> int:
         return self.src.numel()
@@ -68,7 +76,7 @@ class Edges:
             attr = {name: t[start:stop] for name, t in attr.items()}
         elif attr is not None:
             attr = attr[start:stop]
-        return Edges(self.src[start:stop], self.dst[start:stop], self.graph, attr)
+        return Edges(self.src[start:stop], self.dst[start:stop], self.graph, attr, self.positions)
 
     def input(self, name: str, owner: str) -> Tensor | None:
         """The per-edge input ``name`` [e, ...]: the tensor itself when one tensor was given,
@@ -86,11 +94,18 @@ class Edges:
             return attr[name]
         return attr
 
+    def node_positions(self) -> tuple[Tensor, Tensor]:
+        """(targets [N_t] or [N_t, P], sources [N_s] or [N_s, P]): ``positions`` when given,
+        else the token positions within each sequence."""
+        if self.positions is not None:
+            return self.positions
+        return self.graph.positions("dst"), self.graph.positions("src")
+
     def pos_src(self) -> Tensor:
-        return self.graph.positions("src").index_select(0, self.src)  # [e]
+        return self.node_positions()[1].index_select(0, self.src)  # [e] or [e, P]
 
     def pos_dst(self) -> Tensor:
-        return self.graph.positions("dst").index_select(0, self.dst)  # [e]
+        return self.node_positions()[0].index_select(0, self.dst)  # [e] or [e, P]
 
 
 @dataclass
@@ -162,6 +177,22 @@ class ScoreFunction(nn.Module):
     def parts(self) -> tuple[ScoreFunction, tuple[ScoreBias, ...]]:
         """(base score, additive biases): ``(self, ())`` for a plain score."""
         return self, ()
+
+    def after_transform(self) -> ScoreFunction | None:
+        """w' when w(i, j) = w'(φ_i(q_i), ψ_j(k_j)) with the node-level ``transform_nodes``;
+        None (the default) when the score has no node transform."""
+        return None
+
+    def transform_nodes(
+        self, q: Tensor, k: Tensor, pos_q: Tensor, pos_k: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """(φ(q), ψ(k)): the node-level transform that ``after_transform()`` runs on.
+
+        Shapes:
+            q [N_t, H, D], k [N_s, H_kv, D], pos_q [N_t] or [N_t, P], pos_k [N_s] or [N_s, P]
+            -> the same shapes as q and k.
+        """
+        return q, k
 
     def forward(self, q_i: Tensor, k_j: Tensor, edges: Edges) -> Tensor:
         """Literal per-edge formula. q_i, k_j [e, H, D] -> α [e, H]."""
@@ -241,6 +272,22 @@ class Biased(ScoreFunction):
 
     def parts(self) -> tuple[ScoreFunction, tuple[ScoreBias, ...]]:
         return self.score, tuple(self.biases_list())
+
+    def after_transform(self) -> ScoreFunction | None:
+        inner = self.score.after_transform()
+        if inner is None:
+            return None
+        # built once and kept out of the module tree: it shares this score's bias modules
+        cached = self.__dict__.get("_after_transform")
+        if cached is None or cached.score is not inner:
+            cached = Biased(inner, *self.biases_list())
+            self.__dict__["_after_transform"] = cached
+        return cached
+
+    def transform_nodes(
+        self, q: Tensor, k: Tensor, pos_q: Tensor, pos_k: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        return self.score.transform_nodes(q, k, pos_q, pos_k)
 
     def biases_list(self) -> list[ScoreBias]:
         return [b for b in self.biases if isinstance(b, ScoreBias)]

@@ -51,11 +51,11 @@ def test_bad_model_folders_exit_2(
         )
     assert exc.value.code == 2
     assert "neither tiny, minilm nor a model folder with a config.json" in capsys.readouterr().err
-    folder = tmp_path / "t5"
-    transformers.T5Model(
-        transformers.T5Config(vocab_size=40, d_model=16, d_kv=4, d_ff=24, num_layers=1, num_heads=4)
+    folder = tmp_path / "xlnet"
+    transformers.XLNetModel(
+        transformers.XLNetConfig(vocab_size=40, d_model=16, n_layer=1, n_head=4, d_inner=24)
     ).save_pretrained(folder)
     with pytest.raises(SystemExit) as exc:
         main(["export", "--model", str(folder), "--text", "a", "--out", str(tmp_path / "o")])
     assert exc.value.code == 2
-    assert "T5Attention" in capsys.readouterr().err
+    assert "XLNetRelativeAttention" in capsys.readouterr().err

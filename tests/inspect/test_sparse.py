@@ -1,0 +1,275 @@
+"""Sparse attention graphs at extraction time (gatattn.inspect.sparse / extract): the kept
+weights are the full computation's, top-k keeps exactly the k largest per query and head (ties
+to the earlier edge), the threshold keeps exactly the weights >= τ, and no block of rows holds
+more than the budget."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import gatattn as ga
+from gatattn.backends import Problem, attend
+from gatattn.inspect import extract as extract_mod
+from gatattn.inspect.extract import extract_sparse
+from gatattn.inspect.sparse import SparseAttention, sparsify
+from gatattn.scores import make_score
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+H, D = 3, 7  # pairwise-distinct sizes
+SCORE = make_score("scaled_dot", H, D)
+
+GRAPHS = {
+    "causal batch": lambda: ga.causal_graph(lengths=[5, 9]),
+    "complete batch": lambda: ga.complete_graph(lengths=[6, 4]),
+    "complete, no self-loops": lambda: ga.complete_graph(7, self_loops=False),
+    "window (CSR)": lambda: ga.window_graph(11, 2),
+    "mask": lambda: ga.from_mask(torch.rand(2, 6, 8, generator=_gen()) > 0.4),
+    "padding mask": lambda: ga.from_padding_mask(torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]]) > 0),
+}
+
+
+def _gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _qk(graph: ga.TokenGraph, kv: int = H, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = _gen(seed)
+    q = torch.randn(graph.num_dst, H, D, generator=gen, dtype=torch.float64)  # [N_t, H, D]
+    k = torch.randn(graph.num_src, kv, D, generator=gen, dtype=torch.float64)  # [N_s, H_kv, D]
+    return q, k
+
+
+def _full(q: torch.Tensor, k: torch.Tensor, graph: ga.TokenGraph) -> ga.Attention:
+    """The unsparsified extraction: every edge's α and Attn [E, H] (the edge backend)."""
+    res = attend(Problem(q, k, k, graph, SCORE, need_weights=True), "edge")
+    assert res.scores is not None and res.weights is not None
+    return ga.Attention(res.out, graph.edge_index, res.scores, res.weights, graph)
+
+
+def _dense_weights(q: torch.Tensor, k: torch.Tensor, graph: ga.TokenGraph) -> torch.Tensor:
+    """Attn [H, N_t, N_s] by the written-out formula softmax(s·q kᵀ, masked to the graph)."""
+    mask = graph.to_dense_mask()  # [N_t, N_s]
+    logits = torch.einsum("ihd,jhd->hij", q, k) / math.sqrt(D)  # [H, N_t, N_s]
+    w = torch.softmax(logits.masked_fill(~mask, -math.inf), -1)  # [H, N_t, N_s]
+    return torch.nan_to_num(w)  # rows without edges: 0
+
+
+def _rows(sp: SparseAttention) -> set[tuple[int, int, int]]:
+    return set(zip(sp.edge_index[0].tolist(), sp.edge_index[1].tolist(), sp.head.tolist()))
+
+
+def _expected(w: torch.Tensor, graph: ga.TokenGraph, k: int | None, tau: float | None) -> set:
+    """(j, i, h) kept by the rule, by a plain loop: per target and head, the edges sorted by
+    weight (descending, stable: ties keep the target's edge order), those >= τ, the first k."""
+    src, dst = graph.edge_index.tolist()
+    out = set()
+    for h in range(w.size(0)):
+        for i in range(graph.num_dst):
+            edges = [j for j, t in zip(src, dst, strict=True) if t == i]
+            edges = [j for j in edges if tau is None or float(w[h, i, j]) >= tau]
+            edges.sort(key=lambda j: -float(w[h, i, j]))  # stable: ties keep the edge order
+            out |= {(j, i, h) for j in edges[: k if k is not None else len(edges)]}
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(GRAPHS))
+@pytest.mark.parametrize(
+    "opts", [{"top_k": 2}, {"threshold": 0.2}, {"top_k": 3, "threshold": 0.1}, {}]
+)
+def test_kept_edges_and_weights_equal_the_full_computation(name: str, opts: dict) -> None:
+    graph = GRAPHS[name]()
+    q, k = _qk(graph)
+    sp = extract_sparse(q, k, graph, SCORE, budget=40, **opts)  # many blocks of rows
+    dense = _dense_weights(q, k, graph)  # [H, N_t, N_s]
+    assert _rows(sp) == _expected(dense, graph, opts.get("top_k"), opts.get("threshold"))
+    src, dst = sp.edge_index
+    torch.testing.assert_close(sp.weights, dense[sp.head, dst, src], rtol=0, atol=1e-14)
+    full = _full(q, k, graph)  # the unsparsified extraction, on the same graph
+    ref = sparsify(full, **opts)
+    assert torch.equal(sp.edge_index, ref.edge_index) and torch.equal(sp.head, ref.head)
+    torch.testing.assert_close(sp.weights, ref.weights, rtol=0, atol=1e-14)
+    torch.testing.assert_close(sp.scores, ref.scores, rtol=0, atol=1e-14)
+    alpha = torch.einsum("ehd,ehd->eh", q[dst], k[src]) / math.sqrt(D)  # [K, H]
+    torch.testing.assert_close(
+        sp.scores, alpha.gather(1, sp.head[:, None])[:, 0], atol=1e-14, rtol=0
+    )
+
+
+def test_no_block_holds_more_than_the_budget_and_no_edges_are_made() -> None:
+    """A causal graph of 60 tokens in blocks of <= 64 edges (gathers [e, H, D]): never its [E, H]
+    weights at once, and its edge_index is never built (the rows come from the structure)."""
+    graph = ga.causal_graph(60)
+    q, k = _qk(graph)
+    sizes = []
+    softmax = extract_mod.neighbourhood_softmax
+
+    def spy(scores: torch.Tensor, index: torch.Tensor, num_nodes: int) -> torch.Tensor:
+        sizes.append(scores.numel())
+        return softmax(scores, index, num_nodes)
+
+    extract_mod.neighbourhood_softmax = spy  # type: ignore[assignment]
+    try:
+        sp = extract_sparse(q, k, graph, SCORE, top_k=4, budget=64 * H * D)  # [e, H, D] <= it
+    finally:
+        extract_mod.neighbourhood_softmax = softmax  # type: ignore[assignment]
+    assert graph._edge_index is None  # the deferred edges were never made
+    assert max(sizes) <= 64 * H < graph.num_edges * H and sum(sizes) == graph.num_edges * H
+    assert sp.num_edges == H * sum(min(i + 1, 4) for i in range(60))
+
+
+def test_ties_keep_the_earlier_keys() -> None:
+    """q = 0: every score is 0 and every row is uniform; top-2 keeps keys 0 and 1 of each row."""
+    graph = ga.causal_graph(6)
+    q, k = torch.zeros(6, H, D, dtype=torch.float64), torch.randn(6, H, D, dtype=torch.float64)
+    sp = extract_sparse(q, k, graph, SCORE, top_k=2)
+    want = {(j, i, h) for h in range(H) for i in range(6) for j in range(min(i + 1, 2))}
+    assert _rows(sp) == want
+    assert torch.equal(sp.weights, 1.0 / (sp.edge_index[1] + 1).double())  # the model's 1/(i+1)
+
+
+def test_threshold_edges_zero_and_one() -> None:
+    graph = ga.causal_graph(5)
+    q, k = _qk(graph)
+    assert extract_sparse(q, k, graph, SCORE, threshold=0).num_edges == graph.num_edges * H
+    one = extract_sparse(q, k, graph, SCORE, threshold=1)  # only token 0's own edge has Attn = 1
+    assert _rows(one) == {(0, 0, h) for h in range(H)}
+    assert torch.equal(one.weights, torch.ones(H, dtype=torch.float64))
+
+
+def test_weights_are_not_renormalised_unless_asked() -> None:
+    graph = ga.complete_graph(lengths=[6, 5])
+    q, k = _qk(graph)
+    plain = extract_sparse(q, k, graph, SCORE, top_k=2)
+    norm = extract_sparse(q, k, graph, SCORE, top_k=2, renormalize=True)
+    assert torch.equal(plain.edge_index, norm.edge_index) and torch.equal(plain.scores, norm.scores)
+    assert plain.metadata()["renormalized"] is False and norm.metadata()["renormalized"] is True
+    group = plain.edge_index[1] * H + plain.head  # [K] one group per (target, head)
+    sums = torch.zeros(11 * H, dtype=torch.float64).index_add_(0, group, plain.weights)
+    assert float(sums.max()) < 1.0  # two of 5-6 edges: the model's weights sum to less than 1
+    torch.testing.assert_close(norm.weights, plain.weights / sums[group], rtol=0, atol=1e-15)
+
+
+@pytest.mark.parametrize("kv", [1, 3])
+def test_grouped_query_heads_share_their_keys(kv: int) -> None:
+    """H = 6 query heads on kv key heads: head h reads key head h // (6 / kv), as the model."""
+    graph = ga.causal_graph(lengths=[4, 7])
+    gen = _gen(3)
+    q = torch.randn(11, 6, D, generator=gen, dtype=torch.float64)  # [N, H, D]
+    k = torch.randn(11, kv, D, generator=gen, dtype=torch.float64)  # [N, H_kv, D]
+    sp = extract_sparse(q, k, graph, make_score("scaled_dot", 6, D), top_k=3, heads=[0, 4, 5])
+    assert sp.num_kv_heads == kv and sp.group_size == 6 // kv
+    assert torch.equal(sp.kv_head, sp.head // (6 // kv))
+    assert set(sp.head.tolist()) == {0, 4, 5} and sp.heads == (0, 4, 5)
+    k_full = k.repeat_interleave(6 // kv, dim=1)  # [N, H, D]
+    mask = graph.to_dense_mask()
+    logits = torch.einsum("ihd,jhd->hij", q, k_full) / math.sqrt(D)  # [H, N, N]
+    dense = torch.softmax(logits.masked_fill(~mask, -math.inf), -1)
+    src, dst = sp.edge_index
+    torch.testing.assert_close(sp.weights, dense[sp.head, dst, src], rtol=0, atol=1e-14)
+    meta = sp.metadata()
+    assert meta["num_kv_heads"] == kv and meta["kv_head_of"] == " ".join(
+        str(h // (6 // kv)) for h in (0, 4, 5)
+    )
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    n=st.integers(1, 9),
+    edges=st.lists(st.tuples(st.integers(0, 8), st.integers(0, 8)), max_size=40),
+    top_k=st.one_of(st.none(), st.integers(1, 4)),
+    tau=st.one_of(st.none(), st.floats(0, 1)),
+)
+def test_random_graphs_with_duplicates_and_empty_rows(
+    n: int, edges: list[tuple[int, int]], top_k: int | None, tau: float | None
+) -> None:
+    pairs = [(j % n, i % n) for j, i in edges]
+    ei = torch.tensor(pairs, dtype=torch.long).view(-1, 2).t()  # [2, E], unsorted, repeats
+    graph = ga.TokenGraph(ei, n, n)
+    q, k = _qk(graph, seed=n)
+    sp = extract_sparse(q, k, graph, SCORE, top_k=top_k, threshold=tau, budget=8)
+    ref = sparsify(_full(q, k, graph), top_k=top_k, threshold=tau)
+    assert torch.equal(sp.edge_index, ref.edge_index) and torch.equal(sp.head, ref.head)
+    torch.testing.assert_close(sp.weights, ref.weights, rtol=0, atol=1e-14)
+    per = torch.bincount(sp.edge_index[1] * H + sp.head, minlength=n * H)  # kept per (i, h)
+    deg = torch.bincount(ei[1], minlength=n).repeat_interleave(H) if ei.numel() else per * 0
+    if top_k is not None:
+        assert bool((per <= top_k).all())
+    if tau is None and top_k is not None:
+        assert torch.equal(per, deg.clamp(max=top_k))
+
+
+def test_head_attention_is_a_one_head_attention_for_networkx() -> None:
+    graph = ga.causal_graph(lengths=[4, 3])
+    q, k = _qk(graph)
+    sp = extract_sparse(q, k, graph, SCORE, top_k=2, heads=[1, 2])
+    att = sp.head_attention(2)
+    assert att.num_heads == 1 and att.out.shape == (7, 0)
+    G = ga.to_networkx(att)
+    rows = sp.head == 2
+    assert G.number_of_edges() == int(rows.sum())
+    j, i = sp.edge_index[:, rows][:, 0].tolist()
+    assert G.edges[j, i]["weight"] == float(sp.weights[rows][0])
+    for bad in (0, 3, True, "1"):
+        with pytest.raises(ValueError, match=r"one of the extracted heads \[1, 2\]"):
+            sp.head_attention(bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("opts", "match"),
+    [
+        ({"top_k": 0}, "top_k must be a positive int"),
+        ({"top_k": -2}, "top_k must be a positive int"),
+        ({"top_k": True}, "top_k must be a positive int"),
+        ({"top_k": 1.5}, "top_k must be a positive int"),
+        ({"threshold": -0.1}, r"threshold must be a number in \[0, 1\]"),
+        ({"threshold": 1.01}, r"threshold must be a number in \[0, 1\]"),
+        ({"threshold": math.nan}, r"threshold must be a number in \[0, 1\]"),
+        ({"threshold": "0.5"}, r"threshold must be a number in \[0, 1\]"),
+        ({"heads": []}, r"heads must be distinct head indices in 0..2"),
+        ({"heads": [3]}, r"heads must be distinct head indices in 0..2 .*got \[3\]"),
+        ({"heads": [-1]}, r"heads must be distinct head indices"),
+        ({"heads": [1, 1]}, r"heads must be distinct head indices"),
+        ({"heads": [True]}, r"heads must be distinct head indices"),
+    ],
+)
+def test_bad_options_are_refused(opts: dict, match: str) -> None:
+    graph = ga.causal_graph(4)
+    q, k = _qk(graph)
+    with pytest.raises(ValueError, match=match):
+        extract_sparse(q, k, graph, SCORE, **opts)
+    with pytest.raises(ValueError, match=match):
+        sparsify(_full(q, k, graph), **opts)
+
+
+def test_key_heads_must_divide_the_query_heads() -> None:
+    graph = ga.causal_graph(4)
+    q, _ = _qk(graph)
+    with pytest.raises(ValueError, match="num_kv_heads must be a positive int dividing the 3"):
+        extract_sparse(q, torch.zeros(4, 2, D, dtype=torch.float64), graph, SCORE, top_k=1)
+    full = _full(q, q, graph)
+    for bad in (2, 0, True):
+        with pytest.raises(ValueError, match=rf"dividing the 3 heads, got {bad!r}"):
+            sparsify(full, top_k=1, num_kv_heads=bad)
+
+
+def test_per_edge_inputs_follow_their_edges() -> None:
+    """A score reading edge_attr (Graphormer's spatial bias, one distance per edge) on a
+    complete graph: the rows come from the edge ids, so each edge gets its own input."""
+    graph = ga.complete_graph(lengths=[5, 4])
+    q, k = _qk(graph)
+    score = make_score("scaled_dot", H, D) + ga.SpatialBias(H, max_distance=4).double()
+    with torch.no_grad():
+        score.biases_list()[0].weight.normal_()
+    dist = torch.randint(0, 6, (graph.num_edges,), generator=_gen(5))  # [E]
+    res = attend(Problem(q, k, k, graph, score, edge_attr=dist, need_weights=True), "edge")
+    full = ga.Attention(res.out, graph.edge_index, res.scores, res.weights, graph)
+    sp = extract_sparse(q, k, graph, score, top_k=2, edge_attr=dist, budget=60)
+    ref = sparsify(full, top_k=2)
+    assert torch.equal(sp.edge_index, ref.edge_index) and torch.equal(sp.head, ref.head)
+    torch.testing.assert_close(sp.weights, ref.weights, rtol=0, atol=1e-14)
