@@ -172,7 +172,8 @@ class TokenGraph(GraphState):
         """CSR by target, cached: ``(rowptr [N_t + 1], perm [E])``.
 
         ``edge_index[:, perm]`` is sorted by target (stable, so sources keep their order), and
-        the incoming edges of target i are ``perm[rowptr[i]:rowptr[i + 1]]``.
+        the incoming edges of target i are ``perm[rowptr[i]:rowptr[i + 1]]``. Copies of the
+        cached tensors: writing into them leaves the cache as it was.
         """
 
         def build() -> tuple[Tensor, Tensor]:
@@ -181,7 +182,8 @@ class TokenGraph(GraphState):
             rowptr[1:] = torch.cumsum(self.in_degree(), 0)
             return rowptr, perm
 
-        return self.derived("csr", build)
+        rowptr, perm = self.derived("csr", build)
+        return rowptr.clone(), perm.clone()
 
     # ------------------------------------------------------------------ dense views
     def to_dense_mask(self) -> Tensor:

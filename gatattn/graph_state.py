@@ -253,13 +253,21 @@ class GraphState:
     def dense_mask(self, compact: bool = False) -> Tensor | None:
         """The batched mask [B, L_q, L_k] (True = may attend) this graph was built from by
         ``from_mask`` / ``from_padding_mask``, or None. Dropped when edge_index is written in
-        place. ``compact=True`` returns it as stored: [B, 1, L_k] when every query of a
-        sequence has the same keys (a padding mask), which SDPA broadcasts."""
+        place. ``compact=True`` returns it in its stored layout: [B, 1, L_k] when every query
+        of a sequence has the same keys (a padding mask), which SDPA broadcasts.
+
+        A copy: writing into it leaves the graph as it was (the backends read the stored one).
+        """
+        m = self._stored_mask()
+        if m is None:
+            return None
+        m = m.clone()
+        return m if compact else m.expand(-1, self.num_dst // max(m.size(0), 1), -1)
+
+    def _stored_mask(self) -> Tensor | None:
+        """The stored mask itself, [B, 1 | L_q, L_k], for the backends: never handed out."""
         self._sync()
-        m = self._mask
-        if m is None or compact:
-            return m
-        return m.expand(-1, self.num_dst // m.size(0), -1)
+        return self._mask
 
     @property
     def num_nodes(self) -> int:

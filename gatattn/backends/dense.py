@@ -159,7 +159,7 @@ class DenseBackend(Backend):
             dense_biases = all("dense" in b.backends for b in biases)
             if tag != "bipartite" and p.positions is None and dense_biases:
                 return "tagged", f"{tag} graph with position biases: SDPA with their dense form"
-        elif g.dense_mask(compact=True) is not None and not biases:
+        elif g._stored_mask() is not None and not biases:
             return "mask", "graph built from a dense mask: SDPA with that mask"
         keys = dense_keys(g)
         if isinstance(keys, str):
@@ -202,7 +202,7 @@ class DenseBackend(Backend):
         if plan == "tagged":
             mask, causal = self._tagged_mask(p, Lk, k_index)
         elif plan == "mask":
-            m = g.dense_mask(compact=True)
+            m = g._stored_mask()
             assert m is not None
             allowed = m.unsqueeze(1)  # [B, 1, L_q | 1, L_k]
             mask = allowed

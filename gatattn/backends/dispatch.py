@@ -112,7 +112,7 @@ def _auto(p: Problem) -> tuple[str, str]:
     # O(1) first: the scatter plan's O(E) check only runs for graphs dense enough to pay
     if (
         g.trusted_structure() is not None
-        or g.dense_mask(compact=True) is not None
+        or g._stored_mask() is not None
         or dense_density(g) >= MIN_DENSE_DENSITY
     ):
         plan, why = dense.plan(p)
