@@ -12,7 +12,10 @@ Imports run one way: base <- functions, biases, structural, softcap, rotary <- r
 """
 
 from .base import (
+    PER_EDGE,
+    POSITION,
     Biased,
+    BiasKind,
     DenseContext,
     Edges,
     ScoreBias,
@@ -40,9 +43,12 @@ from .structural import GRAPH_TOKEN_DISTANCE, PathEncodingBias, SpatialBias
 __all__ = [
     "BIASES",
     "GRAPH_TOKEN_DISTANCE",
+    "PER_EDGE",
+    "POSITION",
     "SCORES",
     "ALiBi",
     "Additive",
+    "BiasKind",
     "Biased",
     "Bilinear",
     "CallableScore",
