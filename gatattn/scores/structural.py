@@ -8,8 +8,9 @@ for Graph Representation?", Sec. 3.1.2-3.1.3), on the complete graph of each inp
 * ``PathEncodingBias``: c^h_ij = (1/N) Σ_{n=1}^{N} ⟨x_{e_n}, w^h_n⟩ over the first N edges
   e_1..e_N of one shortest path from j to i (``ShortestPaths.path_inputs``).
 
-Both read per-edge inputs only, so they have an edge form and no dense form; the dense backend
-runs them by scattering their per-edge values (gatattn/backends/dense.py).
+Both read per-edge inputs only (``kind = "per_edge"``, the ``ScoreBias`` default): they have a
+per-edge form and no dense form. A backend that builds a dense additive mask can still scatter
+their per-edge values into it (docs/scores.md, "What a score declares").
 """
 
 from __future__ import annotations
@@ -83,6 +84,11 @@ class SpatialBias(ScoreBias):
             )
         if dist.dim() == 2 and dist.size(1) == 1:
             dist = dist.squeeze(1)
+        if dist.dtype == torch.bool:  # True/False would read as 1/0 hops
+            raise ValueError(
+                "edge_attr['distance'] must be an integer tensor [E] of hop counts, got dtype "
+                "torch.bool (a mask, not distances: pass ga.shortest_path_distances' dist)"
+            )
         if dist.dim() != 1 or dist.is_floating_point() or dist.is_complex():
             raise ValueError(
                 f"edge_attr['distance'] must be an integer tensor [E], got dtype {dist.dtype} "
@@ -131,7 +137,7 @@ class SpatialBias(ScoreBias):
         table: Tensor = self.weight  # [M + 2, H]
         if self.token_weight is not None:
             table = torch.cat([table, self.token_weight.unsqueeze(0)])  # [M + 3, H]
-        rows, H = table.size(0), self.num_heads
+        rows, H = table.size(0), table.size(1)
 
         def index() -> Tensor:  # [B, H, L_q, L_k]: flat index h·rows + d into table.t()
             d = self._check_range(dist).long()
@@ -193,7 +199,7 @@ class PathEncodingBias(ScoreBias):
                 f"edge_attr['path_attr'] must be [E, >= max_hops={M}, edge_dim={F}], got "
                 f"{list(feats.shape)}"
             )
-        if length.dim() != 1 or length.is_floating_point():
+        if length.dim() != 1 or length.is_floating_point() or length.dtype == torch.bool:
             raise ValueError(
                 f"edge_attr['path_len'] must be an integer tensor [E], got {length.dtype} "
                 f"{list(length.shape)}"
