@@ -146,7 +146,8 @@ class SpatialBias(ScoreBias):
             heads = torch.arange(H, device=d.device).view(1, H, 1, 1) * rows
             return d + heads
 
-        idx = edge_attr.derived(("spatial_index", rows, H), index)
+        token = self.token_weight is not None  # the key holds what the index and its check read
+        idx = edge_attr.derived(("spatial_index", self.max_distance, token, H), index)
         return table_gather(table.t().reshape(-1), idx)  # [B, H, L_q, L_k]
 
     def extra_repr(self) -> str:

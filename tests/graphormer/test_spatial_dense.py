@@ -168,3 +168,17 @@ def test_table_gather_gradient_is_the_sum_per_entry() -> None:
     want = torch.zeros(6, dtype=torch.float64).index_add(0, index.reshape(-1), grad.reshape(-1))
     torch.testing.assert_close(got, want, atol=1e-12, rtol=0)
     assert torch.autograd.gradgradcheck(lambda t: table_gather(t, index), (table,))
+
+
+def test_two_spatial_biases_on_one_grid_keep_their_own_checks() -> None:
+    # the grid's cached index is per (max_distance, graph_token, H): a bias without the token
+    # still refuses distance -1 after one with the token read the same grid
+    g, dist = _graph([5, 3], seed=9)
+    dist = dist.clone()
+    dist[::5] = -1
+    token, plain = ga.SpatialBias(H, 3, graph_token=True), ga.SpatialBias(H, 4)
+    score = (ga.make_score("scaled_dot", H, D) + token + plain).double()
+    with pytest.raises(ValueError, match=r"holds values in \[-1, .*valid: 0\.\.5"):
+        _run(g, score, dist, "dense")
+    both = (ga.make_score("scaled_dot", H, D) + token + ga.SpatialBias(H, 3)).double()
+    _equal(_run(g, both, dist.clamp(min=0), "dense"), _run(g, both, dist.clamp(min=0), "edge"))
