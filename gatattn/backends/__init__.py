@@ -6,21 +6,28 @@
     block     block-sparse torch (banded and block-structured graphs)
     flex      FlexAttention (CUDA)
     dispatch  the registry ``BACKENDS``, ``select_backend`` and ``attend``
+    rows      ``attention_rows``: α and Attn a block of target rows at a time (long inputs),
+              on the keys of each row (``row_layout``), for sparse extraction
 
 Every backend other than edge is proven equal to it (tests/backends/) before dispatch may choose it.
 """
 
 from .base import Backend, BackendOutput, EdgeInput, EdgeModulation, Problem
 from .dispatch import BACKENDS, attend, backend_names, check_backend_name, select_backend
+from .rows import ROW_BUDGET, AttentionRows, RowBlock, attention_rows
 
 __all__ = [
     "BACKENDS",
+    "ROW_BUDGET",
+    "AttentionRows",
     "Backend",
     "BackendOutput",
     "EdgeInput",
     "EdgeModulation",
     "Problem",
+    "RowBlock",
     "attend",
+    "attention_rows",
     "backend_names",
     "check_backend_name",
     "select_backend",
