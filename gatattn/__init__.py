@@ -5,9 +5,10 @@
 See docs/math.md for the equations and docs/architecture.md for the layers of the package.
 """
 
-from . import analysis, hf, plot, pretrained
+from . import analysis, distributed, hf, plot, pretrained
 from ._version import __version__
 from .analysis import attention_flow, attention_rollout
+from .backends import Backend, BackendOutput, Problem, register_backend
 from .export import from_networkx, layered_graph, read_graph, to_networkx, write_graph
 from .graph import TokenGraph, as_token_graph
 from .graphormer import AddShortestPaths, DegreeEncoding, GraphormerLayer, GraphToken
@@ -29,6 +30,7 @@ from .patterns import (
     radius_graph,
     shortest_path_distances,
     shortest_paths,
+    sink_window_graph,
     star_graph,
     strided_graph,
     window_graph,
@@ -39,8 +41,10 @@ from .scores import (
     EdgeFeatureBias,
     PathEncodingBias,
     RelativePositionBias,
+    Rotary,
     ScoreBias,
     ScoreFunction,
+    Softcap,
     SpatialBias,
     make_score,
     register_score,
@@ -50,6 +54,8 @@ __all__ = [
     "ALiBi",
     "AddShortestPaths",
     "Attention",
+    "Backend",
+    "BackendOutput",
     "DegreeEncoding",
     "EdgeFeatureBias",
     "GraphAttention",
@@ -59,10 +65,13 @@ __all__ = [
     "GraphTransformerEncoderLayer",
     "GraphormerLayer",
     "PathEncodingBias",
+    "Problem",
     "RelativePositionBias",
+    "Rotary",
     "ScoreBias",
     "ScoreFunction",
     "ShortestPaths",
+    "Softcap",
     "SpatialBias",
     "TokenGraph",
     "__version__",
@@ -76,6 +85,7 @@ __all__ = [
     "causal_graph",
     "complete_graph",
     "convert",
+    "distributed",
     "fixed_graph",
     "from_mask",
     "from_networkx",
@@ -90,9 +100,11 @@ __all__ = [
     "pretrained",
     "radius_graph",
     "read_graph",
+    "register_backend",
     "register_score",
     "shortest_path_distances",
     "shortest_paths",
+    "sink_window_graph",
     "star_graph",
     "strided_graph",
     "to_networkx",

@@ -33,13 +33,19 @@ class DenseResult(NamedTuple):
     weights: Tensor
 
 
-def dense_attention(v: Tensor, logits: Tensor, counts: Tensor) -> tuple[Tensor, Tensor]:
-    """Masked softmax attention with edge multiplicities.
+def dense_attention(
+    v: Tensor, logits: Tensor, counts: Tensor, sinks: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """Masked softmax attention with edge multiplicities (and attention sinks).
+
+    .. math::
+        P_{ij} = \\frac{\\exp \\alpha_{ij}}{[\\exp s_h] + \\sum_k c_{ik} \\exp \\alpha_{ik}}
 
     Args:
         v: values [H, N_s, D].
         logits: α [H, N_t, N_s].
         counts: edge multiplicities c_ij [N_t, N_s] (0 = masked).
+        sinks: sink logits s [H] (a key of value 0 that every query sees), or None.
 
     Returns:
         out [H, N_t, D] and the per-edge weight matrix [H, N_t, N_s] (0 where masked).
@@ -48,9 +54,13 @@ def dense_attention(v: Tensor, logits: Tensor, counts: Tensor) -> tuple[Tensor, 
     c = counts.to(work.dtype)
     masked = work.masked_fill(counts == 0, float("-inf"))
     m = masked.amax(-1, keepdim=True)  # [H, N_t, 1]
+    if sinks is not None:
+        m = torch.maximum(m, sinks.to(work.dtype).detach()[:, None, None])
     m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
     e = (masked - m).exp()  # [H, N_t, N_s]
     denom = (c * e).sum(-1, keepdim=True)  # [H, N_t, 1]
+    if sinks is not None:
+        denom = denom + (sinks.to(work.dtype)[:, None, None] - m).exp()
     p = torch.where(
         denom > 0, e / denom.clamp_min(torch.finfo(work.dtype).tiny), torch.zeros_like(e)
     )
@@ -65,23 +75,31 @@ def dense_reference(
     *,
     x_src: Tensor | tuple[Tensor, Tensor] | None = None,
     edge_attr: Tensor | None = None,
+    pos: Tensor | None = None,
+    pos_src: Tensor | None = None,
 ) -> DenseResult:
     """Run ``layer``'s projections and score function densely (no message passing).
 
     Uses ``layer.score.dense`` on the full matrix, masks by the graph's edge multiplicities, and
-    reads per-edge scores and weights back at the graph's edges.
+    reads per-edge scores and weights back at the graph's edges. Grouped keys and values
+    (``num_kv_heads``) are repeated for their query heads; ``layer.sinks`` join every softmax;
+    ``pos``/``pos_src`` replace the token positions (``pos_src`` defaults to ``pos``).
     """
     xk, xv = split_sources(x, x_src, (layer.embed_dim, layer.kdim, layer.vdim))
     g = as_token_graph(graph, num_src=xk.size(0), num_dst=x.size(0))
-    q, k, v = (t.transpose(0, 1) for t in layer.project(x, xk, xv))  # [H, N, D] each
+    q, k, v = (t.transpose(0, 1) for t in layer.project(x, xk, xv))  # [H | H_kv, N, D]
+    if k.size(0) != q.size(0):  # query head h reads key/value head h // G
+        k, v = (t.repeat_interleave(q.size(0) // t.size(0), 0) for t in (k, v))  # [H, N_s, D]
     dense_attr = None
     if edge_attr is not None:
         attr = edge_attr if edge_attr.dim() == 2 else edge_attr.unsqueeze(-1)
         dense_attr = attr.new_zeros(g.num_dst, g.num_src, attr.size(-1))  # [N_t, N_s, F]
         dense_attr[g.edge_index[1], g.edge_index[0]] = attr
-    ctx = DenseContext(g.positions("dst"), g.positions("src"), dense_attr)
+    pq = g.positions("dst") if pos is None else pos
+    pk = g.positions("src") if pos is None else (pos if pos_src is None else pos_src)
+    ctx = DenseContext(pq, pk, dense_attr)
     logits = layer.score.dense(q, k, ctx)  # [H, N_t, N_s]
-    out, p = dense_attention(v, logits, g.edge_counts())
+    out, p = dense_attention(v, logits, g.edge_counts(), getattr(layer, "sinks", None))
     y = layer.out_proj(out.transpose(0, 1).reshape(-1, layer.embed_dim))  # [N_t, C]
     src, dst = g.edge_index
     return DenseResult(y, logits[:, dst, src].T, p[:, dst, src].T)

@@ -49,6 +49,8 @@ def dense_weights(weights: Tensor, graph: TokenGraph, batch: int, len_q: int, le
 
         A[b, h, i, j] = Attn_ij^h   if (j, i) ∈ edges of sequence b,  else 0
 
+    Duplicate edges add up, so ``A @ v`` is the output of eq. 3; differentiable in ``weights``.
+
     What ``nn.MultiheadAttention`` and transformers' attention functions return as their
     weights (``GraphMultiheadAttention`` and converted Hugging Face models use it).
 
@@ -64,5 +66,5 @@ def dense_weights(weights: Tensor, graph: TokenGraph, batch: int, len_q: int, le
     """
     src, dst = graph.edge_index[0], graph.edge_index[1]  # [E] each
     dense = weights.new_zeros(batch, len_q, len_k, weights.size(1))  # [B, L_q, L_k, H]
-    dense = dense.index_put((dst // len_q, dst % len_q, src % len_k), weights)
+    dense = dense.index_put((dst // len_q, dst % len_q, src % len_k), weights, accumulate=True)
     return dense.permute(0, 3, 1, 2)  # [B, H, L_q, L_k]

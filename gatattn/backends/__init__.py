@@ -4,8 +4,9 @@
     edge      the literal formula and the ground truth (any graph, any score)
     dense     one SDPA call (complete, causal, bipartite graphs)
     block     block-sparse torch (banded and block-structured graphs)
-    flex      FlexAttention (CUDA)
-    dispatch  the registry ``BACKENDS``, ``select_backend`` and ``attend``
+    flex      FlexAttention (CUDA), its BlockMask built from the tiles
+    dispatch  the registry ``BACKENDS`` (a priority list), ``register_backend``, ``decide`` /
+              ``select_backend`` and ``attend``
     rows      ``attention_rows``: α and Attn a block of target rows at a time (long inputs),
               on the keys of each row (``row_layout``), for sparse extraction
 
@@ -13,7 +14,18 @@ Every backend other than edge is proven equal to it (tests/backends/) before dis
 """
 
 from .base import Backend, BackendOutput, EdgeInput, EdgeModulation, Problem
-from .dispatch import BACKENDS, attend, backend_names, check_backend_name, select_backend
+from .dispatch import (
+    BACKENDS,
+    Decision,
+    attend,
+    backend_names,
+    check_backend_name,
+    decide,
+    expand_kv,
+    register_backend,
+    select_backend,
+    transform_nodes,
+)
 from .rows import ROW_BUDGET, AttentionRows, RowBlock, attention_rows
 
 __all__ = [
@@ -22,6 +34,7 @@ __all__ = [
     "AttentionRows",
     "Backend",
     "BackendOutput",
+    "Decision",
     "EdgeInput",
     "EdgeModulation",
     "Problem",
@@ -30,5 +43,9 @@ __all__ = [
     "attention_rows",
     "backend_names",
     "check_backend_name",
+    "decide",
+    "expand_kv",
+    "register_backend",
     "select_backend",
+    "transform_nodes",
 ]

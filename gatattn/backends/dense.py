@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..graph import TokenGraph
-from ..scores import DenseContext, Edges
+from ..scores import POSITION, DenseContext, Edges
 from .base import Backend, BackendOutput, Problem
 
 __all__ = ["MIN_DENSE_DENSITY", "DenseBackend", "dense_density", "dense_keys"]
@@ -91,7 +91,7 @@ def dense_keys(g: TokenGraph) -> Tensor | str:
                 f"queries come in {len(q_len)} sequences but keys in {len(k_len)}: no per-"
                 "sequence grid"
             )
-        B, Lq, Lk = _grid(g)
+        _, Lq, Lk = _grid(g)
         src, dst = g.edge_index[0], g.edge_index[1]  # [E]
         seq = g.sequence("dst").index_select(0, dst)  # [E]
         if not torch.equal(seq, g.sequence("src").index_select(0, src)):
@@ -99,7 +99,7 @@ def dense_keys(g: TokenGraph) -> Tensor | str:
         pos_i = g.positions("dst").index_select(0, dst)  # [E]
         pos_j = g.positions("src").index_select(0, src)  # [E]
         keys = (seq * Lq + pos_i) * Lk + pos_j  # [E]
-        if keys.numel() and int(torch.bincount(keys, minlength=B * Lq * Lk).max()) > 1:
+        if torch.unique(keys).numel() != keys.numel():  # O(E) memory, whatever B·L_q·L_k is
             return "the graph has duplicate edges (SDPA would count them once)"
         return keys
 
@@ -130,49 +130,86 @@ class DenseBackend(Backend):
         \\mathrm{out} = \\mathrm{softmax}(s\\,QK^\\top + M)\\,V
 
     with M = the biases on edges and −∞ elsewhere (Vaswani et al. 2017, "Attention Is All You
-    Need"; docs/math.md, eqs. 4-5). Scores: those declaring ``"dense"`` (scaled_dot, dot: any
-    ``sdpa_scale``) plus any ``ScoreBias``. Returns out [N_t, H, D]; scores and weights are
-    None (``attend`` takes them from the edge formula when asked).
+    Need"; docs/math.md, eqs. 4-5). Runs a score that declares an ``sdpa_scale`` s, plus any
+    biases: position biases (``kind="position"``) by their dense form on a tagged graph, any
+    bias by its per-edge values otherwise. ``backend="auto"`` picks it only for a tagged graph,
+    a graph built from a mask, or one that fills at least MIN_DENSE_DENSITY of its padded grid.
+    Returns out [N_t, H, D]; scores and weights are None (``attend`` takes them from the edge
+    formula when asked).
     """
 
     name = "dense"
+    grouped_kv = True  # SDPA's enable_gqa: k and v keep their H_kv heads
 
-    def plan(self, p: Problem) -> tuple[str | None, str]:
-        """("tagged" | "mask" | "scatter", why) when SDPA can run ``p``, else (None, why not)."""
-        why = self.score_support(p)
-        if why is not None:
-            return None, why
-        base, biases = p.score.parts()
+    def _score_reasons(self, p: Problem) -> list[str]:
+        base, _ = p.score.parts()
+        why = []
         if base.sdpa_scale(p.q.size(-1)) is None:
-            return None, f"score {base.name!r} is not s·<q_i, k_j>, which SDPA computes"
+            why.append(
+                f"score {base.name!r} is not s·<q_i, k_j> (it declares no sdpa_scale), which "
+                "SDPA computes"
+            )
+        return why + self.per_edge_reasons(p)
+
+    def plan(self, p: Problem) -> tuple[str | None, tuple[str, ...]]:
+        """("tagged" | "mask" | "scatter", (why,)) when SDPA can run ``p``, else (None, every
+        reason it cannot). O(1) on a tagged or mask graph; the scatter plan's O(E) check of
+        the edges runs once per graph (cached)."""
+        why = self._score_reasons(p)
+        if why:
+            return None, tuple(why)
+        _, biases = p.score.parts()
         g = p.graph
         tag = g.trusted_structure()
         if tag is not None:
             if tag != "bipartite" and g.num_src != g.num_dst:
-                return None, f"graph is bipartite (num_src={g.num_src}, num_dst={g.num_dst})"
+                return None, (f"graph is bipartite (num_src={g.num_src}, num_dst={g.num_dst})",)
             if not biases:
-                return "tagged", f"{tag} graph: SDPA without reading the edges"
-            if tag != "bipartite" and all("dense" in b.backends for b in biases):
-                return "tagged", f"{tag} graph with position biases: SDPA with their dense form"
+                return "tagged", (f"{tag} graph: SDPA without reading the edges",)
+            position_biases = all(b.kind == POSITION for b in biases)
+            if tag != "bipartite" and p.positions is None and position_biases:
+                return "tagged", (f"{tag} graph with position biases: SDPA with their dense form",)
         elif g.dense_mask(compact=True) is not None and not biases:
-            return "mask", "graph built from a dense mask: SDPA with that mask"
+            return "mask", ("graph built from a dense mask: SDPA with that mask",)
         if g.num_src == 0 or g.num_dst == 0:
-            return None, f"the graph has no nodes on one side (N_s={g.num_src}, N_t={g.num_dst})"
+            return None, (f"the graph has no nodes on one side (N_s={g.num_src}, N_t={g.num_dst})",)
         keys = dense_keys(g)
         if isinstance(keys, str):
             if g.structure in ("complete", "causal", "bipartite") and tag is None:
                 keys = f"the graph's {g.structure!r} tag does not match its edges, and {keys}"
-            return None, keys
-        return "scatter", "graph inside its sequences: SDPA with the edges (and biases) as a mask"
+            return None, (keys,)
+        return "scatter", (
+            "graph inside its sequences: SDPA with the edges (and biases) as a mask",
+        )
 
-    def supports(self, p: Problem) -> str | None:
+    def supports(self, p: Problem) -> tuple[str, ...]:
         plan, why = self.plan(p)
-        return None if plan is not None else why
+        return () if plan is not None else why
+
+    def auto_reasons(self, p: Problem) -> tuple[str, ...]:
+        """``supports``, after the O(1) cost rule: a graph that is neither tagged nor built
+        from a mask must fill at least MIN_DENSE_DENSITY of its padded per-sequence grid (SDPA
+        computes the whole grid, the edge backend only E entries). Only a graph that passes
+        pays for the scatter plan's O(E) check."""
+        g = p.graph
+        why = self._score_reasons(p)
+        if g.trusted_structure() is None and g.dense_mask(compact=True) is None:
+            fill = dense_density(g)
+            if fill < MIN_DENSE_DENSITY:
+                why.append(
+                    f"the edges fill {100 * fill:.1f} % of the padded per-sequence grid "
+                    f"B·L_q·L_k, below {100 * MIN_DENSE_DENSITY:.0f} %: SDPA would compute "
+                    "mostly masked entries"
+                )
+        return tuple(why) if why else self.supports(p)
+
+    def explain(self, p: Problem) -> str:
+        return f"{self.plan(p)[1][0]} (score {p.score.name!r})"
 
     def run(self, p: Problem) -> BackendOutput:
         plan, why = self.plan(p)  # cached per graph: a direct call never trusts an unchecked tag
         if plan is None:
-            raise ValueError(f"dense backend cannot run score {p.score.name!r}: {why}")
+            raise ValueError(f"dense backend cannot run score {p.score.name!r}: {'; '.join(why)}")
         q, k, v, g = p.q, p.k, p.v, p.graph
         base, _ = p.score.parts()
         H, D = q.size(1), q.size(2)
@@ -187,10 +224,11 @@ class DenseBackend(Backend):
             q.device,
         )
 
-        def pad(t: Tensor, index: Tensor | None, n: int) -> Tensor:  # [N, H, D] -> [B, H, n, D]
+        def pad(t: Tensor, index: Tensor | None, n: int) -> Tensor:  # [N, h, D] -> [B, h, n, D]
+            h = t.size(1)  # H, or H_kv for grouped keys and values
             if index is not None:
-                t = t.new_zeros(B * n, H, D).index_copy(0, index, t)  # [B·n, H, D]
-            return t.view(B, n, H, D).transpose(1, 2)
+                t = t.new_zeros(B * n, h, D).index_copy(0, index, t)  # [B·n, h, D]
+            return t.view(B, n, h, D).transpose(1, 2)
 
         causal = False
         mask: Tensor | None = None  # bool (True = may attend) or additive float
@@ -209,14 +247,20 @@ class DenseBackend(Backend):
         empty: Tensor | None = None  # [B, 1 | H, L_q, 1]: targets with no edge (or all -inf)
         if mask is not None:
             empty, mask = _guard_empty_rows(mask, rows)
+        kp, vp = pad(k, k_index, Lk), pad(v, k_index, Lk)  # [B, H_kv, L_k, D]
+        if p.sinks is not None:  # one more key per sequence: logit s_h (in the mask), value 0
+            mask = _sink_mask(mask, causal, p.sinks, (H, Lq, Lk), q.dtype)
+            causal = False
+            kp, vp = (F.pad(t, (0, 0, 0, 1)) for t in (kp, vp))  # [B, H_kv, L_k + 1, D]
         out = F.scaled_dot_product_attention(
             pad(q, q_index, Lq),
-            pad(k, k_index, Lk),
-            pad(v, k_index, Lk),
+            kp,
+            vp,
             attn_mask=mask,
             dropout_p=p.dropout if p.training else 0.0,
             is_causal=causal,
             scale=base.sdpa_scale(D),
+            enable_gqa=k.size(1) != H,
         )  # [B, H, L_q, D]
         if empty is not None:
             out = out.masked_fill(empty, 0.0)
@@ -278,7 +322,7 @@ class DenseBackend(Backend):
             return g.derived("dense_allowed", allowed, dev), g.derived(
                 "dense_edgeless", edgeless, dev
             )
-        edges = Edges(g.edge_index[0], g.edge_index[1], g, p.edge_attr)
+        edges = Edges(g.edge_index[0], g.edge_index[1], g, p.edge_attr, p.positions)
         vals = sum((b(edges) for b in biases), torch.zeros((), device=dev))
         vals = vals.to(p.q.dtype)
         if vals.dim() < 2:
@@ -318,3 +362,33 @@ def _guard_empty_rows(mask: Tensor, rows: Tensor | None = None) -> tuple[Tensor 
     if mask.dtype == torch.bool:
         return rows, mask | rows
     return rows, mask.masked_fill(rows, 0.0)
+
+
+def _sink_mask(
+    mask: Tensor | None,
+    causal: bool,
+    sinks: Tensor,
+    shape: tuple[int, int, int],
+    dtype: torch.dtype,
+) -> Tensor:
+    """The additive mask with one more key column, the sink: [B | 1, H, L_q, L_k + 1].
+
+    Column L_k holds s_h for every query (its key and value are 0, so its logit is the mask
+    value alone): softmax over the row is exp(α_ij) / (exp(s_h) + Σ_k exp(α_ik)).
+    """
+    H, Lq, Lk = shape
+    if mask is None:
+        base = torch.zeros(1, 1, Lq, Lk, dtype=dtype, device=sinks.device)  # [1, 1, L_q, L_k]
+        if causal:
+            allowed = torch.ones(Lq, Lk, dtype=torch.bool, device=sinks.device).tril()
+            base = base.masked_fill(~allowed, float("-inf"))
+    elif mask.dtype == torch.bool:
+        base = torch.zeros(mask.shape, dtype=dtype, device=mask.device)
+        base = base.masked_fill(~mask, float("-inf"))
+    else:
+        base = mask.to(dtype)
+    if base.dim() == 3:  # [H, L_q, L_k] (position biases of a tagged graph)
+        base = base.unsqueeze(0)
+    rows = base.size(0)
+    col = sinks.to(dtype).view(1, H, 1, 1).expand(rows, H, Lq, 1)  # [B | 1, H, L_q, 1]
+    return torch.cat([base.expand(rows, H, Lq, Lk), col], -1)  # [B | 1, H, L_q, L_k + 1]

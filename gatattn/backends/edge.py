@@ -2,6 +2,7 @@
 
     α_e     = w(dst(e), src(e))                          scores [E, H]        (eq. 1)
     Attn_e  = softmax of α over the edges into dst(e)    weights [E, H]       (eq. 2)
+              (and the sink logit s_h, when ``Problem.sinks`` is set)
     out_i   = Σ_{e: dst(e)=i} Attn_e · v_{src(e)}        [N_t, H, D]          (eq. 3)
 
 With TransformerConv's edge modulation (``Problem.modulation``, Shi et al. 2021, eqs. 3-4) the
@@ -31,7 +32,7 @@ _HALF = (torch.float16, torch.bfloat16)
 
 def _edges(p: Problem) -> Edges:
     src, dst = p.graph.edge_index[0], p.graph.edge_index[1]
-    return Edges(src, dst, p.graph, p.edge_attr)
+    return Edges(src, dst, p.graph, p.edge_attr, p.positions)
 
 
 def _modulated_scores(p: Problem, mod: EdgeModulation) -> Tensor:
@@ -60,7 +61,8 @@ def _wide_scores_and_weights(p: Problem) -> tuple[Tensor, Tensor]:
             f"score function {p.score.name!r} returned shape {tuple(alpha.shape)}; expected "
             f"(E, H) = ({g.num_edges}, {p.q.size(1)})"
         )
-    return alpha, neighbourhood_softmax(alpha, g.edge_index[1], g.num_dst)  # [E, H], [E, H]
+    weights = neighbourhood_softmax(alpha, g.edge_index[1], g.num_dst, p.sinks)  # [E, H]
+    return alpha, weights
 
 
 def edge_scores_and_weights(p: Problem) -> tuple[Tensor, Tensor]:
@@ -80,8 +82,11 @@ class EdgeBackend(Backend):
 
     name = "edge"
 
-    def supports(self, p: Problem) -> str | None:
-        return None
+    def supports(self, p: Problem) -> tuple[str, ...]:
+        return ()
+
+    def explain(self, p: Problem) -> str:
+        return "the reference formula, which runs every graph, score and option"
 
     def run(self, p: Problem) -> BackendOutput:
         g = p.graph

@@ -35,7 +35,7 @@ from torch import Tensor
 
 from ..graph import TokenGraph
 from ..kernels import CHUNK_ELEMENTS, neighbourhood_softmax
-from ..scores import DenseContext, Edges, ScoreBias, ScoreFunction, check_scores
+from ..scores import POSITION, DenseContext, Edges, ScoreBias, ScoreFunction, check_scores
 from .base import EdgeInput
 from .row_layout import RowLayout, row_blocks
 
@@ -84,14 +84,9 @@ def _check_heads(heads: Sequence[int] | None, num_heads: int) -> tuple[int, ...]
     return tuple(sorted(int(h) for h in heads))
 
 
-def _has_dense(base: ScoreFunction) -> bool:
-    flag = getattr(base, "has_dense", None)  # the score's own declaration
-    return bool(flag) if flag is not None else "block" in getattr(base, "backends", ())
-
-
 def _is_position(bias: ScoreBias) -> bool:
-    kind = getattr(bias, "kind", None)  # "position": defined on every (i, j) by dense(ctx)
-    return kind == "position" if kind is not None else "block" in getattr(bias, "backends", ())
+    """The bias reads positions only, so ``dense(ctx)`` gives it on every (i, j)."""
+    return bias.kind == POSITION
 
 
 class AttentionRows:
@@ -132,7 +127,7 @@ class AttentionRows:
         self.wide = torch.float32 if q.dtype in _HALF else q.dtype
         base, biases = score.parts()
         self.base, self.biases = base, biases
-        dense = _has_dense(base)
+        dense = base.has_dense
         per_edge = [b for b in biases if not _is_position(b)]
         by_id = edge_attr is not None or bool(per_edge)
         self.layout = RowLayout(graph, by_id=by_id, grid=dense)

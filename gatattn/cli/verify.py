@@ -5,9 +5,10 @@ the outputs and the gradients with respect to the input and every parameter:
 
 * scaled_dot on complete graphs: ``F.scaled_dot_product_attention`` and ``nn.MultiheadAttention``
   (with ``key_padding_mask`` for a batch of sequences of different lengths);
-* every other score and bias: the same formula computed densely on the full N × N matrix
-  (``gatattn.reference``), on a complete and on an irregular graph (duplicate edges, an isolated
-  target).
+* every other score and bias (rotary positions and softcapping included), and the layer options
+  grouped-query attention and attention sinks: the same formula computed densely on the full
+  N × N matrix (``gatattn.reference``), on a complete and on an irregular graph (duplicate edges,
+  an isolated target).
 
 The error of a case is the largest, over the output and every gradient, of
 max |got − ref| / max(1, max |ref|): the absolute error for tensors of magnitude up to 1, and the
@@ -49,7 +50,14 @@ SCORES = [
     "neg_distance",
     "scaled_dot+alibi",
     "scaled_dot+relative_position",
+    "rotary",
+    "softcap",
 ]
+#: layer options beside the score: grouped-query keys/values and attention sinks
+OPTIONS: dict[str, dict[str, object]] = {
+    "gqa (num_kv_heads=1)": {"num_kv_heads": 1},
+    "sinks": {"sinks": True},
+}
 
 
 @dataclass
@@ -185,7 +193,7 @@ def run_matrix(quick: bool = False, progress: bool = False, seed: int = 0) -> li
     graphs = [("complete", ga.complete_graph(N)), ("irregular", _irregular_graph())]
     if not quick:
         graphs.append(("batched", ga.complete_graph(lengths=[2, 3])))
-    for score in ["scaled_dot", *SCORES] if not quick else SCORES:
+    for score in [*(["scaled_dot"] if not quick else []), *SCORES, *OPTIONS]:
         for gname, graph in graphs:
             plan.append((f"dense:{gname}", score, graph, _dense_formula(graph)))
     jobs = [(p, dt) for p in plan for dt in dtypes]
@@ -196,10 +204,11 @@ def run_matrix(quick: bool = False, progress: bool = False, seed: int = 0) -> li
         gen = torch.Generator().manual_seed(seed)
         torch.manual_seed(seed)
         n = graph.num_dst
-        layer = ga.GraphAttention(C, H, score=score, backend="auto").double()
-        with torch.no_grad():  # non-zero biases, so a bias bug cannot hide
+        opts = OPTIONS.get(score, {"score": score})
+        layer = ga.GraphAttention(C, H, backend="auto", **opts).double()  # type: ignore[arg-type]
+        with torch.no_grad():  # non-zero biases (and sink logits), so a bias bug cannot hide
             for p in layer.parameters():
-                if p.dim() == 1 and p.numel() == C:
+                if p.dim() == 1 and p.numel() in (C, H):
                     p.normal_(0, 0.1, generator=gen)
         x = torch.randn(n, C, dtype=torch.float64, generator=gen)
         grad = torch.randn(n, C, dtype=torch.float64, generator=gen)

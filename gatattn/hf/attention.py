@@ -27,15 +27,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..backends import Problem, attend
+from ..backends.edge import edge_scores_and_weights
 from ..graph import TokenGraph
 from ..kernels import edge_dot
 from ..patterns import bipartite_graph, causal_graph, complete_graph, from_mask
 from ..result import Attention, dense_weights
 from ..scores import DenseContext, Edges, ScoreFunction
 from . import modern
+from .configs import allow_output_attentions
+from .swaps import GraphFn, swap_graph
 
 __all__ = [
     "IMPLEMENTATION",
@@ -55,9 +59,6 @@ __all__ = [
 IMPLEMENTATION = "gatattn"
 #: The attribute of a converted attention module that holds its ``GraphSettings``.
 SETTINGS = "gatattn"
-
-#: ``graph_fn(lengths) -> TokenGraph`` over sum(lengths) tokens (as ``pretrained.GraphFn``).
-GraphFn = Callable[[list[int]], TokenGraph]
 
 
 class Capture:
@@ -114,6 +115,8 @@ class GraphSettings:
     def cached(self, key: tuple[Any, ...], mask: Tensor | None, build: Callable[[], Any]) -> Any:
         """One-entry cache: every layer of one forward gets the same mask object, so the graph
         (and its derived dense-backend data) is built once per forward, not once per layer."""
+        if torch.compiler.is_compiling():  # traced once per compiled graph: nothing to reuse
+            return build()
         c = self._cache
         ref = c.get("mask")
         same_mask = (mask is None and ref is None) or (
@@ -133,14 +136,15 @@ class ScaledScore(ScoreFunction):
     .. math:: \\alpha_{ij} = s \\, \\langle q_i, k_j \\rangle
 
     s is 1/√D for BERT-like models, and differs for GPT-2 with ``scale_attn_weights=False``
-    (s = 1) or ``scale_attn_by_inverse_layer_idx`` (s = 1 / (√D (l + 1))). Runs on every
-    backend that runs scaled_dot (SDPA takes ``scale=s``).
+    (s = 1) or ``scale_attn_by_inverse_layer_idx`` (s = 1 / (√D (l + 1))). It declares what
+    scaled_dot declares (``sdpa_scale`` = s and a dense form), so it runs wherever scaled_dot
+    runs (SDPA takes ``scale=s``).
 
     Args:
         scale: s.
     """
 
-    backends = frozenset({"edge", "dense", "block", "flex"})
+    has_dense = True
 
     def __init__(self, scale: float) -> None:
         super().__init__()
@@ -158,46 +162,6 @@ class ScaledScore(ScoreFunction):
 
     def dense(self, q: Tensor, k: Tensor, ctx: DenseContext) -> Tensor:
         return q @ k.transpose(-1, -2) * self.scale  # [..., H, L_q, L_k]
-
-
-def _swap_graph(
-    graph_fn: GraphFn, valid: Tensor, allowed: Tensor | None, causal: bool
-) -> TokenGraph:
-    """``graph_fn(lengths)`` on the unpadded tokens, placed into the padded layout [B, L] and
-    intersected with the model's own mask (padding, causality): a swap never adds an edge that
-    the model forbids.
-
-    Shapes:
-        valid [B, L] bool (real tokens) -> a graph over B·L nodes.
-    """
-    B, L = valid.shape
-    lengths = [int(n) for n in valid.sum(1).tolist()]
-    g = graph_fn(lengths)
-    n = sum(lengths)
-    if not isinstance(g, TokenGraph) or (g.num_src, g.num_dst) != (n, n):
-        raise ValueError(
-            f"graph_fn must return a TokenGraph on {n} nodes (lengths={lengths}), got {g!r}"
-        )
-    full = bool(valid.all())
-    if full and allowed is None:
-        g = g.to(valid.device)
-        if g.lengths is None and B > 1:  # block-diagonal by construction: name the sequences
-            g = TokenGraph(g.edge_index, n, n, lengths=lengths, validate=False)
-        return g & causal_graph(lengths=lengths, device=valid.device) if causal else g
-    pos = valid.flatten().nonzero().flatten()  # [n] padded index of each real token
-    src, dst = pos[g.edge_index[0].to(pos.device)], pos[g.edge_index[1].to(pos.device)]  # [E]
-    if allowed is not None:
-        keep = allowed[dst // L, dst % L, src % L]  # [E]
-    else:
-        keep = (src // L == dst // L) & ((src % L <= dst % L) | (not causal))  # [E]
-    if full and bool(keep.all()):  # the model's mask removes nothing: keep the builder's graph
-        return (
-            g
-            if g.lengths is not None or B == 1
-            else TokenGraph(g.edge_index, n, n, lengths=lengths, validate=False)
-        )
-    ei = torch.stack([src[keep], dst[keep]])  # [2, E']
-    return TokenGraph(ei, B * L, B * L, lengths=[L] * B, validate=False)
 
 
 def mask_graph(
@@ -235,12 +199,12 @@ def mask_graph(
         except modern._Unsupported as err:
             raise UnsupportedModelError(str(err)) from None
     valid = None if allowed is None else allowed.any(1)  # [B, L_k] keys someone may attend
-    if window is not None and Lq == Lk:
-        user, win = graph_fn, window
-        graph_fn = win if user is None else (lambda lengths: user(lengths) & win(lengths))
+    if window is not None and Lq == Lk and graph_fn is None:
+        graph_fn, window = window, None
     if graph_fn is not None:
         keys = valid if valid is not None else torch.ones(B, Lk, dtype=torch.bool, device=device)
-        g = _swap_graph(graph_fn, keys, allowed, causal)
+        within = window if Lq == Lk else None  # on cached steps the model's mask carries it
+        g = swap_graph(graph_fn, keys, allowed, causal, Lq, within)
     elif allowed is not None:
         g = from_mask(allowed)  # tag 'masked': one SDPA call with this mask
     elif Lq != Lk:
@@ -331,11 +295,18 @@ def graph_attention(
         key, value = key[:, :, :Lq], value[:, :, :Lq]
     Lk = key.size(2)
     cross = is_cross_attention(module)
-    graph_fn = None if cross or Lq != Lk else kwargs.get("graph_fn", settings.graph_fn)
+    graph_fn = None if cross else kwargs.get("graph_fn", settings.graph_fn)
     window = None
     if sliding is not None and not cross:
         window = modern.window_fn(sliding, module_causal)
         causal = causal and Lq != Lk  # a causal window graph lies inside the causal graph
+        if graph_fn is not None and Lq != Lk:
+            raise UnsupportedModelError(
+                f"{name}: a graph_fn on a cached decoding step of a sliding-window layer "
+                f"(window {sliding}) is not supported: its cache may hold only the last keys, "
+                "so its tokens cannot be numbered as in the uncached forward; generate with "
+                "use_cache=False"
+            )
     cache_key = (B, Lq, Lk, causal, graph_fn, sliding, query.device)
     graph, valid, bias = settings.cached(
         cache_key,
@@ -350,33 +321,44 @@ def graph_attention(
     q = query.transpose(1, 2).reshape(B * Lq, H, D)  # [N_t, H, D]
     k = modern.expand_kv(key, H)  # [N_s, H, D], grouped-query heads expanded per node
     v = modern.expand_kv(value, H)  # [N_s, H, D]
-    recorder = _RECORDER.get()
+    # ContextVar.get cannot be traced (torch.compile(fullgraph=True)); recording runs eagerly
+    recorder = None if torch.compiler.is_compiling() else _RECORDER.get()
     score = modern.bias_score(special or ScaledScore(scale), bias is not None)
     if isinstance(recorder, Capture):  # sparse extraction: q, k and the graph, no weights
         if not cross and Lq == Lk:
             call = Problem(q=q, k=k, v=v, graph=graph, score=score, edge_attr=bias)
             recorder.capture(module, call, valid, key.size(1))
         recorder = None
-    need = recorder is not None or _wants_weights(module, kwargs)
     training = dropout > 0.0 and module.training
     p = Problem(
-        q, k, v, graph, score, edge_attr=bias, dropout=dropout, training=training, need_weights=need
-    )
-    res = attend(p, settings.backend)
-    out = res.out.view(B, Lq, H, -1)  # [B, L_q, H, D]
-    if not need:
-        return out, None
-    assert res.scores is not None and res.weights is not None
+        q, k, v, graph, score, edge_attr=bias, dropout=dropout, training=training,
+        need_weights=recorder is not None,
+    )  # fmt: skip
+    attn: Tensor | None = None
+    scores: Tensor | None
+    weights: Tensor | None
+    if _wants_weights(module, kwargs):
+        # the returned Attn is the one the output is computed from (out = Attn v, as the eager
+        # function does), so d(out)/d(Attn) reaches attentions[l].grad
+        scores, weights = edge_scores_and_weights(p)  # [E, H], [E, H]
+        attn = dense_weights(weights, graph, B, Lq, Lk).to(value.dtype)  # [B, H, L_q, L_k]
+        if training:
+            attn = F.dropout(attn, dropout, True)  # returned after dropout, as eager does
+        out = (attn @ v.view(B, Lk, H, -1).transpose(1, 2)).transpose(1, 2)  # [B, L_q, H, D]
+    else:
+        res = attend(p, settings.backend)
+        out = res.out.view(B, Lq, H, -1)  # [B, L_q, H, D]
+        scores, weights = res.scores, res.weights
     if recorder is not None and not cross and Lq == Lk:
-        flat = res.out.reshape(B * Lq, -1)  # [N_t, H·D], before the output projection
-        recorder.append(
-            (module, Attention(flat, graph.edge_index, res.scores, res.weights, graph), valid)
-        )
-    return out, dense_weights(res.weights, graph, B, Lq, Lk).to(value.dtype)
+        assert scores is not None and weights is not None
+        flat = out.reshape(B * Lq, -1)  # [N_t, H·D], before the output projection
+        recorder.append((module, Attention(flat, graph.edge_index, scores, weights, graph), valid))
+    return out, attn
 
 
 def register() -> None:
-    """Register ``"gatattn"`` with transformers' attention and mask interfaces (idempotent).
+    """Register ``"gatattn"`` with transformers' attention and mask interfaces (idempotent),
+    and let its configs set ``output_attentions = True`` (``configs.allow_output_attentions``).
 
     Raises:
         ImportError: transformers (>= 5, the attention-interface design) is not installed.
@@ -390,6 +372,7 @@ def register() -> None:
         ) from err
     AttentionInterface.register(IMPLEMENTATION, graph_attention)
     AttentionMaskInterface.register(IMPLEMENTATION, sdpa_mask)
+    allow_output_attentions(IMPLEMENTATION)  # config.output_attentions = True (hf/configs.py)
 
 
 def recording() -> contextvars.ContextVar[Recorder | None]:

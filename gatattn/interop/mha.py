@@ -64,6 +64,10 @@ class GraphMultiheadAttention(nn.Module):
         embed_dim, num_heads, dropout, bias, add_bias_kv, add_zero_attn, kdim, vdim,
             batch_first, device, dtype: as ``nn.MultiheadAttention``.
         backend: GraphAttention backend name (default ``"auto"``: dispatch picks one).
+        num_kv_heads: H_kv for grouped-query attention, a gatattn extra (default None: torch's
+            one key/value head per query head, and torch's state_dict). With H_kv set, W_k
+            and W_v have H_kv·D rows (``in_proj_weight`` [C + 2·H_kv·D, C]), ``bias_k`` and
+            ``bias_v`` are [1, 1, H_kv·D], and ``to_torch`` refuses.
 
     Shapes:
         query [L, B, C] ([B, L, C] if batch_first, [L, C] unbatched), key [S, B, kdim],
@@ -100,6 +104,7 @@ class GraphMultiheadAttention(nn.Module):
         dtype: torch.dtype | None = None,
         *,
         backend: str = "auto",
+        num_kv_heads: int | None = None,
     ) -> None:
         for name, val in (("embed_dim", embed_dim), ("num_heads", num_heads)):
             if isinstance(val, bool) or not isinstance(val, int) or val <= 0:
@@ -120,12 +125,14 @@ class GraphMultiheadAttention(nn.Module):
         self.dropout = dropout
         self.batch_first = batch_first
         self.head_dim = embed_dim // num_heads
+        self.num_kv_heads = inputs.check_num_kv_heads(num_kv_heads, num_heads)
+        c_kv = proj.widths(self)[1]  # H_kv·D (C without num_kv_heads)
         # in_proj_weight or q/k/v_proj_weight, in_proj_bias; sets _qkv_same_embed_dim
-        proj.add_projections(self, embed_dim, self.kdim, self.vdim, bias, **fk)
+        proj.add_projections(self, embed_dim, self.kdim, self.vdim, bias, kv_width=c_kv, **fk)
         self.out_proj = NonDynamicallyQuantizableLinear(embed_dim, embed_dim, bias=bias, **fk)
         if add_bias_kv:
-            self.bias_k = nn.Parameter(torch.empty((1, 1, embed_dim), **fk))  # k of the extra key
-            self.bias_v = nn.Parameter(torch.empty((1, 1, embed_dim), **fk))  # v of the extra key
+            self.bias_k = nn.Parameter(torch.empty((1, 1, c_kv), **fk))  # k of the extra key
+            self.bias_v = nn.Parameter(torch.empty((1, 1, c_kv), **fk))  # v of the extra key
         else:
             self.bias_k = self.bias_v = None
         self.add_zero_attn = add_zero_attn
@@ -176,7 +183,17 @@ class GraphMultiheadAttention(nn.Module):
         return twin.train(mha.training)
 
     def to_torch(self) -> nn.MultiheadAttention:
-        """An ``nn.MultiheadAttention`` with copies of this module's weights (same state_dict)."""
+        """An ``nn.MultiheadAttention`` with copies of this module's weights (same state_dict).
+
+        Raises:
+            ValueError: grouped-query attention (``num_kv_heads`` other than ``num_heads``),
+                which nn.MultiheadAttention cannot express.
+        """
+        if self.num_kv_heads not in (None, self.num_heads):
+            raise ValueError(
+                f"to_torch cannot express grouped-query attention (num_kv_heads="
+                f"{self.num_kv_heads}): nn.MultiheadAttention has one key/value head per head"
+            )
         ref = self.out_proj.weight
         mha = nn.MultiheadAttention(
             self.embed_dim,
@@ -301,9 +318,9 @@ class GraphMultiheadAttention(nn.Module):
         """Append the extra key nodes of every sequence: (bias_k, bias_v), then (0, 0).
 
         Shapes:
-            k, v [B·S, H, D] -> [B·S', H, D], key j of sequence b at row b·S' + j.
+            k, v [B·S, H_kv, D] -> [B·S', H_kv, D], key j of sequence b at row b·S' + j.
         """
-        H, D = self.num_heads, self.head_dim
+        H, D = k.size(1), self.head_dim  # H_kv key/value heads
         ks, vs = [k.view(B, S, H, D)], [v.view(B, S, H, D)]
         if self.bias_k is not None and self.bias_v is not None:
             ks.append(self.bias_k.view(1, 1, H, D).expand(B, 1, H, D))

@@ -14,7 +14,9 @@ from torch_geometric.utils import scatter
 __all__ = ["neighbourhood_softmax"]
 
 
-def neighbourhood_softmax(scores: Tensor, index: Tensor, num_nodes: int) -> Tensor:
+def neighbourhood_softmax(
+    scores: Tensor, index: Tensor, num_nodes: int, sinks: Tensor | None = None
+) -> Tensor:
     """Softmax of per-edge scores over the incoming edges of each target.
 
     .. math::
@@ -32,10 +34,20 @@ def neighbourhood_softmax(scores: Tensor, index: Tensor, num_nodes: int) -> Tens
     0, and the denominator is clamped at 1, which is exact because a group with a finite max
     always has a denominator >= 1 (its max term is exp(0)).
 
+    With attention sinks (gpt-oss; Xiao et al. 2024, "Efficient Streaming Language Models with
+    Attention Sinks"), every target also attends to a sink: an extra key with logit s_h and
+    value 0, so the weights of its edges sum to less than 1:
+
+    .. math::
+        \\mathrm{Attn}_{ij} = \\frac{\\exp(\\alpha_{ij} - m_i)}
+        {\\exp(s_h - m_i) + \\sum_{k \\in N(i)} \\exp(\\alpha_{ik} - m_i)}, \\quad
+        m_i = \\max(s_h, \\max_{k \\in N(i)} \\alpha_{ik})
+
     Args:
         scores: α, [E, H] (or [E]).
         index: target node of each edge, LongTensor [E] (``edge_index[1]``).
         num_nodes: N_t, the number of targets.
+        sinks: the sink logits s [H] (finite), or None (default): no sink.
 
     Shapes:
         scores [E, H] -> weights [E, H].
@@ -46,7 +58,16 @@ def neighbourhood_softmax(scores: Tensor, index: Tensor, num_nodes: int) -> Tens
         )
     work = scores.float() if scores.dtype in (torch.float16, torch.bfloat16) else scores
     m = scatter(work.detach(), index, 0, dim_size=num_nodes, reduce="max")  # [N, H]
+    if sinks is not None:  # m_i = max(s_h, max_k α_ik): finite, as s_h is
+        sink = sinks.to(work.dtype)  # [H]
+        seen = torch.zeros(num_nodes, dtype=torch.bool, device=index.device)
+        seen = seen.index_fill(0, index, True).view(-1, *([1] * (work.dim() - 1)))  # [N, 1]
+        m = torch.where(seen, torch.maximum(m, sink.detach()), sink.detach())  # [N, H]
     m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
     e = (work - m.index_select(0, index)).exp()  # [E, H]
-    denom = scatter(e, index, 0, dim_size=num_nodes, reduce="sum").clamp_min(1.0)  # [N, H]
+    denom = scatter(e, index, 0, dim_size=num_nodes, reduce="sum")  # [N, H]
+    if sinks is not None:
+        denom = denom + (sink - m).exp()  # + exp(s_h - m_i): the sink's share
+    else:
+        denom = denom.clamp_min(1.0)
     return (e / denom.index_select(0, index)).to(scores.dtype)  # [E, H]

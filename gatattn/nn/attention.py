@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Literal, overload
 
-import torch.nn.functional as F
+import torch
 from torch import Tensor, nn
 from torch.nn.utils import skip_init
 from torch_geometric.nn import MessagePassing
@@ -24,8 +24,8 @@ from ..backends import (
     Problem,
     attend,
     check_backend_name,
-    select_backend,
 )
+from ..backends.dispatch import explain
 from ..graph import TokenGraph, as_token_graph
 from ..result import Attention
 from ..scores import ScoreCallable, ScoreFunction, make_score
@@ -59,6 +59,14 @@ class GraphAttention(MessagePassing):
             (Shi et al. 2021): k_ij = k_j + W_e e_ij, v_ij = v_j + W_e e_ij (default None: off;
             runs on the edge backend). Needs ``edge_attr`` [E, F] in forward.
         root_weight: add a skip connection out_i += W_r x_i, as TransformerConv (default False).
+        num_kv_heads: H_kv for grouped-query attention (Ainslie et al. 2023, "GQA"): H query
+            heads share H_kv key/value heads (query head h reads head h // (H / H_kv)), so W_k
+            and W_v have H_kv·D outputs; 1 is multi-query attention (default None: H).
+            Weights stay [E, H], one per query head.
+        sinks: learned attention sinks (gpt-oss; Xiao et al. 2024): a parameter ``sinks`` [H]
+            of sink logits s_h, zero at init; each target also attends to a sink with logit
+            s_h and value 0, so Attn_ij = exp(α_ij) / (exp(s_h) + Σ_k exp(α_ik)) (default
+            False). Runs on the edge and dense backends.
 
     Shapes:
         x [N_t, C] (queries), x_src [N_s, kdim] or a pair ([N_s, kdim], [N_s, vdim]),
@@ -78,6 +86,8 @@ class GraphAttention(MessagePassing):
         backend: str = "auto",
         edge_dim: int | None = None,
         root_weight: bool = False,
+        num_kv_heads: int | None = None,
+        sinks: bool = False,
     ) -> None:
         super().__init__(aggr="add", node_dim=0)
         check.check_layer_args(embed_dim, num_heads, dropout, edge_dim)
@@ -86,7 +96,9 @@ class GraphAttention(MessagePassing):
         self.num_heads, self.head_dim, self.dropout = num_heads, embed_dim // num_heads, dropout
         self.kdim = kdim if kdim is not None else C
         self.vdim = vdim if vdim is not None else C
-        proj.add_projections(self, C, self.kdim, self.vdim, bias)  # W_q, W_k, W_v
+        self.num_kv_heads = check.check_num_kv_heads(num_kv_heads, num_heads)
+        kv_width = proj.widths(self)[1]  # C_kv = H_kv·D
+        proj.add_projections(self, C, self.kdim, self.vdim, bias, kv_width=kv_width)
         self.out_proj = skip_init(nn.Linear, C, C, bias=bias)  # W_o
         self.score = make_score(score, num_heads, self.head_dim)
         # Optional PyG features (docs/pyg.md); only the options in use hold parameters.
@@ -94,6 +106,7 @@ class GraphAttention(MessagePassing):
         # W_e [C, F], no bias, as TransformerConv's lin_edge
         self.edge_proj = skip_init(nn.Linear, edge_dim, C, bias=False) if edge_dim else None
         self.skip_proj = skip_init(nn.Linear, C, C, bias=bias) if root_weight else None  # W_r
+        self.sinks = nn.Parameter(torch.zeros(num_heads)) if sinks else None  # s [H]
         self.register_load_state_dict_pre_hook(proj.load_legacy_projections)
         self.reset_parameters()
 
@@ -110,35 +123,28 @@ class GraphAttention(MessagePassing):
     v_proj = proj.ProjectionView(2, "W_v")  # .weight [C, vdim], ...
 
     def project(self, x: Tensor, xk: Tensor, xv: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """q = W_q x, k = W_k x_k, v = W_v x_v (eq. 0), split into heads.
+        """q = W_q x, k = W_k x_k, v = W_v x_v (eq. 0), split into heads (``proj.project``).
 
-        Self-attention runs one GEMM with the stored [3C, C] weight, and cross-attention with
-        ``xk is xv`` one GEMM for keys and values, as nn.MultiheadAttention does.
+        Self-attention runs one GEMM with the stored [C + 2·C_kv, C] weight, and
+        cross-attention with ``xk is xv`` one GEMM for keys and values, as
+        nn.MultiheadAttention does.
 
         Shapes:
-            x [N_t, C], xk [N_s, kdim], xv [N_s, vdim] -> q [N_t, H, D], k, v [N_s, H, D].
+            x [N_t, C], xk [N_s, kdim], xv [N_s, vdim] -> q [N_t, H, D], k, v [N_s, H_kv, D].
         """
-        H, D, C = self.num_heads, self.head_dim, self.embed_dim
-        w, b = self.in_proj_weight, self.in_proj_bias
-        if w is not None and xk is x and xv is x:
-            q, k, v = F.linear(x, w, b).view(-1, 3, H, D).unbind(1)  # 3 x [N, H, D]
-            return q, k, v
-        q = self.q_proj(x).view(-1, H, D)  # [N_t, H, D]
-        if w is not None and xk is xv:
-            bkv = None if b is None else b[C:]
-            k, v = F.linear(xk, w[C:], bkv).view(-1, 2, H, D).unbind(1)  # 2 x [N_s, H, D]
-            return q, k, v
-        return q, self.k_proj(xk).view(-1, H, D), self.v_proj(xv).view(-1, H, D)
+        return proj.project(self, x, xk, xv)
 
     # ------------------------------------------------------------------ forward
     # fmt: off
     @overload
     def forward(self, x: Tensor, graph: TokenGraph | Tensor, *, x_src: Sources = ...,
                 edge_attr: EdgeInput | None = ..., batch: Tensor | None = ...,
+                pos: Tensor | None = ..., pos_src: Tensor | None = ...,
                 return_attention: Literal[False] = ...) -> Tensor: ...
     @overload
     def forward(self, x: Tensor, graph: TokenGraph | Tensor, *, x_src: Sources = ...,
                 edge_attr: EdgeInput | None = ..., batch: Tensor | None = ...,
+                pos: Tensor | None = ..., pos_src: Tensor | None = ...,
                 return_attention: Literal[True]) -> Attention: ...
     # fmt: on
 
@@ -150,6 +156,8 @@ class GraphAttention(MessagePassing):
         x_src: Sources = None,
         edge_attr: EdgeInput | None = None,
         batch: Tensor | None = None,
+        pos: Tensor | None = None,
+        pos_src: Tensor | None = None,
         return_attention: bool = False,
     ) -> Tensor | Attention:
         """Attend over ``graph`` (eqs. 0-3).
@@ -164,6 +172,11 @@ class GraphAttention(MessagePassing):
             batch: PyG's graph id of each node [N] (sorted, as a ``Batch`` gives it); sets the
                 per-graph lengths, so positions restart in every graph. The edges alone keep
                 graphs apart, so ``batch`` never changes the neighbourhoods.
+            pos: node positions of the queries, [N_t] or [N_t, P] (int or float; P-D for
+                axial rotary positions), read by position-aware scores and biases (rotary,
+                ALiBi, T5 buckets). Default: token positions within each sequence.
+            pos_src: positions of the keys [N_s] or [N_s, P] (default ``pos`` in
+                self-attention).
             return_attention: return ``Attention(out, edge_index, scores, weights)``.
 
         Returns:
@@ -181,8 +194,9 @@ class GraphAttention(MessagePassing):
             g = check.with_batch(g, batch)
         if edge_attr is not None:  # E of a mask graph is a count over its mask: only if needed
             edge_attr = check.check_edge_inputs(edge_attr, g.num_edges)
-        q, k, v = self.project(x, xk, xv)  # [N_t, H, D], [N_s, H, D], [N_s, H, D]
-        p = self._problem(q, k, v, g, edge_attr, return_attention)
+        positions = check.check_positions(pos, pos_src, x.size(0), xk.size(0), x_src is None)
+        q, k, v = self.project(x, xk, xv)  # [N_t, H, D], [N_s, H_kv, D], [N_s, H_kv, D]
+        p = self._problem(q, k, v, g, edge_attr, return_attention)._replace(positions=positions)
         res = attend(p, "edge" if p.aggregate is not None else self.backend)
         out = self.out_proj(res.out.reshape(-1, self.embed_dim))  # [N_t, C]
         if self.skip_proj is not None:
@@ -218,6 +232,7 @@ class GraphAttention(MessagePassing):
             training=self.training,
             need_weights=need,
             aggregate=aggregate,
+            sinks=self.sinks,
         )
 
     def explain_backend(self, x: Tensor, graph: TokenGraph | Tensor) -> str:
@@ -228,18 +243,33 @@ class GraphAttention(MessagePassing):
             graph: a TokenGraph or an edge_index [2, E].
 
         Returns:
-            ``"<backend>: <reason>"``, e.g. ``"dense: complete graph and score 'scaled_dot': ..."``.
+            ``"<backend>: <reason>"``, e.g. ``"dense: complete graph: SDPA without reading the
+            edges (score 'scaled_dot')"``; with ``backend="auto"`` followed by one line per
+            registered backend, in priority order, with every reason against it.
+
+        Raises:
+            ValueError: a forced backend that cannot run the problem (every reason, and every
+                backend's).
         """
         check.check_features(x, "x", self.embed_dim, "embed_dim")
         g = as_token_graph(graph, num_src=x.size(0), num_dst=x.size(0))
-        if self.edge_proj is not None:
-            return "edge: edge_dim is set, so keys and values are per-edge (edge modulation)"
         q = x.new_empty(0, self.num_heads, self.head_dim)  # [0, H, D]: device, dtype and D only
+        mod = None
+        if self.edge_proj is not None:  # only its presence matters to the backends' checks
+            w_e = self.edge_proj.weight  # [C, F]
+            mod = EdgeModulation(w_e.new_empty(0, w_e.size(1)), w_e)
         p = Problem(
-            q=q, k=q, v=q, graph=g, score=self.score, dropout=self.dropout, training=self.training
+            q=q,
+            k=q,
+            v=q,
+            graph=g,
+            score=self.score,
+            modulation=mod,
+            dropout=self.dropout,
+            training=self.training,
+            sinks=self.sinks,
         )
-        name, reason = select_backend(self.backend, p)
-        return f"{name}: {reason}"
+        return explain(self.backend, p)
 
     def message(self, v_j: Tensor, alpha: Tensor) -> Tensor:
         """PyG message Attn_ij · v_j [E, H, D] (used only by PyG's explain/propagate hooks)."""

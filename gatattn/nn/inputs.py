@@ -21,6 +21,8 @@ __all__ = [
     "check_edge_inputs",
     "check_features",
     "check_layer_args",
+    "check_num_kv_heads",
+    "check_positions",
     "edge_features",
     "split_sources",
     "with_batch",
@@ -46,6 +48,49 @@ def check_layer_args(
         isinstance(edge_dim, bool) or not isinstance(edge_dim, int) or edge_dim < 1
     ):
         raise ValueError(f"edge_dim must be a positive int or None, got {edge_dim!r}")
+
+
+def check_num_kv_heads(num_kv_heads: object, num_heads: int) -> int | None:
+    """``num_kv_heads``: None, or a positive int dividing ``num_heads`` (grouped-query)."""
+    if num_kv_heads is None:
+        return None
+    if isinstance(num_kv_heads, bool) or not isinstance(num_kv_heads, int) or num_kv_heads < 1:
+        raise ValueError(f"num_kv_heads must be a positive int or None, got {num_kv_heads!r}")
+    if num_heads % num_kv_heads:
+        raise ValueError(
+            f"num_heads={num_heads} is not divisible by num_kv_heads={num_kv_heads}: each "
+            "key/value head serves num_heads / num_kv_heads query heads"
+        )
+    return num_kv_heads
+
+
+def check_positions(
+    pos: Tensor | None, pos_src: Tensor | None, n_t: int, n_s: int, self_attention: bool
+) -> tuple[Tensor, Tensor] | None:
+    """(query positions [N_t] or [N_t, P], key positions [N_s] or [N_s, P]) or None.
+
+    ``pos_src`` defaults to ``pos`` in self-attention; cross-attention needs both."""
+    if pos is None and pos_src is None:
+        return None
+    if pos is None:
+        raise ValueError("pos_src is given without pos: pass the query positions as pos")
+    if pos_src is None:
+        if not self_attention:
+            raise ValueError("cross-attention with pos needs the key positions too: pass pos_src")
+        pos_src = pos
+    for name, t, n in (("pos", pos, n_t), ("pos_src", pos_src, n_s)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name} must be a Tensor [N] or [N, P], got {type(t).__name__}")
+        if t.dim() not in (1, 2) or t.size(0) != n or t.dtype == torch.bool:
+            raise ValueError(
+                f"{name} must hold one position per node, shape [{n}] or [{n}, P] (int or "
+                f"float), got shape {list(t.shape)} and dtype {t.dtype}"
+            )
+    if pos.dim() != pos_src.dim() or pos.shape[1:] != pos_src.shape[1:]:
+        raise ValueError(
+            f"pos {list(pos.shape)} and pos_src {list(pos_src.shape)} have different widths"
+        )
+    return pos, pos_src
 
 
 def check_features(t: object, name: str, width: int, arg: str) -> Tensor:

@@ -29,6 +29,7 @@ __all__ = [
     "mha_options",
     "project",
     "reset_in_projections",
+    "widths",
 ]
 
 _NAMES = ("q", "k", "v")
@@ -51,10 +52,10 @@ class Projection:
 
     @property
     def weight(self) -> Tensor:
-        """W [C, in_features] (a view of the stored parameter)."""
+        """W [C, in_features] (a view of the stored parameter; [C_kv, in] for k, v)."""
         packed = self.layer.in_proj_weight
         if packed is not None:
-            return packed.chunk(3)[self.index]
+            return packed.split(widths(self.layer))[self.index]
         w = getattr(self.layer, f"{_NAMES[self.index]}_proj_weight")
         assert w is not None
         return w
@@ -63,7 +64,7 @@ class Projection:
     def bias(self) -> Tensor | None:
         """b [C] (a view of ``in_proj_bias``) or None."""
         b = self.layer.in_proj_bias
-        return None if b is None else b.chunk(3)[self.index]
+        return None if b is None else b.split(widths(self.layer))[self.index]
 
     def __call__(self, x: Tensor) -> Tensor:
         """x [N, in_features] -> [N, C]."""
@@ -90,6 +91,15 @@ class ProjectionView:
         return self if layer is None else Projection(layer, self.index)
 
 
+def widths(layer: Layer) -> tuple[int, int, int]:
+    """(C, C_kv, C_kv): the output widths of W_q, W_k, W_v; C_kv = H_kv·D (grouped-query
+    attention; C when ``num_kv_heads`` is unset)."""
+    C = layer.embed_dim
+    kv = getattr(layer, "num_kv_heads", None)
+    c_kv = C if kv is None else kv * layer.head_dim
+    return C, c_kv, c_kv
+
+
 def add_projections(
     module: nn.Module,
     C: int,
@@ -97,6 +107,7 @@ def add_projections(
     vdim: int,
     bias: bool,
     *,
+    kv_width: int | None = None,
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
 ) -> None:
@@ -104,19 +115,21 @@ def add_projections(
     [3C, C] when kdim == vdim == C, else ``q_proj_weight`` [C, C], ``k_proj_weight`` [C, kdim],
     ``v_proj_weight`` [C, vdim] (the others registered as None, so names and order match);
     ``in_proj_bias`` [3C] or None, on ``device`` with ``dtype``. Values are set by
-    ``init_like_mha``."""
+    ``init_like_mha``. With grouped-query attention W_k and W_v have ``kv_width`` = C_kv =
+    H_kv·D rows: ``in_proj_weight`` [C + 2·C_kv, C], ``in_proj_bias`` [C + 2·C_kv]."""
+    c_kv = C if kv_width is None else kv_width
     same = kdim == C and vdim == C
     module.__dict__["_qkv_same_embed_dim"] = same  # read by torch transformer fast paths
-    shapes = {"in_proj_weight": (3 * C, C)} if same else {}
+    shapes = {"in_proj_weight": (C + 2 * c_kv, C)} if same else {}
     if not same:
-        shapes.update(q_proj_weight=(C, C), k_proj_weight=(C, kdim), v_proj_weight=(C, vdim))
+        shapes.update(q_proj_weight=(C, C), k_proj_weight=(c_kv, kdim), v_proj_weight=(c_kv, vdim))
     fk: dict[str, Any] = {"device": device, "dtype": dtype}
     for name in ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight"):
         shape = shapes.get(name)
         param = None if shape is None else nn.Parameter(torch.empty(shape, **fk))
         module.register_parameter(name, param)
     module.register_parameter(
-        "in_proj_bias", nn.Parameter(torch.empty(3 * C, **fk)) if bias else None
+        "in_proj_bias", nn.Parameter(torch.empty(C + 2 * c_kv, **fk)) if bias else None
     )
 
 
@@ -132,26 +145,32 @@ def project(layer: Layer, x: Tensor, xk: Tensor, xv: Tensor) -> tuple[Tensor, Te
             [N_s, vdim].
 
     Shapes:
-        -> q [N_t, H, D], k [N_s, H, D], v [N_s, H, D].
+        -> q [N_t, H, D], k [N_s, H_kv, D], v [N_s, H_kv, D] (H_kv = H unless the layer has
+        ``num_kv_heads``).
     """
     H, D, C = layer.num_heads, layer.head_dim, layer.embed_dim
+    sizes = widths(layer)
+    Hkv = sizes[1] // D
     w, b = layer.in_proj_weight, layer.in_proj_bias
     if b is not None and b.dtype != x.dtype:  # e.g. a half bias with fp64 weights: as torch's
         b = b.to(x.dtype)  # 3-D matmul + add promotes (a 2-D addmm would refuse the mix)
     if w is not None and xk is x and xv is x:
-        q, k, v = F.linear(x, w, b).view(-1, 3, H, D).unbind(1)  # 3 x [N, H, D]
-        return q, k, v
-    bq, bk, bv = (None, None, None) if b is None else b.chunk(3)
+        if Hkv == H:
+            q, k, v = F.linear(x, w, b).view(-1, 3, H, D).unbind(1)  # 3 x [N, H, D]
+            return q, k, v
+        q, k, v = F.linear(x, w, b).split(sizes, -1)  # [N, C], 2 x [N, C_kv]
+        return q.view(-1, H, D), k.view(-1, Hkv, D), v.view(-1, Hkv, D)
+    bq, bk, bv = (None, None, None) if b is None else b.split(sizes)
     if w is not None:
-        wq, wk, wv = w.chunk(3)
+        wq, wk, wv = w.split(sizes)
     else:
         wq, wk, wv = layer.q_proj_weight, layer.k_proj_weight, layer.v_proj_weight
     q = F.linear(x, wq, bq).view(-1, H, D)  # [N_t, H, D]
     if w is not None and xk is xv:
         bkv = None if b is None else b[C:]
-        k, v = F.linear(xk, w[C:], bkv).view(-1, 2, H, D).unbind(1)  # 2 x [N_s, H, D]
+        k, v = F.linear(xk, w[C:], bkv).view(-1, 2, Hkv, D).unbind(1)  # 2 x [N_s, H_kv, D]
         return q, k, v
-    return q, F.linear(xk, wk, bk).view(-1, H, D), F.linear(xv, wv, bv).view(-1, H, D)
+    return q, F.linear(xk, wk, bk).view(-1, Hkv, D), F.linear(xv, wv, bv).view(-1, Hkv, D)
 
 
 def init_like_mha(layer: Layer) -> None:
@@ -230,6 +249,13 @@ def mha_from_layer(layer: Layer, batch_first: bool) -> nn.MultiheadAttention:
     if layer.edge_proj is not None or layer.skip_proj is not None:
         raise ValueError(
             "to_torch cannot express edge_dim or root_weight (TransformerConv options)"
+        )
+    if getattr(layer, "sinks", None) is not None:
+        raise ValueError("to_torch cannot express attention sinks (sinks=True)")
+    if layer.num_kv_heads not in (None, layer.num_heads):
+        raise ValueError(
+            f"to_torch cannot express grouped-query attention (num_kv_heads="
+            f"{layer.num_kv_heads}): nn.MultiheadAttention has one key/value head per query head"
         )
     ref = layer.out_proj.weight
     mha = nn.MultiheadAttention(

@@ -8,24 +8,25 @@ docstring states N(i) as a set formula, whether self-loops are included, and its
 
 Structure tags and params (read by fast backends; keep them stable):
 
-=============  =====================================================================  ==================
-tag            params                                                                 builder
-=============  =====================================================================  ==================
-``causal``     ``{}``                                                                 causal_graph
-``window``     ``window``, ``dilation``, ``causal``                                   window_graph
-``global``     ``global_tokens`` (sorted tuple), ``window`` (int or None)             global_graph
-``bigbird``    ``block_size``, ``window_blocks``, ``global_blocks``, ``random_blocks``,  bigbird_graph
-               ``seed``
-``block``      ``block_size``                                                         block_graph
-``strided``    ``stride``, ``causal``                                                 strided_graph
-``fixed``      ``stride``, ``summary``, ``causal``                                    fixed_graph
-``star``       ``{}``                                                                 star_graph
-``knn``        ``k``                                                                  knn_graph
-``radius``     ``r``                                                                  radius_graph
-``bipartite``  ``kv_lengths`` (tuple of key lengths of a batch, or None)              bipartite_graph
-``complete``   ``self_loops``                                                         complete_graph (core)
-``None``       (irregular)                                                            from_padding_mask, from_mask
-=============  =====================================================================  ==================
+===============  =====================================================================  ==================
+tag              params                                                                 builder
+===============  =====================================================================  ==================
+``causal``       ``{}``                                                                 causal_graph
+``window``       ``window``, ``dilation``, ``causal``                                   window_graph
+``global``       ``global_tokens`` (sorted tuple), ``window`` (int or None)             global_graph
+``bigbird``      ``block_size``, ``window_blocks``, ``global_blocks``, ``random_blocks``,  bigbird_graph
+                 ``seed``
+``block``        ``block_size``                                                         block_graph
+``strided``      ``stride``, ``causal``                                                 strided_graph
+``fixed``        ``stride``, ``summary``, ``causal``                                    fixed_graph
+``star``         ``{}``                                                                 star_graph
+``sink_window``  ``num_sinks``, ``window``                                              sink_window_graph
+``knn``          ``k``                                                                  knn_graph
+``radius``       ``r``                                                                  radius_graph
+``bipartite``    ``kv_lengths`` (tuple of key lengths of a batch, or None)              bipartite_graph
+``complete``     ``self_loops``                                                         complete_graph (core)
+``None``         (irregular)                                                            from_padding_mask, from_mask
+===============  =====================================================================  ==================
 
 ``graph.lengths`` holds the per-sequence lengths of a batch (None for one sequence). A graph
 made by ``|``, ``&`` or ``from_mask`` has no tag (``from_mask`` tags a full mask ``complete``).
@@ -50,6 +51,7 @@ from .sequence import (
 )
 from .shortest_path import ShortestPaths, shortest_path_distances, shortest_paths
 from .spatial import knn_graph, radius_graph
+from .streaming import sink_window_graph
 
 __all__ = [
     "GALLERY",
@@ -70,6 +72,7 @@ __all__ = [
     "shortest_path_distances",
     "shortest_paths",
     "show",
+    "sink_window_graph",
     "star_graph",
     "strided_graph",
     "window_graph",

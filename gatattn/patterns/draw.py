@@ -23,6 +23,7 @@ from .sequence import (
     window_graph,
 )
 from .spatial import knn_graph, radius_graph
+from .streaming import sink_window_graph
 
 __all__ = ["GALLERY", "MAX_DRAW", "show"]
 
@@ -99,6 +100,10 @@ GALLERY: dict[str, tuple[Callable[[int], TokenGraph], str]] = {
     "strided": (lambda n: strided_graph(n, 4), "strided_graph(n, 4)"),
     "fixed": (lambda n: fixed_graph(n, 8, 2), "fixed_graph(n, 8, 2)"),
     "star": (lambda n: star_graph(n), "star_graph(n)"),
+    "sink_window": (
+        lambda n: sink_window_graph(n, num_sinks=2, window=n // 4),
+        "sink_window_graph(n, num_sinks=2, window=n // 4)",
+    ),
     "knn": (lambda n: knn_graph(_points(n), 4), "knn_graph(spiral points, 4)"),
     "radius": (lambda n: radius_graph(_points(n), 2.0), "radius_graph(spiral points, 2.0)"),
     "batch": (

@@ -4,12 +4,25 @@
     functions   scaled_dot, dot, additive (GAT), gatv2, cosine, bilinear, neg_distance, callables
     biases      relative position (T5), ALiBi, edge features
     structural  Graphormer's spatial (hop distance) and path (edge) encodings
+    softcap     c·tanh(w/c) around any score (Gemma 2)
+    rotary      s·<R(p_i) q_i, R(p_j) k_j> (RoPE: partial, interleaved, axial positions)
     registry    names -> factories, ``make_score("gatv2+alibi", H, D)``
 
-Imports run one way: base <- functions, biases, structural <- registry.
+Imports run one way: base <- functions, biases, structural, softcap, rotary <- registry.
 """
 
-from .base import Biased, DenseContext, Edges, ScoreBias, ScoreCallable, ScoreFunction, check_scores
+from .base import (
+    PER_EDGE,
+    POSITION,
+    Biased,
+    BiasKind,
+    DenseContext,
+    Edges,
+    ScoreBias,
+    ScoreCallable,
+    ScoreFunction,
+    check_scores,
+)
 from .biases import ALiBi, EdgeFeatureBias, RelativePositionBias, alibi_slopes, t5_bucket
 from .functions import (
     Additive,
@@ -22,14 +35,19 @@ from .functions import (
     ScaledDot,
 )
 from .registry import BIASES, SCORES, make_score, register_score
+from .rotary import Rotary, ScaledDotScale, apply_rotary
+from .softcap import Softcap
 from .structural import GRAPH_TOKEN_DISTANCE, PathEncodingBias, SpatialBias
 
 __all__ = [
     "BIASES",
     "GRAPH_TOKEN_DISTANCE",
+    "PER_EDGE",
+    "POSITION",
     "SCORES",
     "ALiBi",
     "Additive",
+    "BiasKind",
     "Biased",
     "Bilinear",
     "CallableScore",
@@ -42,12 +60,16 @@ __all__ = [
     "NegDistance",
     "PathEncodingBias",
     "RelativePositionBias",
+    "Rotary",
     "ScaledDot",
+    "ScaledDotScale",
     "ScoreBias",
     "ScoreCallable",
     "ScoreFunction",
+    "Softcap",
     "SpatialBias",
     "alibi_slopes",
+    "apply_rotary",
     "check_scores",
     "make_score",
     "register_score",

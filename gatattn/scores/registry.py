@@ -11,6 +11,8 @@ from collections.abc import Callable
 from . import functions as fn
 from .base import Biased, ScoreBias, ScoreCallable, ScoreFunction
 from .biases import ALiBi, RelativePositionBias
+from .rotary import Rotary
+from .softcap import Softcap
 from .structural import SpatialBias
 
 __all__ = ["BIASES", "SCORES", "make_score", "register_score"]
@@ -25,6 +27,11 @@ SCORES: dict[str, Callable[[int, int], ScoreFunction]] = {
     "cosine": lambda h, d: fn.Cosine(h),
     "bilinear": lambda h, d: fn.Bilinear(h, d),
     "neg_distance": lambda h, d: fn.NegDistance(),
+    # Gemma 2's attention logits: 50·tanh(<q_i, k_j>/(50·√D)); other caps: build Softcap(...)
+    "softcap": lambda h, d: Softcap(fn.ScaledDot(), 50.0),
+    # RoPE on every channel (the first D - 1 when D is odd), base 10000; partial, interleaved
+    # or other bases: build Rotary(...)
+    "rotary": lambda h, d: Rotary(d, d - d % 2),
 }
 
 

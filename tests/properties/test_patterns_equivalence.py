@@ -40,6 +40,9 @@ SCORES = [
     "neg_distance",
     "scaled_dot+alibi",
     "gatv2+relative_position",
+    "rotary",
+    "softcap",
+    "rotary+relative_position",
 ]
 
 
@@ -70,6 +73,7 @@ BUILDERS: dict[str, Callable[[], ga.TokenGraph]] = {
     "strided": lambda: ga.strided_graph(11, 3),
     "fixed": lambda: ga.fixed_graph(13, 4, 2, causal=False),
     "star": lambda: ga.star_graph(lengths=[6, 5]),
+    "sink_window": lambda: ga.sink_window_graph(lengths=[9, 4], num_sinks=2, window=3),
     "knn": lambda: ga.knn_graph(_points(11), 4),
     "radius": lambda: ga.radius_graph(_points(13, isolated=True), 0.5, lengths=[5, 8]),
     "padding": lambda: ga.from_padding_mask(
@@ -203,6 +207,7 @@ LARGER: dict[str, Callable[[], ga.TokenGraph]] = {  # E >= 4096: dispatch may pi
     "block": lambda: ga.block_graph(300, 32),
     "strided": lambda: ga.strided_graph(300, 12),
     "global": lambda: ga.global_graph(400, [0, 7], window=6),
+    "sink_window": lambda: ga.sink_window_graph(lengths=[250, 173], num_sinks=4, window=16),
 }
 
 
@@ -213,6 +218,29 @@ def test_auto_backend_on_larger_graphs_fp64(builder: str, score: str) -> None:
     dense formula in fp64. (fp32 is left to the small cases: parameter gradients summed over
     hundreds of tokens exceed an absolute 1e-5 bound in any fp32 implementation, SDPA's too.)"""
     _check(LARGER[builder], score, torch.float64, backend="auto")
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"num_kv_heads": 1}, {"sinks": True}, {"num_kv_heads": 1, "sinks": True, "score": "rotary"}],
+    ids=["mqa", "sinks", "mqa+sinks+rotary"],
+)
+@pytest.mark.parametrize("backend", ["edge", "auto"])
+@pytest.mark.parametrize("builder", list(BUILDERS))
+def test_builder_with_layer_options_equals_dense_fp64(
+    builder: str, backend: str, options: dict
+) -> None:
+    """Grouped keys/values and attention sinks on every builder: the dense formula (keys and
+    values repeated per query head, the sink in every softmax), outputs and gradients."""
+    g = BUILDERS[builder]()
+    layer = ga.GraphAttention(C, H, backend=backend, **options).double()
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    x, x_src = _inputs(g, torch.float64)
+    ours = layer(x, g, x_src=x_src)
+    ref = dense_reference(layer, x, g, x_src=x_src).out
+    _assert_same(layer, [x] if x_src is None else [x, x_src], ours, ref, TOL[torch.float64])
 
 
 def test_padding_mask_graph_equals_multihead_attention() -> None:
