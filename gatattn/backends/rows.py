@@ -109,6 +109,8 @@ class AttentionRows:
         edge_attr: EdgeInput | None,
         targets: Tensor | None,
         budget: int,
+        positions: tuple[Tensor, Tensor] | None = None,
+        sinks: Tensor | None = None,
     ) -> None:
         H, kv = q.size(1), k.size(1)
         if kv < 1 or H % kv:
@@ -118,7 +120,13 @@ class AttentionRows:
         if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
             raise ValueError(f"budget must be a positive int, got {budget!r}")
         self.heads = _check_heads(heads, H)
+        after = score.after_transform()
+        if after is not None:  # rotary: φ(q), ψ(k) once per node (O(N)), then w'
+            pos = positions or (graph.positions("dst"), graph.positions("src"))
+            q, k = score.transform_nodes(q, k, pos[0], pos[1])
+            score = after
         self.q, self.k, self.graph, self.score = q, k, graph, score
+        self.positions, self.sinks = positions, sinks
         self.edge_attr, self.budget = edge_attr, budget
         self.targets = None if targets is None else targets.to(graph.device, torch.bool)
         self.num_nodes, self.num_heads, self.num_kv_heads = graph.num_dst, H, kv
@@ -191,7 +199,13 @@ class AttentionRows:
         self.pos_q: Tensor | None = None
         self.pos_k: Tensor | None = None
         if self.scale is None or self.biases:
-            self.pos_q, self.pos_k = self.graph.positions("dst"), self.graph.positions("src")
+            self.pos_q, self.pos_k = self.positions or (
+                self.graph.positions("dst"),
+                self.graph.positions("src"),
+            )
+        self.sink: Tensor | None = None
+        if self.sinks is not None:
+            self.sink = self.sinks.to(self.wide)[self.sel].view(-1, 1, 1)  # [H', 1, 1]
 
     def _grid_block(self, a: int, b: int, k0: int, k1: int) -> RowBlock:
         """α, Attn [H', R, W] of targets a..b-1 over keys k0..k1-1 (the grid path)."""
@@ -223,7 +237,7 @@ class AttentionRows:
             src, dst, ids = self.layout.edges(a, b, k0, k1)  # [e] each
             keep = edge[dst - a, src - k0]  # [e] (targets)
             src, dst, ids = src[keep], dst[keep], None if ids is None else ids[keep]
-            edges = Edges(src, dst, g, _slice_attr(self.edge_attr, ids))
+            edges = Edges(src, dst, g, _slice_attr(self.edge_attr, ids), self.positions)
             vals = sum((bias(edges) for bias in per_edge), torch.zeros((), device=src.device))
             vals = torch.as_tensor(vals).to(self.wide)
             vals = vals.reshape(-1, 1) if vals.dim() < 2 else vals  # [e | 1, H | 1]
@@ -232,10 +246,15 @@ class AttentionRows:
         for lo, hi in ((0, c0), (c1, k1 - k0)):  # the columns where some row has no edge
             if hi > lo:
                 alpha[..., lo:hi].masked_fill_(~edge[:, lo:hi], float("-inf"))
-        w = torch.softmax(alpha, -1)  # [H', R, W]; non-edges get exactly 0
-        empty = w[..., 0].isnan()  # [H', R]: every score −∞ (or no edge), the whole row NaN
-        if bool(empty.any()):
-            w[empty] = 0.0  # the neighbourhood softmax of an empty or all −∞ set
+        if self.sink is None:
+            w = torch.softmax(alpha, -1)  # [H', R, W]; non-edges get exactly 0
+            empty = w[..., 0].isnan()  # [H', R]: every score −∞ (or no edge): a NaN row
+            if bool(empty.any()):
+                w[empty] = 0.0  # the neighbourhood softmax of an empty or all −∞ set
+        else:  # one more key, the sink (logit s_h, value 0): m = max(s_h, max α), finite
+            m = torch.maximum(alpha.amax(-1, keepdim=True), self.sink)  # [H', R, 1]
+            w = (alpha - m).exp_()  # [H', R, W]
+            w /= w.sum(-1, keepdim=True) + (self.sink - m).exp()
         keys = torch.arange(k0, k1, device=edge.device)  # [W]
         return RowBlock(range(a, b), keys, None, alpha.to(self.dtype), w.to(self.dtype), edge)
 
@@ -251,13 +270,14 @@ class AttentionRows:
         k = self.k
         if self.num_kv_heads != H:  # head h reads kv head h // (H / H_kv), per node
             k = k.repeat_interleave(H // self.num_kv_heads, dim=1)  # [N_s, H, D]
-        edges = Edges(src, dst, self.graph, _slice_attr(self.edge_attr, ids))
+        edges = Edges(src, dst, self.graph, _slice_attr(self.edge_attr, ids), self.positions)
         like = self.q.new_empty(0, dtype=self.wide)  # half inputs: softmax in fp32 (edge backend)
         alpha = check_scores(
             self.score, self.score.edge_scores(self.q, k, edges), len(edges), H, like
         )
         alpha = alpha[:, self.sel]  # [e, H']
-        weights = neighbourhood_softmax(alpha, dst - a, b - a)  # [e, H']
+        sinks = None if self.sinks is None else self.sinks[self.sel]  # [H']
+        weights = neighbourhood_softmax(alpha, dst - a, b - a, sinks)  # [e, H']
         return RowBlock(range(a, b), src, dst, alpha.to(self.dtype), weights.to(self.dtype), None)
 
 
@@ -279,6 +299,8 @@ def attention_rows(
     edge_attr: EdgeInput | None = None,
     targets: Tensor | None = None,
     budget: int = ROW_BUDGET,
+    positions: tuple[Tensor, Tensor] | None = None,
+    sinks: Tensor | None = None,
 ) -> AttentionRows:
     """A layer's α and Attn a block of target rows at a time (eqs. 1-2 over each whole N(i)).
 
@@ -298,6 +320,10 @@ def attention_rows(
         edge_attr: per-edge inputs of the score, one row per edge of ``graph``.
         targets: bool [N_t]: the targets to compute (None: all); the others get no edge.
         budget: values per block.
+        positions: node positions (targets, sources) for position-aware scores (rotary,
+            whose node transform runs once per node here) and biases; None: token positions.
+        sinks: attention-sink logits [H] (one more key per target, value 0): the weights of
+            a target's edges then sum to less than 1, as on the edge backend.
 
     Shapes:
         q [N_t, H, D], k [N_s, H_kv, D] -> blocks of α, Attn ([H', R, W] or [e, H']).
@@ -307,5 +333,14 @@ def attention_rows(
             positive int.
     """
     return AttentionRows(
-        q, k, graph, score, heads=heads, edge_attr=edge_attr, targets=targets, budget=budget
+        q,
+        k,
+        graph,
+        score,
+        heads=heads,
+        edge_attr=edge_attr,
+        targets=targets,
+        budget=budget,
+        positions=positions,
+        sinks=sinks,
     )

@@ -382,7 +382,7 @@ def test_position_biases_by_their_dense_form(bias: str, path: str) -> None:
 
 
 @pytest.mark.parametrize("path", PATHS)
-@pytest.mark.parametrize("name", ["additive", "bilinear", "cosine"])
+@pytest.mark.parametrize("name", ["additive", "bilinear", "cosine", "softcap"])
 def test_scores_with_per_head_parameters_and_some_heads(name: str, path: str) -> None:
     """Scores other than s·<q, k> (parameters per head) give the same kept pairs for a subset
     of the heads: the grid computes every head's dense form and keeps the chosen ones."""
@@ -439,3 +439,31 @@ def test_a_bad_budget_is_refused(budget: object) -> None:
     q, k = _qk(graph)
     with pytest.raises(ValueError, match="budget must be a positive int"):
         attention_rows(q, k, graph, SCORE, budget=budget)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("positions", [False, True])
+def test_rotary_positions_and_attention_sinks(positions: bool, path: str) -> None:
+    """Rotary (its node transform runs once per node, then s·<q, k>), optionally at given
+    float positions, with sink logits in each softmax: equal to the edge backend, and the kept
+    weights of a query sum to less than 1 even when all its edges are kept."""
+    graph = ga.causal_graph(lengths=[6, 5])
+    q, k = _qk(graph, seed=3)
+    score = make_score("rotary", H, D).double()
+    sinks = torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64)  # [H]
+    pos = None
+    if positions:
+        p = torch.rand(graph.num_dst, generator=_gen(6), dtype=torch.float64) * 9  # [N]
+        pos = (p, p)
+    call = Problem(q, k, k, graph, score, need_weights=True, positions=pos, sinks=sinks)
+    res = attend(call, "edge")
+    full = ga.Attention(res.out, graph.edge_index, res.scores, res.weights, graph)
+    rows = attention_rows(q, k, graph, score, positions=pos, sinks=sinks, budget=7 * H)
+    assert rows.path == "grid"
+    rows.path = path
+    for opts in ({"top_k": 2}, {"threshold": 0.0}):
+        sp = extract_sparse(rows, **opts)  # type: ignore[arg-type]
+        _check_equal_to_full(sp, full, **opts)
+    group = sp.edge_index[1] * H + sp.head  # [K] all edges kept: per (target, head)
+    sums = torch.zeros(graph.num_dst * H, dtype=torch.float64).index_add_(0, group, sp.weights)
+    assert float(sums.max()) < 1.0
