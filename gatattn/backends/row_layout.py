@@ -161,8 +161,11 @@ def row_blocks(
     lo: Tensor, hi: Tensor, width: int, budget: int
 ) -> Iterator[tuple[int, int, int, int]]:
     """Runs of consecutive rows ``(a, b, k0, k1)`` whose block [b - a, k1 - k0, width] holds at
-    most ``budget`` values; [k0, k1) covers the key spans [lo_i, hi_i) of its rows (a single
-    row over the budget is a run of its own). Runs without any key are not returned.
+    most ``budget`` values ([k0, k1) covers the key spans [lo_i, hi_i) of its rows; a single
+    row over the budget is a run of its own; runs without any key are not returned):
+
+    .. math:: (b - a)(k_1 - k_0) \\cdot \\mathrm{width} \\le \\mathrm{budget}, \\quad
+        k_0 = \\min_{a \\le i < b} lo_i, \\; k_1 = \\max_{a \\le i < b} hi_i
 
     Shapes:
         lo, hi [N_t] -> (first row, end row, first key, end key) per block.

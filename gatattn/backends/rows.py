@@ -92,6 +92,10 @@ def _is_position(bias: ScoreBias) -> bool:
 class AttentionRows:
     """The attention of a layer, a block of target rows at a time (module docstring).
 
+    .. math::
+        \\mathrm{Attn}^h_{ij} = \\mathrm{softmax}_{j \\in N(i)} w_h(i, j),
+        \\quad i \\in \\text{rows } a..b-1 \\text{ of one block}
+
     Iterating yields ``RowBlock``s, each target in exactly one block, in target order. The
     attributes say what the blocks describe: ``num_nodes`` (N_t), ``num_heads`` (H),
     ``num_kv_heads`` (H_kv), ``heads`` (the heads computed, None: all), ``lengths`` and

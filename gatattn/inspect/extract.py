@@ -81,6 +81,10 @@ def keep_grid(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """The kept (edge, head) pairs of a grid block (the rule of ``gatattn.inspect.sparse``).
 
+    .. math::
+        K_h(i) = \\mathrm{top}_k \\{ j : \\mathrm{edge}[i, j],\\;
+        \\mathrm{Attn}^h_{ij} \\ge \\tau \\}
+
     ``torch.topk`` gives each row's k-th largest weight v_k; where more edges tie at v_k than
     topk kept, the row is redone with ``select_rows``' rule (the ties at the lowest keys).
 
