@@ -136,14 +136,15 @@ class ScaledScore(ScoreFunction):
     .. math:: \\alpha_{ij} = s \\, \\langle q_i, k_j \\rangle
 
     s is 1/√D for BERT-like models, and differs for GPT-2 with ``scale_attn_weights=False``
-    (s = 1) or ``scale_attn_by_inverse_layer_idx`` (s = 1 / (√D (l + 1))). Runs on every
-    backend that runs scaled_dot (SDPA takes ``scale=s``).
+    (s = 1) or ``scale_attn_by_inverse_layer_idx`` (s = 1 / (√D (l + 1))). It declares what
+    scaled_dot declares (``sdpa_scale`` = s and a dense form), so it runs wherever scaled_dot
+    runs (SDPA takes ``scale=s``).
 
     Args:
         scale: s.
     """
 
-    backends = frozenset({"edge", "dense", "block", "flex"})
+    has_dense = True
 
     def __init__(self, scale: float) -> None:
         super().__init__()

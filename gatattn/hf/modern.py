@@ -155,13 +155,13 @@ class SoftcapScore(ScoreFunction):
 
     .. math:: \\alpha_{ij} = c \\, \\tanh(s \\langle q_i, k_j \\rangle / c)
 
-    Not of the form s·<q_i, k_j>, so SDPA cannot run it: it runs on the edge backend.
+    It declares no ``sdpa_scale`` (it is not s·<q_i, k_j>) and no ``has_dense``: its ``dense``
+    serves the written-out reference, and no tiled backend is tested on it, so it runs where any
+    score runs (the literal formula on each edge; docs/scores.md, "What a score declares").
 
     Args:
         scale: s.  cap: c > 0.
     """
-
-    backends = frozenset({"edge"})
 
     def __init__(self, scale: float, cap: float) -> None:
         super().__init__()

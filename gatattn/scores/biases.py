@@ -13,7 +13,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .base import DenseContext, Edges, ScoreBias
+from .base import POSITION, DenseContext, Edges, ScoreBias
 
 __all__ = ["ALiBi", "EdgeFeatureBias", "RelativePositionBias", "alibi_slopes", "t5_bucket"]
 
@@ -90,7 +90,7 @@ class RelativePositionBias(ScoreBias):
             float positions whose differences are not whole numbers.
     """
 
-    backends = frozenset({"edge", "dense", "block"})
+    kind = POSITION
     name = "relative_position"
 
     def __init__(
@@ -151,7 +151,7 @@ class ALiBi(ScoreBias):
         ValueError: at run time, P-D positions [N, P].
     """
 
-    backends = frozenset({"edge", "dense", "block"})
+    kind = POSITION
     name = "alibi"
 
     def __init__(self, num_heads: int) -> None:
