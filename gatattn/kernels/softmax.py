@@ -51,10 +51,19 @@ def neighbourhood_softmax(
 
     Shapes:
         scores [E, H] -> weights [E, H].
+
+    Raises:
+        ValueError: ``scores`` and ``index`` of different lengths, or ``sinks`` not of shape
+            [H].
     """
     if scores.size(0) != index.numel():
         raise ValueError(
             f"scores has {scores.size(0)} rows but index has {index.numel()} edges; they must match"
+        )
+    if sinks is not None and sinks.shape != scores.shape[1:] and sinks.shape != (1,):
+        raise ValueError(
+            f"sinks must hold one logit per head, shape {tuple(scores.shape[1:])} for scores "
+            f"{tuple(scores.shape)}, got shape {tuple(sinks.shape)}"
         )
     work = scores.float() if scores.dtype in (torch.float16, torch.bfloat16) else scores
     m = scatter(work.detach(), index, 0, dim_size=num_nodes, reduce="max")  # [N, H]

@@ -20,6 +20,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 import gatattn as ga
 
@@ -300,3 +302,61 @@ def test_bloom_falcon_honour_a_per_call_graph_fn(family):
     for a in swapped.attentions:  # sinks + window: each query keeps token 0 and itself
         assert int((a[0, 0] > 0).sum()) == 11
     assert not any("graph_fn" in k for m in per_call.modules() for k in m.__dict__)
+
+
+def test_neighbourhood_softmax_sinks_of_the_wrong_shape():
+    """A sink per head: [3] sinks for 2 heads was a broadcast RuntimeError."""
+    with pytest.raises(ValueError, match=r"sinks must hold one logit per head.*\(3,\)"):
+        ga.neighbourhood_softmax(torch.randn(3, 2), torch.tensor([0, 0, 1]), 2, torch.zeros(3))
+
+
+@pytest.mark.parametrize("hkv", [1, 2])
+@pytest.mark.parametrize("extra", ["add_bias_kv", "add_zero_attn"])
+def test_grouped_drop_in_extra_keys(hkv, extra):
+    """GraphMultiheadAttention(num_kv_heads=) with torch's extra key nodes: bias_k/bias_v are
+    [1, 1, H_kv·D] and join every query, as the written-out formula does."""
+    H, D, L = 4, 3, 5
+    torch.manual_seed(0)
+    mha = ga.GraphMultiheadAttention(H * D, H, num_kv_heads=hkv, dtype=f64, **{extra: True})
+    with torch.no_grad():
+        for p in mha.parameters():
+            p.copy_(torch.randn_like(p))
+    x = torch.randn(L, 1, H * D, dtype=f64)
+    out, w = mha(x, x, x, need_weights=True, average_attn_weights=False)  # [L, 1, C], [1, H, L, S']
+    C, KD, xs = H * D, hkv * D, x[:, 0]
+    q = (xs @ mha.in_proj_weight[:C].T + mha.in_proj_bias[:C]).view(L, H, D)
+    k = (xs @ mha.in_proj_weight[C : C + KD].T + mha.in_proj_bias[C : C + KD]).view(L, hkv, D)
+    v = (xs @ mha.in_proj_weight[C + KD :].T + mha.in_proj_bias[C + KD :]).view(L, hkv, D)
+    extra_k = mha.bias_k.view(1, hkv, D) if extra == "add_bias_kv" else torch.zeros(1, hkv, D)
+    extra_v = mha.bias_v.view(1, hkv, D) if extra == "add_bias_kv" else torch.zeros(1, hkv, D)
+    k = torch.cat([k, extra_k.to(f64)]).repeat_interleave(H // hkv, 1)  # [L + 1, H, D]
+    v = torch.cat([v, extra_v.to(f64)]).repeat_interleave(H // hkv, 1)
+    attn = (torch.einsum("ihd,jhd->hij", q, k) / math.sqrt(D)).softmax(-1)  # [H, L, L + 1]
+    ref = mha.out_proj(torch.einsum("hij,jhd->ihd", attn, v).reshape(L, C))
+    torch.testing.assert_close(out[:, 0], ref, atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(w[0], attn, atol=1e-10, rtol=1e-10)
+
+
+@given(
+    n=st.integers(1, 9),
+    num_edges=st.integers(0, 40),
+    seed=st.integers(0, 2**16),
+    hkv=st.sampled_from([1, 2, 4]),
+    sinks=st.booleans(),
+)
+def test_random_graphs_rotary_grouped_sinks(n, num_edges, seed, hkv, sinks):
+    """Random graphs (duplicate edges, isolated targets) with rotary + GQA (+ sinks), random
+    float positions: the dispatched path equals the written-out formula in fp64."""
+    gen = torch.Generator().manual_seed(seed)
+    g = ga.TokenGraph(torch.randint(0, n, (2, num_edges), generator=gen), n)
+    torch.manual_seed(seed)
+    layer = ga.GraphAttention(16, 4, score=ga.Rotary(4), num_kv_heads=hkv, sinks=sinks).double()
+    if sinks:
+        with torch.no_grad():
+            layer.sinks.normal_()
+    x = torch.randn(n, 16, dtype=f64)
+    pos = torch.randn(n, dtype=f64, generator=gen) * 50
+    out, _, _ = reference(
+        layer, x, g, hkv=hkv, pos=pos, rot=(4, 1e4, False), sinks=layer.sinks if sinks else None
+    )
+    torch.testing.assert_close(layer(x, g, pos=pos), out, atol=1e-10, rtol=1e-10)
