@@ -40,6 +40,7 @@ from torch import Tensor
 from ..graph import TokenGraph
 from ..scores import POSITION, DenseContext, Edges
 from .base import Backend, BackendOutput, Problem
+from .sdpa import sdpa
 
 __all__ = ["MIN_DENSE_DENSITY", "DenseBackend", "dense_density", "dense_keys"]
 
@@ -160,6 +161,8 @@ class DenseBackend(Backend):
             return None, tuple(why)
         _, biases = p.score.parts()
         g = p.graph
+        if g.num_src == 0 or g.num_dst == 0:  # also a batch of no sequences (B = 0)
+            return None, (f"the graph has no nodes on one side (N_s={g.num_src}, N_t={g.num_dst})",)
         tag = g.trusted_structure()
         if tag is not None:
             if tag != "bipartite" and g.num_src != g.num_dst:
@@ -169,10 +172,8 @@ class DenseBackend(Backend):
             position_biases = all(b.kind == POSITION for b in biases)
             if tag != "bipartite" and p.positions is None and position_biases:
                 return "tagged", (f"{tag} graph with position biases: SDPA with their dense form",)
-        elif g.dense_mask(compact=True) is not None and not biases:
+        elif g._stored_mask() is not None and not biases:
             return "mask", ("graph built from a dense mask: SDPA with that mask",)
-        if g.num_src == 0 or g.num_dst == 0:
-            return None, (f"the graph has no nodes on one side (N_s={g.num_src}, N_t={g.num_dst})",)
         keys = dense_keys(g)
         if isinstance(keys, str):
             if g.structure in ("complete", "causal", "bipartite") and tag is None:
@@ -193,7 +194,7 @@ class DenseBackend(Backend):
         pays for the scatter plan's O(E) check."""
         g = p.graph
         why = self._score_reasons(p)
-        if g.trusted_structure() is None and g.dense_mask(compact=True) is None:
+        if g.trusted_structure() is None and g._stored_mask() is None:
             fill = dense_density(g)
             if fill < MIN_DENSE_DENSITY:
                 why.append(
@@ -236,7 +237,7 @@ class DenseBackend(Backend):
         if plan == "tagged":
             mask, causal = self._tagged_mask(p, Lk, k_index)
         elif plan == "mask":
-            m = g.dense_mask(compact=True)
+            m = g._stored_mask()
             assert m is not None
             allowed = m.unsqueeze(1)  # [B, 1, L_q | 1, L_k]
             mask = allowed
@@ -252,7 +253,7 @@ class DenseBackend(Backend):
             mask = _sink_mask(mask, causal, p.sinks, (H, Lq, Lk), q.dtype)
             causal = False
             kp, vp = (F.pad(t, (0, 0, 0, 1)) for t in (kp, vp))  # [B, H_kv, L_k + 1, D]
-        out = F.scaled_dot_product_attention(
+        out = sdpa(  # F.scaled_dot_product_attention, differentiable twice
             pad(q, q_index, Lq),
             kp,
             vp,

@@ -107,7 +107,7 @@ class RelativePositionBias(ScoreBias):
                 f"num_buckets={num_buckets}, max_distance={max_distance}"
             )
         self.num_buckets, self.max_distance = num_buckets, max_distance
-        self.bidirectional = bidirectional
+        self.bidirectional, self.num_heads = bidirectional, num_heads
         self.embedding = nn.Embedding(num_buckets, num_heads)  # B [buckets, H]
 
     def _bias(self, rel: Tensor) -> Tensor:
@@ -156,6 +156,7 @@ class ALiBi(ScoreBias):
 
     def __init__(self, num_heads: int) -> None:
         super().__init__()
+        self.num_heads = num_heads
         self.register_buffer("slopes", alibi_slopes(num_heads))  # m [H]
         self.slopes: Tensor
 
@@ -185,7 +186,7 @@ class EdgeFeatureBias(ScoreBias):
 
     def __init__(self, edge_dim: int, num_heads: int, bias: bool = False) -> None:
         super().__init__()
-        self.edge_dim = edge_dim
+        self.edge_dim, self.num_heads = edge_dim, num_heads
         self.proj = nn.Linear(edge_dim, num_heads, bias=bias)  # W_e [H, F]
 
     def _check(self, edge_attr: Tensor | None) -> Tensor:

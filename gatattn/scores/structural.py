@@ -83,6 +83,11 @@ class SpatialBias(ScoreBias):
             )
         if dist.dim() == 2 and dist.size(1) == 1:
             dist = dist.squeeze(1)
+        if dist.dtype == torch.bool:  # True/False would read as 1/0 hops
+            raise ValueError(
+                "edge_attr['distance'] must be an integer tensor [E] of hop counts, got dtype "
+                "torch.bool (a mask, not distances: pass ga.shortest_path_distances' dist)"
+            )
         if dist.dim() != 1 or dist.is_floating_point() or dist.is_complex():
             raise ValueError(
                 f"edge_attr['distance'] must be an integer tensor [E], got dtype {dist.dtype} "
@@ -157,7 +162,7 @@ class PathEncodingBias(ScoreBias):
                 f"edge_attr['path_attr'] must be [E, >= max_hops={M}, edge_dim={F}], got "
                 f"{list(feats.shape)}"
             )
-        if length.dim() != 1 or length.is_floating_point():
+        if length.dim() != 1 or length.is_floating_point() or length.dtype == torch.bool:
             raise ValueError(
                 f"edge_attr['path_len'] must be an integer tensor [E], got {length.dtype} "
                 f"{list(length.shape)}"
