@@ -7,6 +7,7 @@ weights >= τ, and no block of rows holds more than the budget."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -467,3 +468,21 @@ def test_rotary_positions_and_attention_sinks(positions: bool, path: str) -> Non
     group = sp.edge_index[1] * H + sp.head  # [K] all edges kept: per (target, head)
     sums = torch.zeros(graph.num_dst * H, dtype=torch.float64).index_add_(0, group, sp.weights)
     assert float(sums.max()) < 1.0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_low_precision_weights_within_torchs_own_error(
+    dtype: torch.dtype, within_torch_error: Callable[..., None]
+) -> None:
+    """fp32 / bf16 inputs on the grid: the kept weights' error against the fp64 golden is
+    bounded by torch's own (softmax of the masked logits in that dtype), on the pairs kept."""
+    graph = ga.causal_graph(lengths=[30, 40])
+    q, k = _qk(graph, seed=11)  # fp64 golden inputs
+    sp = _extract(q.to(dtype), k.to(dtype), graph, SCORE, "grid", top_k=4)
+    assert sp.weights.dtype == dtype and bool(torch.isfinite(sp.weights).all())
+    src, dst = sp.edge_index
+    gold = _dense_weights(q, k, graph)[sp.head, dst, src]  # [K] fp64
+    mask = graph.to_dense_mask()
+    logits = torch.einsum("ihd,jhd->hij", q.to(dtype), k.to(dtype)) / math.sqrt(D)
+    theirs = torch.softmax(logits.masked_fill(~mask, -math.inf), -1)[sp.head, dst, src]
+    within_torch_error(sp.weights, theirs, gold, what=f"kept weights, {dtype}")
