@@ -57,7 +57,7 @@ def neighbourhood_softmax(
         TypeError: ``index`` is not a LongTensor, or ``num_nodes`` is not an int.
         ValueError: ``index`` is not 1-D with one entry per row of ``scores``, lives on
             another device, or holds a target outside [0, num_nodes) (the message names it
-            and its edge).
+            and its edge); ``sinks`` not of shape [H].
     """
     if not isinstance(index, Tensor) or index.dtype != torch.long:
         what = index.dtype if isinstance(index, Tensor) else type(index).__name__
@@ -80,6 +80,11 @@ def neighbourhood_softmax(
             raise ValueError(
                 f"index holds target {bad} (edge {edge}), outside [0, num_nodes={num_nodes})"
             )
+    if sinks is not None and sinks.shape != scores.shape[1:] and sinks.shape != (1,):
+        raise ValueError(
+            f"sinks must hold one logit per head, shape {tuple(scores.shape[1:])} for scores "
+            f"{tuple(scores.shape)}, got shape {tuple(sinks.shape)}"
+        )
     return softmax_by_target(scores, index, num_nodes, sinks)
 
 
