@@ -314,7 +314,12 @@ class DenseBackend(Backend):
         """M [B, 1 | H, L_q, L_k]: the edges (True) as a bool mask without biases; with biases
         their per-edge values [E, 1 | H] on the edges and −∞ elsewhere (differentiable, and
         contiguous in SDPA's layout). Also the rows without any edge [B, 1, L_q, 1] when no
-        bias value is −∞ (then those are the only rows SDPA cannot normalise), else None."""
+        bias value is −∞ (then those are the only rows SDPA cannot normalise), else None.
+
+        Biases with a grid form (``ScoreBias.dense_grid``) skip the per-edge values: on a graph
+        in grid order they read the edge input's own grid (the drop-in's masks); otherwise
+        from the per-edge inputs scattered into the grid once per graph and tensor
+        (``scattered_inputs``), plus the graph's 0 / −∞ mask (``edge_base``)."""
         g = p.graph
         _, biases = p.score.parts()
         if biases and _in_grid_order(g):  # the grid is the graph: biases read from grids
