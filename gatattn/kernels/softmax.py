@@ -54,10 +54,11 @@ def neighbourhood_softmax(
         scores [E, H] -> weights [E, H].
 
     Raises:
-        TypeError: ``index`` is not a LongTensor, or ``num_nodes`` is not an int.
+        TypeError: ``scores`` is not a floating-point tensor, ``index`` is not a LongTensor,
+            or ``num_nodes`` is not an int.
         ValueError: ``index`` is not 1-D with one entry per row of ``scores``, lives on
             another device, or holds a target outside [0, num_nodes) (the message names it
-            and its edge).
+            and its edge); ``sinks`` is not [H] or not finite.
     """
     if not isinstance(index, Tensor) or index.dtype != torch.long:
         what = index.dtype if isinstance(index, Tensor) else type(index).__name__
@@ -70,6 +71,17 @@ def neighbourhood_softmax(
             f"scores has {rows} rows but index has {index.numel()} edges (shape "
             f"{list(index.shape)}); index must be [E], one target per row of scores"
         )
+    if not isinstance(scores, Tensor) or not scores.is_floating_point():
+        what = scores.dtype if isinstance(scores, Tensor) else type(scores).__name__
+        raise TypeError(f"scores must be a floating-point tensor [E, H], got {what}")
+    if sinks is not None:
+        heads = scores.shape[1:2] if scores.dim() > 1 else torch.Size([])  # [H] or []
+        if not isinstance(sinks, Tensor) or sinks.shape not in (heads, torch.Size([1])):
+            got = list(sinks.shape) if isinstance(sinks, Tensor) else type(sinks).__name__
+            raise ValueError(f"sinks must be [H] sink logits, H = {list(heads)}, got {got}")
+        if sinks.device.type != "meta" and not torch.compiler.is_compiling():
+            if not bool(torch.isfinite(sinks).all()):
+                raise ValueError(f"sinks must be finite, got {sinks.tolist()}")
     if index.device != scores.device:  # (a tensor's device always carries its index)
         raise ValueError(f"index is on {index.device} but scores are on {scores.device}")
     if index.numel() and index.device.type != "meta" and not torch.compiler.is_compiling():
