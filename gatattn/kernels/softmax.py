@@ -74,14 +74,6 @@ def neighbourhood_softmax(
     if not isinstance(scores, Tensor) or not scores.is_floating_point():
         what = scores.dtype if isinstance(scores, Tensor) else type(scores).__name__
         raise TypeError(f"scores must be a floating-point tensor [E, H], got {what}")
-    if sinks is not None:
-        heads = scores.shape[1:2] if scores.dim() > 1 else torch.Size([])  # [H] or []
-        if not isinstance(sinks, Tensor) or sinks.shape not in (heads, torch.Size([1])):
-            got = list(sinks.shape) if isinstance(sinks, Tensor) else type(sinks).__name__
-            raise ValueError(f"sinks must be [H] sink logits, H = {list(heads)}, got {got}")
-        if sinks.device.type != "meta" and not torch.compiler.is_compiling():
-            if not bool(torch.isfinite(sinks).all()):
-                raise ValueError(f"sinks must be finite, got {sinks.tolist()}")
     if index.device != scores.device:  # (a tensor's device always carries its index)
         raise ValueError(f"index is on {index.device} but scores are on {scores.device}")
     if index.numel() and index.device.type != "meta" and not torch.compiler.is_compiling():
@@ -92,6 +84,14 @@ def neighbourhood_softmax(
             raise ValueError(
                 f"index holds target {bad} (edge {edge}), outside [0, num_nodes={num_nodes})"
             )
+    if sinks is not None and sinks.shape != scores.shape[1:] and sinks.shape != (1,):
+        raise ValueError(
+            f"sinks must hold one logit per head, shape {tuple(scores.shape[1:])} for scores "
+            f"{tuple(scores.shape)}, got shape {tuple(sinks.shape)}"
+        )
+    if sinks is not None and sinks.device.type != "meta" and not torch.compiler.is_compiling():
+        if not bool(torch.isfinite(sinks).all()):  # NaN gives NaN weights, ±inf no softmax
+            raise ValueError(f"sinks must be finite, got {sinks.tolist()}")
     return softmax_by_target(scores, index, num_nodes, sinks)
 
 
