@@ -240,7 +240,7 @@ def attention_graph(
         order (sorted by target, then source).
     """
     if causal:
-        if tgt_len == src_len:
+        if tgt_len == src_len and batch and tgt_len:  # (causal_graph needs a sequence >= 1)
             return causal_graph(lengths=[tgt_len] * batch, device=device), None
         tril = torch.ones(tgt_len, src_len, dtype=torch.bool, device=device).tril()
         return masked_graph(tril.expand(batch, tgt_len, src_len), tgt_len, True), None
