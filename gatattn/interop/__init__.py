@@ -7,10 +7,10 @@
   ValueErrors / TypeErrors that are also the AssertionError / RuntimeError torch raises.
 """
 
+from ..scores import AttnMaskBias  # the per-edge bias of float masks, re-exported
 from .convert import convert
 from .encoder import GraphTransformerEncoderLayer
 from .errors import DtypeAssertionError, ShapeAssertionError, ShapeRuntimeError
-from .masks import AttnMaskBias
 from .mha import GraphMultiheadAttention
 
 __all__ = [

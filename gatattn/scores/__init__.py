@@ -2,7 +2,7 @@
 
     base        ScoreFunction, ScoreBias, Biased (score + biases), Edges, DenseContext
     functions   scaled_dot, dot, additive (GAT), gatv2, cosine, bilinear, neg_distance, callables
-    biases      relative position (T5), ALiBi, edge features
+    biases      relative position (T5), ALiBi, edge features, per-edge values (masks)
     structural  Graphormer's spatial (hop distance) and path (edge) encodings
     softcap     c·tanh(w/c) around any score (Gemma 2)
     rotary      s·<R(p_i) q_i, R(p_j) k_j> (RoPE: partial, interleaved, axial positions)
@@ -12,7 +12,14 @@ Imports run one way: base <- functions, biases, structural, softcap, rotary <- r
 """
 
 from .base import Biased, DenseContext, Edges, ScoreBias, ScoreCallable, ScoreFunction, check_scores
-from .biases import ALiBi, EdgeFeatureBias, RelativePositionBias, alibi_slopes, t5_bucket
+from .biases import (
+    ALiBi,
+    AttnMaskBias,
+    EdgeFeatureBias,
+    RelativePositionBias,
+    alibi_slopes,
+    t5_bucket,
+)
 from .functions import (
     Additive,
     Bilinear,
@@ -34,6 +41,7 @@ __all__ = [
     "SCORES",
     "ALiBi",
     "Additive",
+    "AttnMaskBias",
     "Biased",
     "Bilinear",
     "CallableScore",
