@@ -89,8 +89,8 @@ def case_s1(num_graphs: int, channels: int, heads: int, rounds: int) -> dict[str
     gat = GATConv(C, C // H, heads=H)
     tconv = TransformerConv(C, C // H, heads=H)
     print(f"S1: {num_graphs} graphs, N={N}, input E={ei.size(1)}, complete E={g.num_edges}")
-    print(f"    no bias:     {plain.explain_backend(x, g)}")
-    print(f"    SpatialBias: {spatial.explain_backend(x, g)}")
+    print(f"    no bias:     {plain.explain_backend(x, g).splitlines()[0]}")
+    print(f"    SpatialBias: {spatial.explain_backend(x, g).splitlines()[0]}")
 
     def step(f: Callable[[], Tensor]) -> Callable[[], None]:
         def run() -> None:

@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     tokens = sum(len(model.tokenize(s)) for s in sentences)
     layer0 = model.layers[0].attn
     backend = layer0.explain_backend(torch.zeros(12, 384), ga.complete_graph(lengths=[5, 7]))
-    backend = tuple(backend.split(": ", 1))
+    backend = tuple(backend.splitlines()[0].split(": ", 1))
     print(
         f"MiniLM encode: {n} sentences ({tokens} tokens), batch {bs}, "
         f"{torch.get_num_threads()} threads, best of {args.repeat}"

@@ -213,9 +213,13 @@ def _on(layer: nn.Module, graph: ga.TokenGraph) -> Callable[[Tensor], Tensor]:
 
 
 def _chosen(layer: ga.GraphAttention, x: Tensor, graph: ga.TokenGraph) -> tuple[str, str]:
-    """(backend, "<backend>: <reason>") that ``layer(x, graph)`` runs."""
-    why = layer.explain_backend(x, graph)
-    return why.split(":", 1)[0], why
+    """(backend, "<backend>: <reason>") that ``layer(x, graph)`` runs, with the reasons of the
+    backend just before it in the priority list (the one it was preferred to)."""
+    first, *rest = layer.explain_backend(x, graph).splitlines()
+    rows = [line.strip() for line in rest[1:]]  # "<backend>: <reasons>" in priority order
+    name = first.split(":", 1)[0]
+    at = [r.split(":", 1)[0] for r in rows].index(name) if rows else 0
+    return name, first + (f" (passed over {rows[at - 1]})" if at > 0 else "")
 
 
 def _methods(cfg: Config, case: str, graph: ga.TokenGraph, x: Tensor) -> list[Method]:

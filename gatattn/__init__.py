@@ -5,9 +5,10 @@
 See docs/math.md for the equations and docs/architecture.md for the layers of the package.
 """
 
-from . import analysis, hf, plot, pretrained
+from . import analysis, distributed, hf, plot, pretrained
 from ._version import __version__
 from .analysis import attention_flow, attention_rollout
+from .backends import Backend, BackendOutput, Problem, register_backend
 from .export import from_networkx, layered_graph, read_graph, to_networkx, write_graph
 from .graph import TokenGraph, as_token_graph
 from .graphormer import AddShortestPaths, DegreeEncoding, GraphormerLayer, GraphToken
@@ -53,6 +54,8 @@ __all__ = [
     "ALiBi",
     "AddShortestPaths",
     "Attention",
+    "Backend",
+    "BackendOutput",
     "DegreeEncoding",
     "EdgeFeatureBias",
     "GraphAttention",
@@ -62,6 +65,7 @@ __all__ = [
     "GraphTransformerEncoderLayer",
     "GraphormerLayer",
     "PathEncodingBias",
+    "Problem",
     "RelativePositionBias",
     "Rotary",
     "ScoreBias",
@@ -81,6 +85,7 @@ __all__ = [
     "causal_graph",
     "complete_graph",
     "convert",
+    "distributed",
     "fixed_graph",
     "from_mask",
     "from_networkx",
@@ -95,6 +100,7 @@ __all__ = [
     "pretrained",
     "radius_graph",
     "read_graph",
+    "register_backend",
     "register_score",
     "shortest_path_distances",
     "shortest_paths",

@@ -4,8 +4,9 @@
     edge      the literal formula and the ground truth (any graph, any score)
     dense     one SDPA call (complete, causal, bipartite graphs)
     block     block-sparse torch (banded and block-structured graphs)
-    flex      FlexAttention (CUDA)
-    dispatch  the registry ``BACKENDS``, ``select_backend`` and ``attend``
+    flex      FlexAttention (CUDA), its BlockMask built from the tiles
+    dispatch  the registry ``BACKENDS`` (a priority list), ``register_backend``, ``decide`` /
+              ``select_backend`` and ``attend``
 
 Every backend other than edge is proven equal to it (tests/backends/) before dispatch may choose it.
 """
@@ -13,10 +14,13 @@ Every backend other than edge is proven equal to it (tests/backends/) before dis
 from .base import Backend, BackendOutput, EdgeInput, EdgeModulation, Problem
 from .dispatch import (
     BACKENDS,
+    Decision,
     attend,
     backend_names,
     check_backend_name,
+    decide,
     expand_kv,
+    register_backend,
     select_backend,
     transform_nodes,
 )
@@ -25,13 +29,16 @@ __all__ = [
     "BACKENDS",
     "Backend",
     "BackendOutput",
+    "Decision",
     "EdgeInput",
     "EdgeModulation",
     "Problem",
     "attend",
     "backend_names",
     "check_backend_name",
+    "decide",
     "expand_kv",
+    "register_backend",
     "select_backend",
     "transform_nodes",
 ]

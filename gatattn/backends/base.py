@@ -1,9 +1,14 @@
 """The one backend interface: what a backend is given (``Problem``), what it returns
-(``BackendOutput``), and the two methods every backend has (``supports`` and ``run``).
+(``BackendOutput``), and the methods every backend has.
 
-    Problem    q [N_t, H, D], k [N_s, H, D], v [N_s, H, D], graph, score, edge inputs, options
-    supports   Problem -> None when the backend can run it, else the reason it cannot (a str)
-    run        Problem -> BackendOutput(out [N_t, H, D], scores [E, H] | None, weights [E, H] | None)
+    Problem       q [N_t, H, D], k [N_s, H, D], v [N_s, H, D], graph, score, edge inputs, options
+    supports      Problem -> every reason the backend cannot run it (a tuple of str; () = it can)
+    auto_reasons  Problem -> those, plus every reason ``backend="auto"`` passes it over (cost)
+    explain       Problem -> why auto picks it, when it does
+    run           Problem -> BackendOutput(out [N_t, H, D], scores [E, H] | None, weights | None)
+
+A backend decides from what the score declares (``sdpa_scale``, ``has_dense``, ``pairwise_dense``,
+each bias's ``kind``: docs/scores.md, "What a score declares"); no score names a backend.
 
 Every backend computes the same thing (docs/math.md, eqs. 1-3); the edge backend is the literal
 formula and the ground truth, and runs every Problem.
@@ -56,7 +61,7 @@ class Problem(NamedTuple):
     Attributes:
         q: queries [N_t, H, D].  k: keys [N_s, H, D].  v: values [N_s, H, D].
         graph: the TokenGraph; its ``edge_index`` [2, E] names the edges.
-        score: w(i, j), a ScoreFunction (its ``backends`` say where it can run).
+        score: w(i, j), a ScoreFunction (what it declares decides where it can run).
         edge_attr: per-edge inputs of the score and its biases (``EdgeInput``), or None.
         modulation: TransformerConv edge modulation (edge backend only), or None.
         dropout: dropout probability on the attention weights, applied when ``training``.
@@ -91,10 +96,23 @@ class Problem(NamedTuple):
 
 
 class Backend:
-    """Base class of a backend. Subclasses set ``name`` and implement ``supports`` and ``run``.
+    """Base class of a backend: computes eqs. 1-3 of docs/math.md for the Problems it supports.
 
-    ``supports`` must be cheap (O(E) with a small constant at most, and cached per graph through
-    ``TokenGraph.derived``): dispatch calls it on every forward.
+    .. math::
+        \\mathrm{out}_i = \\sum_{j \\in N(i)} \\mathrm{softmax}_{j \\in N(i)}(\\alpha_{ij})\\, v_j
+
+    Subclasses set ``name`` and implement ``supports`` and ``run``; they override
+    ``auto_reasons`` when ``backend="auto"`` should pass them over for cost (too small a graph,
+    too sparse tiles) and ``explain`` to say why auto picks them. ``ga.register_backend`` adds
+    one to the registry (docs/backends.md, "Adding a backend").
+
+    Every check returns *every* reason, not the first: a tuple of str, empty when there is none.
+    Checks must be cheap, because dispatch calls them on every forward: O(1) rules first, and
+    rules that need a pass over the edges (cached per graph through ``TokenGraph.derived``) only
+    once every O(1) rule has passed.
+
+    Shapes:
+        run: q [N_t, H, D], k and v [N_s, H, D] -> out [N_t, H, D] (+ α, Attn [E, H] or None).
     """
 
     name: ClassVar[str] = "backend"
@@ -102,27 +120,46 @@ class Backend:
     #: expands them per node first
     grouped_kv: ClassVar[bool] = False
 
-    def supports(self, p: Problem) -> str | None:
-        """None when this backend can run ``p``, else why not (shown to users)."""
+    def supports(self, p: Problem) -> tuple[str, ...]:
+        """Every reason this backend cannot run ``p`` (shown to users); () when it can."""
         raise NotImplementedError
+
+    def auto_reasons(self, p: Problem) -> tuple[str, ...]:
+        """Every reason ``backend="auto"`` does not pick this backend for ``p``: what
+        ``supports`` says, plus the cost rules (default: ``supports`` alone)."""
+        return self.supports(p)
+
+    def explain(self, p: Problem) -> str:
+        """Why ``backend="auto"`` picks this backend for ``p`` (when ``auto_reasons`` is empty)."""
+        return f"the {self.name} backend runs it"
 
     def run(self, p: Problem) -> BackendOutput:
         """Attention of ``p`` (eqs. 1-3): out [N_t, H, D], and α, Attn [E, H] or None."""
         raise NotImplementedError
 
-    def score_support(self, p: Problem) -> str | None:
-        """The common check: ``p.score`` declares this backend, and nothing per edge
-        (modulation, an aggregate hook) asks for the edge backend."""
-        if self.name not in p.score.backends:
-            return (
-                f"score {p.score.name!r} has no {self.name} form (it declares the backends "
-                f"{sorted(p.score.backends)})"
-            )
+    @staticmethod
+    def per_edge_reasons(p: Problem) -> list[str]:
+        """The options only a per-edge backend can honour: TransformerConv's edge modulation
+        (``edge_dim``) and an explainer's aggregate hook."""
+        why = []
         if p.modulation is not None:
-            return "edge features modulate keys and values (edge_dim): only the edge backend"
+            why.append("edge features modulate keys and values (edge_dim): per-edge keys")
         if p.aggregate is not None:
-            return "an explainer watches the messages: only the edge backend"
-        return None
+            why.append("an explainer watches the per-edge messages")
+        return why
+
+    def refuse(self, p: Problem) -> None:
+        """Raise when this backend cannot run ``p`` (``run`` calls it: a direct call never
+        trusts a Problem that dispatch did not check).
+
+        Raises:
+            ValueError: naming the backend, the score and every reason.
+        """
+        why = self.supports(p)
+        if why:
+            raise ValueError(
+                f"{self.name} backend cannot run score {p.score.name!r}: {'; '.join(why)}"
+            )
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"

@@ -34,10 +34,18 @@ from torch_geometric.utils import scatter
 
 from ..graph import TokenGraph
 from ..kernels import CHUNK_ELEMENTS
-from ..scores import DenseContext, Edges
+from ..scores import POSITION, DenseContext, Edges
 from .base import Backend, BackendOutput, Problem
 
-__all__ = ["BlockBackend", "BlockLayout", "block_layout", "estimate_density"]
+__all__ = [
+    "MIN_BLOCK_EDGES",
+    "MIN_DENSITY",
+    "BlockBackend",
+    "BlockLayout",
+    "block_layout",
+    "estimate_density",
+    "tile_reasons",
+]
 
 #: Tile sizes tried, and the density (E / computed entries) below which block does not pay.
 #: Measured on 2 CPU cores (N=4096, C=512, H=8, forward+backward): block takes 0.05x the edge
@@ -47,6 +55,10 @@ MIN_DENSITY = 0.1
 _HALF = (torch.float16, torch.bfloat16)
 #: Edges sampled (with a fixed seed) to estimate the tile density before any layout is built.
 DENSITY_SAMPLE = 4096
+#: Below this many edges a tiled backend's fixed costs outweigh its gain (``backend="auto"``).
+MIN_BLOCK_EDGES = 4096
+#: A sampled density below MIN_DENSITY × this margin skips the exact layout (sampling noise).
+ESTIMATE_MARGIN = 0.5
 
 
 @dataclass(frozen=True, eq=False)  # identity hash: a cache key
@@ -122,6 +134,44 @@ def block_layout(graph: TokenGraph, size: int | None = None) -> BlockLayout:
     return graph.derived(("block_layout", s), lambda: _layout(graph, s))
 
 
+def tile_reasons(graph: TokenGraph) -> tuple[str, ...]:
+    """Every reason a tiled backend (block, flex) does not pay on ``graph`` (the cost rules of
+    ``backend="auto"``; () when it pays), cheapest first:
+
+    * fewer than MIN_BLOCK_EDGES edges, or torch.compile tracing (layouts have data-dependent
+      sizes): O(1);
+    * the tile density E / (nb·S²) *estimated* from a fixed-seed sample of edges
+      (``estimate_density``, O(sample)) below MIN_DENSITY × ESTIMATE_MARGIN;
+    * only then the exact layout (O(E), cached in the graph), whose density must reach
+      MIN_DENSITY.
+
+    So an irregular graph costs O(sample), never a per-tile array.
+    """
+    why = []
+    if graph.num_edges < MIN_BLOCK_EDGES:
+        why.append(
+            f"small graph (E={graph.num_edges} < {MIN_BLOCK_EDGES}): fixed costs outweigh tiles"
+        )
+    if torch.compiler.is_compiling():
+        why.append("under torch.compile the block layout is not built (data-dependent sizes)")
+    if why:
+        return tuple(why)
+    size, guess = estimate_density(graph)
+    if guess < MIN_DENSITY * ESTIMATE_MARGIN:
+        est = f"estimated tile density {guess:.3f} with {size}x{size} tiles"
+        return (f"irregular graph ({est} < {MIN_DENSITY})",)
+    lay = block_layout(graph)
+    if lay.density < MIN_DENSITY:
+        dens = f"tile density {lay.density:.2f} with {lay.size}x{lay.size} tiles"
+        return (f"irregular graph ({dens} < {MIN_DENSITY})",)
+    return ()
+
+
+def _tile_density(graph: TokenGraph) -> str:
+    lay = block_layout(graph)
+    return f"tile density {lay.density:.2f} with {lay.size}x{lay.size} tiles"
+
+
 def _layout(graph: TokenGraph, s: int) -> BlockLayout:
     nr, nc = -(-graph.num_dst // s), -(-graph.num_src // s)
     src, dst = graph.edge_index
@@ -194,24 +244,48 @@ def _slab_attention(
 class BlockBackend(Backend):
     """Graph attention over the active tiles of the adjacency (see the module docstring).
 
-    Runs any graph (duplicates allowed; the tag is not used) with a score declaring ``"block"``
-    (its ``dense`` formula per tile; biases declaring it add their per-edge formula per entry).
-    Returns out [N_t, H, D]; scores and weights are None.
+    Runs any graph (duplicates allowed; the tag is not used) with a score that declares a
+    dense form (``has_dense``) that is not pairwise (a pairwise form costs S²·D per tile, no
+    less than the edge backend), plus biases that read positions only (``kind="position"``:
+    evaluated per tile entry). ``backend="auto"`` picks it when the tiles pay
+    (``tile_reasons``). Returns out [N_t, H, D]; scores and weights are None.
     """
 
     name = "block"
 
-    def supports(self, p: Problem) -> str | None:
-        why = self.score_support(p)
-        if why is None and p.graph.num_edges == 0:
-            why = "graph has no edges"
-        if why is None and p.sinks is not None:
-            why = "attention sinks: the edge and dense backends add the sink"
-        if why is None and p.positions is not None and p.score.parts()[1]:
-            why = "biases on given node positions: the edge and dense backends read them"
-        return why
+    def supports(self, p: Problem) -> tuple[str, ...]:
+        base, biases = p.score.parts()
+        why = []
+        if not base.has_dense:
+            why.append(f"score {base.name!r} declares no dense form (has_dense), which tiles need")
+        elif base.pairwise_dense:
+            why.append(
+                f"score {base.name!r} has a pairwise dense form (pairwise_dense): [S, S, D] per "
+                "tile costs no less than the edge backend"
+            )
+        why += [
+            f"bias {b.name!r} reads per-edge inputs (kind {b.kind!r}), not positions alone: "
+            "it has no value on a tile's non-edges"
+            for b in biases
+            if b.kind != POSITION
+        ]
+        why += self.per_edge_reasons(p)
+        if p.graph.num_edges == 0:
+            why.append("graph has no edges")
+        if p.sinks is not None:
+            why.append("attention sinks: the edge and dense backends add the sink")
+        if p.positions is not None and biases:
+            why.append("biases on given node positions: the tiles carry token positions only")
+        return tuple(why)
+
+    def auto_reasons(self, p: Problem) -> tuple[str, ...]:
+        return self.supports(p) or tile_reasons(p.graph)
+
+    def explain(self, p: Problem) -> str:
+        return f"block-structured graph ({_tile_density(p.graph)}): block-sparse torch"
 
     def run(self, p: Problem) -> BackendOutput:
+        self.refuse(p)
         return _block_attention(p, block_layout(p.graph))
 
 
@@ -252,7 +326,7 @@ def _block_attention(p: Problem, lay: BlockLayout) -> BackendOutput:
 
     # Compute α tile by tile in chunks bounded like the edge ops; checkpoint keeps autograd
     # from holding every chunk's [n, H, S, D] gathers at once.
-    per_tile = H * S * max(S, D) * (D if base.pairwise_dense else 1)
+    per_tile = H * S * max(S, D)
     step = max(1, CHUNK_ELEMENTS // per_tile)
     bounds = [(a, min(a + step, nb)) for a in range(0, nb, step)]
     if len(bounds) > 1 and torch.is_grad_enabled():

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..graph import TokenGraph
-from ..scores import DenseContext, Edges
+from ..scores import POSITION, DenseContext, Edges
 from .base import Backend, BackendOutput, Problem
 
 __all__ = ["MIN_DENSE_DENSITY", "DenseBackend", "dense_density", "dense_keys"]
@@ -91,7 +91,7 @@ def dense_keys(g: TokenGraph) -> Tensor | str:
                 f"queries come in {len(q_len)} sequences but keys in {len(k_len)}: no per-"
                 "sequence grid"
             )
-        B, Lq, Lk = _grid(g)
+        _, Lq, Lk = _grid(g)
         src, dst = g.edge_index[0], g.edge_index[1]  # [E]
         seq = g.sequence("dst").index_select(0, dst)  # [E]
         if not torch.equal(seq, g.sequence("src").index_select(0, src)):
@@ -99,7 +99,7 @@ def dense_keys(g: TokenGraph) -> Tensor | str:
         pos_i = g.positions("dst").index_select(0, dst)  # [E]
         pos_j = g.positions("src").index_select(0, src)  # [E]
         keys = (seq * Lq + pos_i) * Lk + pos_j  # [E]
-        if keys.numel() and int(torch.bincount(keys, minlength=B * Lq * Lk).max()) > 1:
+        if torch.unique(keys).numel() != keys.numel():  # O(E) memory, whatever B·L_q·L_k is
             return "the graph has duplicate edges (SDPA would count them once)"
         return keys
 
@@ -130,51 +130,86 @@ class DenseBackend(Backend):
         \\mathrm{out} = \\mathrm{softmax}(s\\,QK^\\top + M)\\,V
 
     with M = the biases on edges and −∞ elsewhere (Vaswani et al. 2017, "Attention Is All You
-    Need"; docs/math.md, eqs. 4-5). Scores: those declaring ``"dense"`` (scaled_dot, dot: any
-    ``sdpa_scale``) plus any ``ScoreBias``. Returns out [N_t, H, D]; scores and weights are
-    None (``attend`` takes them from the edge formula when asked).
+    Need"; docs/math.md, eqs. 4-5). Runs a score that declares an ``sdpa_scale`` s, plus any
+    biases: position biases (``kind="position"``) by their dense form on a tagged graph, any
+    bias by its per-edge values otherwise. ``backend="auto"`` picks it only for a tagged graph,
+    a graph built from a mask, or one that fills at least MIN_DENSE_DENSITY of its padded grid.
+    Returns out [N_t, H, D]; scores and weights are None (``attend`` takes them from the edge
+    formula when asked).
     """
 
     name = "dense"
     grouped_kv = True  # SDPA's enable_gqa: k and v keep their H_kv heads
 
-    def plan(self, p: Problem) -> tuple[str | None, str]:
-        """("tagged" | "mask" | "scatter", why) when SDPA can run ``p``, else (None, why not)."""
-        why = self.score_support(p)
-        if why is not None:
-            return None, why
-        base, biases = p.score.parts()
+    def _score_reasons(self, p: Problem) -> list[str]:
+        base, _ = p.score.parts()
+        why = []
         if base.sdpa_scale(p.q.size(-1)) is None:
-            return None, f"score {base.name!r} is not s·<q_i, k_j>, which SDPA computes"
+            why.append(
+                f"score {base.name!r} is not s·<q_i, k_j> (it declares no sdpa_scale), which "
+                "SDPA computes"
+            )
+        return why + self.per_edge_reasons(p)
+
+    def plan(self, p: Problem) -> tuple[str | None, tuple[str, ...]]:
+        """("tagged" | "mask" | "scatter", (why,)) when SDPA can run ``p``, else (None, every
+        reason it cannot). O(1) on a tagged or mask graph; the scatter plan's O(E) check of
+        the edges runs once per graph (cached)."""
+        why = self._score_reasons(p)
+        if why:
+            return None, tuple(why)
+        _, biases = p.score.parts()
         g = p.graph
         tag = g.trusted_structure()
         if tag is not None:
             if tag != "bipartite" and g.num_src != g.num_dst:
-                return None, f"graph is bipartite (num_src={g.num_src}, num_dst={g.num_dst})"
+                return None, (f"graph is bipartite (num_src={g.num_src}, num_dst={g.num_dst})",)
             if not biases:
-                return "tagged", f"{tag} graph: SDPA without reading the edges"
-            dense_biases = all("dense" in b.backends for b in biases)
-            if tag != "bipartite" and p.positions is None and dense_biases:
-                return "tagged", f"{tag} graph with position biases: SDPA with their dense form"
+                return "tagged", (f"{tag} graph: SDPA without reading the edges",)
+            position_biases = all(b.kind == POSITION for b in biases)
+            if tag != "bipartite" and p.positions is None and position_biases:
+                return "tagged", (f"{tag} graph with position biases: SDPA with their dense form",)
         elif g.dense_mask(compact=True) is not None and not biases:
-            return "mask", "graph built from a dense mask: SDPA with that mask"
+            return "mask", ("graph built from a dense mask: SDPA with that mask",)
         if g.num_src == 0 or g.num_dst == 0:
-            return None, f"the graph has no nodes on one side (N_s={g.num_src}, N_t={g.num_dst})"
+            return None, (f"the graph has no nodes on one side (N_s={g.num_src}, N_t={g.num_dst})",)
         keys = dense_keys(g)
         if isinstance(keys, str):
             if g.structure in ("complete", "causal", "bipartite") and tag is None:
                 keys = f"the graph's {g.structure!r} tag does not match its edges, and {keys}"
-            return None, keys
-        return "scatter", "graph inside its sequences: SDPA with the edges (and biases) as a mask"
+            return None, (keys,)
+        return "scatter", (
+            "graph inside its sequences: SDPA with the edges (and biases) as a mask",
+        )
 
-    def supports(self, p: Problem) -> str | None:
+    def supports(self, p: Problem) -> tuple[str, ...]:
         plan, why = self.plan(p)
-        return None if plan is not None else why
+        return () if plan is not None else why
+
+    def auto_reasons(self, p: Problem) -> tuple[str, ...]:
+        """``supports``, after the O(1) cost rule: a graph that is neither tagged nor built
+        from a mask must fill at least MIN_DENSE_DENSITY of its padded per-sequence grid (SDPA
+        computes the whole grid, the edge backend only E entries). Only a graph that passes
+        pays for the scatter plan's O(E) check."""
+        g = p.graph
+        why = self._score_reasons(p)
+        if g.trusted_structure() is None and g.dense_mask(compact=True) is None:
+            fill = dense_density(g)
+            if fill < MIN_DENSE_DENSITY:
+                why.append(
+                    f"the edges fill {100 * fill:.1f} % of the padded per-sequence grid "
+                    f"B·L_q·L_k, below {100 * MIN_DENSE_DENSITY:.0f} %: SDPA would compute "
+                    "mostly masked entries"
+                )
+        return tuple(why) if why else self.supports(p)
+
+    def explain(self, p: Problem) -> str:
+        return f"{self.plan(p)[1][0]} (score {p.score.name!r})"
 
     def run(self, p: Problem) -> BackendOutput:
         plan, why = self.plan(p)  # cached per graph: a direct call never trusts an unchecked tag
         if plan is None:
-            raise ValueError(f"dense backend cannot run score {p.score.name!r}: {why}")
+            raise ValueError(f"dense backend cannot run score {p.score.name!r}: {'; '.join(why)}")
         q, k, v, g = p.q, p.k, p.v, p.graph
         base, _ = p.score.parts()
         H, D = q.size(1), q.size(2)

@@ -1,63 +1,67 @@
 """Dispatch: pick a backend for a Problem, say why, run it (docs/backends.md).
 
 ``attend`` is the one entry point of attention; ``GraphAttention`` and the drop-ins call it.
-With ``backend="auto"`` the order of preference is:
+The registry ``BACKENDS`` is an ordered priority list (a dict, name -> backend), as xformers'
+dispatch and torch's sdp_utils keep one:
 
-1. dense (one SDPA call) when the score is s·<q_i, k_j> (+ any bias) and the graph is a
-   complete / causal / bipartite graph whose tag holds (``TokenGraph.trusted_structure``), a
-   graph built from a dense mask, or any graph inside its sequences that fills at least
-   MIN_DENSE_DENSITY of the padded per-sequence grid (``dense.dense_density``, O(1); the
-   O(E) check that no edge crosses sequences or repeats follows, cached).
-2. edge for small graphs (E < MIN_BLOCK_EDGES): fixed costs dominate there.
-3. flex (CUDA) or block (block-sparse torch) when the score declares them and the tiles of the
-   adjacency are dense enough. The density is first *estimated* from a fixed-seed sample of
-   edges (``block.estimate_density``, O(sample)); only a graph that passes builds its exact
-   layout, whose density decides. An irregular graph costs dispatch O(1) per edge.
-4. edge (the reference) otherwise: it runs every score on every graph.
+    dense   one SDPA call: tagged / mask graphs, or graphs that fill >= 25 % of their grid
+    flex    FlexAttention (CUDA) on block-structured graphs
+    block   block-sparse torch on block-structured graphs
+    edge    the reference: every graph, score and option
 
-``backend="edge" | "dense" | "block" | "flex"`` forces one; a forced backend that cannot run the
-problem raises a ValueError that names the score, the graph and the reason.
+``backend="auto"`` walks the list and takes the first backend whose ``auto_reasons`` is empty;
+every rule lives in its backend (``supports`` for what it cannot run, ``auto_reasons`` for what
+would not pay). A graph already seen costs O(1): what needs a pass over the edges is cached in
+the graph, and so is the decision (per score object, registry, q's device, dtype and D, and
+options; a backend's checks read nothing else). ``ga.register_backend`` adds a backend.
+
+``backend="edge" | "dense" | ...`` forces one; a forced backend that cannot run the problem
+raises a ValueError that names the score, the graph and every reason, then lists every
+backend with its own reasons.
 """
 
 from __future__ import annotations
 
 import logging
+import weakref
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import NamedTuple
 
 import torch
 
 from ..graph import TokenGraph
 from .base import Backend, BackendOutput, Problem
-from .block import MIN_DENSITY, BlockBackend, block_layout, estimate_density
-from .dense import MIN_DENSE_DENSITY, DenseBackend, dense_density
+from .block import MIN_BLOCK_EDGES, BlockBackend
+from .dense import DenseBackend
 from .edge import EdgeBackend, edge_scores_and_weights
 from .flex import FlexBackend
 
 __all__ = [
     "BACKENDS",
     "MIN_BLOCK_EDGES",
+    "Decision",
     "attend",
     "backend_names",
     "check_backend_name",
+    "decide",
     "expand_kv",
+    "register_backend",
     "select_backend",
     "transform_nodes",
 ]
 
-#: The registry: name -> backend. ``backend="auto"`` lets ``select_backend`` choose.
+#: The registry, in priority order: name -> backend. ``backend="auto"`` takes the first one
+#: with no reason against it; the edge backend, last, runs everything.
 BACKENDS: dict[str, Backend] = {
-    b.name: b for b in (EdgeBackend(), DenseBackend(), BlockBackend(), FlexBackend())
+    b.name: b for b in (DenseBackend(), FlexBackend(), BlockBackend(), EdgeBackend())
 }
-
-#: Below this many edges the block backend's fixed costs outweigh its gain.
-MIN_BLOCK_EDGES = 4096
-#: A sampled density below MIN_DENSITY × this margin skips the exact layout (sampling noise).
-ESTIMATE_MARGIN = 0.5
 
 log = logging.getLogger("gatattn.dispatch")
 
 
 def backend_names() -> tuple[str, ...]:
-    """The names ``backend=`` accepts: "auto" and every registered backend."""
+    """The names ``backend=`` accepts: "auto" and every registered backend, in priority order."""
     return ("auto", *BACKENDS)
 
 
@@ -68,13 +72,157 @@ def check_backend_name(name: object) -> str:
     return name
 
 
+def register_backend(backend: Backend, *, before: str = "edge") -> None:
+    """Add ``backend`` to the registry, so that ``backend=backend.name`` forces it and
+    ``backend="auto"`` tries it just before ``before`` (default: before the edge backend,
+    which runs everything and so ends the list).
+
+    The backend computes eqs. 1-3 of docs/math.md for the problems its ``supports`` accepts:
+
+    .. math::
+        \\mathrm{out}_i = \\sum_{j \\in N(i)} \\mathrm{softmax}_{j \\in N(i)}(\\alpha_{ij})\\, v_j
+
+    Shapes:
+        ``run(problem)``: q [N_t, H, D], k and v [N_s, H, D] -> out [N_t, H, D].
+
+    Args:
+        backend: an instance of a ``Backend`` subclass with a new ``name``.
+        before: a registered backend name; the new one goes right before it in the priority
+            list.
+
+    Raises:
+        TypeError: ``backend`` is not a Backend instance.
+        ValueError: its name is not a non-empty str, is "auto" or is already registered, or
+            ``before`` is not a registered name.
+    """
+    if not isinstance(backend, Backend):
+        raise TypeError(f"register_backend needs a Backend instance, got {type(backend).__name__}")
+    name = backend.name
+    if not isinstance(name, str) or not name or name == "auto":
+        raise ValueError(
+            f"a backend's name must be a non-empty str other than 'auto', got {name!r}"
+        )
+    if name in BACKENDS:
+        raise ValueError(f"backend name {name!r} is already registered")
+    if before not in BACKENDS:
+        raise ValueError(
+            f"before={before!r} is not a registered backend; choose one of {list(BACKENDS)}"
+        )
+    items = list(BACKENDS.items())
+    at = [n for n, _ in items].index(before)
+    items.insert(at, (name, backend))
+    BACKENDS.clear()
+    BACKENDS.update(items)
+
+
+class Decision(NamedTuple):
+    """What dispatch decided: the backend ``name``, why (``reason``), and every backend's
+    reasons against it (``reasons``, a read-only mapping in priority order; () for a backend
+    that would run). Decisions are cached in the graph: nothing in one can be changed."""
+
+    name: str
+    reason: str
+    reasons: Mapping[str, tuple[str, ...]]
+
+
 def _describe(graph: TokenGraph) -> str:
     tag = graph.structure or "untagged"
     return f"{tag} graph (N_t={graph.num_dst}, N_s={graph.num_src}, E={graph.num_edges})"
 
 
+def _listing(reasons: Mapping[str, tuple[str, ...]], chosen: str | None) -> str:
+    """One line per backend: "chosen", "can run it" or every reason against it."""
+    lines = []
+    for name, why in reasons.items():
+        text = "chosen" if name == chosen else "; ".join(why) if why else "can run it"
+        lines.append(f"  {name}: {text}")
+    return "\n".join(lines)
+
+
+def decide(requested: str, p: Problem, *, every: bool = False) -> Decision:
+    """Pick a backend for ``p``.
+
+    A score with a node transform (rotary positions) is checked as the score it runs after
+    that transform (``after_transform``). ``"auto"`` walks ``BACKENDS`` in order and takes the
+    first backend whose ``auto_reasons`` is empty; the backends before it are listed with their
+    reasons. With ``every=True`` the backends after it are checked and listed too (for
+    ``explain_backend``; dispatch itself stops at the first that runs). A forced name is
+    checked with ``supports``.
+
+    Args:
+        requested: "auto" or a registered backend name.
+        p: the Problem (score, graph, q's device, dtype and D, options).
+        every: also check the backends after the chosen one.
+
+    Raises:
+        ValueError: an unknown name, or a forced backend that cannot run ``p`` (the message
+            lists every backend with its reasons).
+    """
+    check_backend_name(requested)
+    after = p.score.after_transform() if p.modulation is None else None
+    if after is not None:  # the backends run the score after its node transform (``attend``)
+        p = p._replace(score=after)
+    if every or torch.compiler.is_compiling():
+        return _decide(requested, p, every)
+    # A decision depends on the graph, the score, q's device, dtype and D, the options and the
+    # registry: it is kept in the graph's cache (dropped with it), per score object (held
+    # weakly: an id can be reused), so a graph already seen costs O(1).
+    registry = tuple((n, id(b)) for n, b in BACKENDS.items())
+    options = (
+        p.training and p.dropout > 0,
+        p.modulation is None,
+        p.aggregate is None,
+        p.positions is None,
+        p.sinks is None,
+    )
+    shape = (str(p.q.device), p.q.dtype, p.q.size(-1))
+    table: dict[int, tuple[weakref.ref, Decision]] = p.graph.derived(
+        ("dispatch", requested, registry, shape, options), dict
+    )
+    hit = table.get(id(p.score))
+    if hit is not None and hit[0]() is p.score:
+        return hit[1]
+    decision = _decide(requested, p, every)
+    decision = decision._replace(reasons=MappingProxyType(dict(decision.reasons)))  # read-only
+    table[id(p.score)] = (weakref.ref(p.score), decision)
+    return decision
+
+
+def _decide(requested: str, p: Problem, every: bool) -> Decision:
+    if requested != "auto":
+        why = BACKENDS[requested].supports(p)
+        if why:
+            every_reason = {n: b.supports(p) for n, b in BACKENDS.items()}
+            raise ValueError(
+                f"backend={requested!r} cannot run score {p.score.name!r} on the "
+                f"{_describe(p.graph)}: {'; '.join(why)}\nevery backend, as forced:\n"
+                f"{_listing(every_reason, None)}"
+            )
+        return Decision(requested, f"forced by backend={requested!r}", {requested: ()})
+    reasons: dict[str, tuple[str, ...]] = {}
+    chosen: str | None = None
+    for name, backend in BACKENDS.items():
+        if chosen is not None and not every:
+            break
+        why = backend.auto_reasons(p)
+        reasons[name] = why
+        if chosen is None and not why:
+            chosen = name
+    if chosen is None:  # only a registry without a backend that runs everything gets here
+        raise ValueError(
+            f"no backend runs score {p.score.name!r} on the {_describe(p.graph)}:\n"
+            f"{_listing(reasons, None)}"
+        )
+    reason = BACKENDS[chosen].explain(p)
+    before = list(reasons)[: list(reasons).index(chosen)]  # each has a reason against it
+    if before:
+        passed = " | ".join(n + ": " + "; ".join(reasons[n]) for n in before)
+        reason += f" (passed over {passed})"
+    return Decision(chosen, reason, reasons)
+
+
 def select_backend(requested: str, p: Problem) -> tuple[str, str]:
-    """Pick a backend for ``p`` -> (name, reason).
+    """Pick a backend for ``p`` -> (name, reason); see ``decide``.
 
     Args:
         requested: "auto" or a backend name (forced).
@@ -83,20 +231,7 @@ def select_backend(requested: str, p: Problem) -> tuple[str, str]:
     Raises:
         ValueError: an unknown name, or a forced backend that cannot run ``p``.
     """
-    check_backend_name(requested)
-    after = p.score.after_transform() if p.modulation is None else None
-    if after is not None:  # the backends run the score after its node transform (``attend``)
-        p = p._replace(score=after)
-    if requested != "auto":
-        why = BACKENDS[requested].supports(p)
-        if why is not None:
-            raise ValueError(
-                f"backend={requested!r} cannot run score {p.score.name!r} on the "
-                f"{_describe(p.graph)}: {why}"
-            )
-        name, reason = requested, f"forced by backend={requested!r}"
-    else:
-        name, reason = _auto(p)
+    name, reason, _ = decide(requested, p)
     if not torch.compiler.is_compiling() and log.isEnabledFor(logging.DEBUG):
         log.debug(
             "backend %s for score %r on %s: %s", name, p.score.name, _describe(p.graph), reason
@@ -104,41 +239,14 @@ def select_backend(requested: str, p: Problem) -> tuple[str, str]:
     return name, reason
 
 
-def _auto(p: Problem) -> tuple[str, str]:
-    g, score = p.graph, p.score
-    dense = BACKENDS["dense"]
-    assert isinstance(dense, DenseBackend)
-    # O(1) first: the scatter plan's O(E) check only runs for graphs dense enough to pay
-    if (
-        g.trusted_structure() is not None
-        or g.dense_mask(compact=True) is not None
-        or dense_density(g) >= MIN_DENSE_DENSITY
-    ):
-        plan, why = dense.plan(p)
-        if plan is not None:
-            return "dense", f"{why} (score {score.name!r})"
-    if g.num_edges < MIN_BLOCK_EDGES:
-        return "edge", f"small graph (E={g.num_edges} < {MIN_BLOCK_EDGES}): edge backend"
-    block_why = BACKENDS["block"].supports(p)
-    if block_why is not None and "flex" not in score.backends:
-        return "edge", f"no fast path: {block_why}"
-    if torch.compiler.is_compiling():  # layouts need data-dependent sizes: stay on the edge path
-        return "edge", "under torch.compile the block layout is not built: edge backend"
-    size, guess = estimate_density(g)
-    if guess < MIN_DENSITY * ESTIMATE_MARGIN:
-        est = f"estimated tile density {guess:.3f} with {size}x{size} tiles"
-        return "edge", f"irregular graph ({est} < {MIN_DENSITY}): edge backend"
-    lay = block_layout(g)
-    dens = f"tile density {lay.density:.2f} with {lay.size}x{lay.size} tiles"
-    if lay.density < MIN_DENSITY:
-        return "edge", f"irregular graph ({dens} < {MIN_DENSITY}): edge backend"
-    # flex's own check (a sort for duplicate edges on CUDA) only once the tiles pay
-    flex_why = BACKENDS["flex"].supports(p)
-    if flex_why is None and p.q.size(-1) >= 16:
-        return "flex", f"block-structured graph on CUDA ({dens}): FlexAttention"
-    if block_why is None:
-        return "block", f"block-structured graph ({dens}): block-sparse torch"
-    return "edge", f"no fast path: {block_why}"
+def explain(requested: str, p: Problem) -> str:
+    """``"<backend>: <reason>"``, then (for ``"auto"``) one line per registered backend with
+    every reason against it, in priority order (``GraphAttention.explain_backend``)."""
+    name, reason, reasons = decide(requested, p, every=True)
+    if requested != "auto":
+        return f"{name}: {reason}"
+    own = BACKENDS[name].explain(p)  # the lines below say what passed the others over
+    return f"{name}: {own}\nevery backend, in priority order:\n{_listing(reasons, name)}"
 
 
 def attend(p: Problem, backend: str = "auto") -> BackendOutput:

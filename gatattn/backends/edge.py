@@ -82,8 +82,11 @@ class EdgeBackend(Backend):
 
     name = "edge"
 
-    def supports(self, p: Problem) -> str | None:
-        return None
+    def supports(self, p: Problem) -> tuple[str, ...]:
+        return ()
+
+    def explain(self, p: Problem) -> str:
+        return "the reference formula, which runs every graph, score and option"
 
     def run(self, p: Problem) -> BackendOutput:
         g = p.graph

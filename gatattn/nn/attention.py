@@ -24,8 +24,8 @@ from ..backends import (
     Problem,
     attend,
     check_backend_name,
-    select_backend,
 )
+from ..backends.dispatch import explain
 from ..graph import TokenGraph, as_token_graph
 from ..result import Attention
 from ..scores import ScoreCallable, ScoreFunction, make_score
@@ -243,25 +243,33 @@ class GraphAttention(MessagePassing):
             graph: a TokenGraph or an edge_index [2, E].
 
         Returns:
-            ``"<backend>: <reason>"``, e.g. ``"dense: complete graph and score 'scaled_dot': ..."``.
+            ``"<backend>: <reason>"``, e.g. ``"dense: complete graph: SDPA without reading the
+            edges (score 'scaled_dot')"``; with ``backend="auto"`` followed by one line per
+            registered backend, in priority order, with every reason against it.
+
+        Raises:
+            ValueError: a forced backend that cannot run the problem (every reason, and every
+                backend's).
         """
         check.check_features(x, "x", self.embed_dim, "embed_dim")
         g = as_token_graph(graph, num_src=x.size(0), num_dst=x.size(0))
-        if self.edge_proj is not None:
-            return "edge: edge_dim is set, so keys and values are per-edge (edge modulation)"
         q = x.new_empty(0, self.num_heads, self.head_dim)  # [0, H, D]: device, dtype and D only
+        mod = None
+        if self.edge_proj is not None:  # only its presence matters to the backends' checks
+            w_e = self.edge_proj.weight  # [C, F]
+            mod = EdgeModulation(w_e.new_empty(0, w_e.size(1)), w_e)
         p = Problem(
             q=q,
             k=q,
             v=q,
             graph=g,
             score=self.score,
+            modulation=mod,
             dropout=self.dropout,
             training=self.training,
             sinks=self.sinks,
         )
-        name, reason = select_backend(self.backend, p)
-        return f"{name}: {reason}"
+        return explain(self.backend, p)
 
     def message(self, v_j: Tensor, alpha: Tensor) -> Tensor:
         """PyG message Attn_ij · v_j [E, H, D] (used only by PyG's explain/propagate hooks)."""

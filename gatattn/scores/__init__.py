@@ -11,7 +11,18 @@
 Imports run one way: base <- functions, biases, structural, softcap, rotary <- registry.
 """
 
-from .base import Biased, DenseContext, Edges, ScoreBias, ScoreCallable, ScoreFunction, check_scores
+from .base import (
+    PER_EDGE,
+    POSITION,
+    Biased,
+    BiasKind,
+    DenseContext,
+    Edges,
+    ScoreBias,
+    ScoreCallable,
+    ScoreFunction,
+    check_scores,
+)
 from .biases import (
     ALiBi,
     AttnMaskBias,
@@ -38,10 +49,13 @@ from .structural import GRAPH_TOKEN_DISTANCE, PathEncodingBias, SpatialBias
 __all__ = [
     "BIASES",
     "GRAPH_TOKEN_DISTANCE",
+    "PER_EDGE",
+    "POSITION",
     "SCORES",
     "ALiBi",
     "Additive",
     "AttnMaskBias",
+    "BiasKind",
     "Biased",
     "Bilinear",
     "CallableScore",

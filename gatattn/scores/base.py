@@ -8,11 +8,13 @@ of the graph (and optional edge features and positions), to pre-softmax logits �
 * ``edge_scores(q, k, edges)``: the same on the whole graph without an [E, H, D] tensor. The
   default runs ``forward`` over edge chunks; factorisable scores override it with node-level work.
 * ``dense(q, k, ctx)``: the same on the full L_q × L_k matrix, written plainly, for the dense
-  reference and for block backends.
+  reference and for whatever computes whole tiles or matrices of scores.
 
-What each backend can run is declared as data, never by isinstance lists in the backends:
-``backends`` (a frozenset of backend names) on every score and bias, and ``sdpa_scale(D)``, the
-scale s when the score is s·<q_i, k_j> (SDPA and FlexAttention compute exactly that).
+A score says what it *is*, never where it may run (docs/scores.md, "What a score declares"):
+``sdpa_scale(D)`` (s when w(i, j) = s·<q_i, k_j>), ``has_dense`` and ``pairwise_dense`` (its
+dense form and what that form costs), and ``parts()`` (the base score and its biases, each with a
+``kind``). Each backend decides from these alone whether it can run the score; no score or bias
+names a backend, so adding a backend touches no score.
 
 A score may also declare a node-level transform (rotary positions): w(i, j) = w'(φ_i(q_i),
 ψ_j(k_j)) with ``transform_nodes`` computing φ and ψ once per node (O(N)) and
@@ -24,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Literal
 
 from torch import Tensor, nn
 
@@ -34,6 +36,9 @@ if TYPE_CHECKING:
     from ..graph import TokenGraph
 
 __all__ = [
+    "PER_EDGE",
+    "POSITION",
+    "BiasKind",
     "Biased",
     "DenseContext",
     "Edges",
@@ -46,6 +51,14 @@ __all__ = [
 
 #: The type users plug in: ``f(q_i [E, H, D], k_j [E, H, D]) -> α [E, H]``.
 ScoreCallable = Callable[[Tensor, Tensor], Tensor]
+
+#: What a bias reads (``ScoreBias.kind``). ``POSITION``: only the positions of the two tokens in
+#: their sequences, so it is defined on every pair (i, j), edge or not, and ``dense(ctx)`` gives
+#: it on a whole L_q × L_k grid. ``PER_EDGE``: per-edge inputs (``edge_attr``), so it exists on
+#: the graph's edges only and is evaluated there by ``forward(edges)``.
+BiasKind = Literal["position", "per_edge"]
+POSITION: BiasKind = "position"
+PER_EDGE: BiasKind = "per_edge"
 
 
 @dataclass
@@ -133,21 +146,43 @@ def check_scores(fn: object, out: object, num_edges: int, heads: int, like: Tens
 
 
 class ScoreFunction(nn.Module):
-    """Base type of w(i, j). Subclasses implement ``forward`` and ``dense``.
+    """Base type of w(i, j). Subclasses implement ``forward`` (and ``dense`` when they have one).
+
+    .. math:: \\alpha_{ij} = w(q_i, k_j, \\text{edge } j \\to i)
+
+    A score declares what it is, and each backend decides from that alone whether it can run
+    it (docs/scores.md, "What a score declares"). The defaults declare nothing, so a subclass
+    that sets nothing runs only on the reference path (the literal formula on each edge):
+
+    * ``sdpa_scale(D)``: s when w(i, j) = s·<q_i, k_j> exactly, else None (the default).
+    * ``has_dense``: ``dense(q, k, ctx)`` is implemented, reads q and k alone (not the
+      positions or edge inputs in ctx), and equals ``forward`` on every pair (i, j) of the grid
+      (default False). A score that reads positions declares them as a node transform
+      (``transform_nodes``, rotary) or carries them in a position bias instead.
+    * ``pairwise_dense``: that dense form builds a pairwise [..., L_q, L_k, D] tensor, D times
+      the memory of the logits it returns (default False).
+    * ``parts()``: (base score, biases); each bias declares its ``kind`` (``ScoreBias``).
+
+    Shapes:
+        forward: q_i, k_j [e, H, D] -> α [e, H].  dense: q [..., H, L_q, D],
+        k [..., H, L_k, D] -> [..., H, L_q, L_k].  edge_scores: q [N_t, H, D], k [N_s, H, D]
+        -> [E, H].
 
     Attributes:
-        backends: names of the backends that can run this score (the edge backend runs all).
-            Declared as data; dispatch and the backends read nothing else.
+        has_dense: see above.  pairwise_dense: see above.
         name: registry name, used in messages and tables.
     """
 
-    backends: ClassVar[frozenset[str]] = frozenset({"edge"})
-    #: ``dense`` builds a pairwise [..., L_q, L_k, D] tensor (block chunks such scores D× finer)
-    pairwise_dense: ClassVar[bool] = False
+    has_dense: bool = False
+    pairwise_dense: bool = False
     name: str = "score"
 
     def sdpa_scale(self, head_dim: int) -> float | None:
-        """s when w(i, j) = s·<q_i, k_j> (the form SDPA and FlexAttention compute), else None."""
+        """s when w(i, j) = s·<q_i, k_j> for every pair, else None (the default).
+
+        Args:
+            head_dim: D.
+        """
         return None
 
     def parts(self) -> tuple[ScoreFunction, tuple[ScoreBias, ...]]:
@@ -203,14 +238,26 @@ class ScoreFunction(nn.Module):
 class ScoreBias(nn.Module):
     """Base type of an additive bias b(i, j) [E, H] that does not look at q or k.
 
+    .. math:: \\alpha_{ij} = w(i, j) + b(i, j)
+
+    A bias declares what it reads, as ``kind`` (docs/scores.md, "What a score declares"):
+
+    * ``"position"`` (``POSITION``): only the positions of i and j within their sequences.
+      ``forward(edges)`` then works on any (src, dst) pairs, edges or not, and ``dense(ctx)``
+      gives the bias on a whole L_q × L_k grid from ``ctx.pos_q`` and ``ctx.pos_k``.
+    * ``"per_edge"`` (``PER_EDGE``, the default): per-edge inputs such as ``edge_attr``; the
+      bias exists on the graph's edges only, through ``forward(edges)``.
+
+    Shapes:
+        forward: edges (e of them) -> [e, H] (or [e, 1], broadcast over heads).
+        dense: ctx with pos_q [L_q], pos_k [L_k] -> [H, L_q, L_k].
+
     Attributes:
-        backends: the backends that can add this bias by its dense form ``dense(ctx)``
-            (``"dense"``, ``"block"``); the dense backend also adds any bias by its per-edge
-            values, so every bias runs there.
+        kind: ``"position"`` or ``"per_edge"`` (default).
         name: registry name.
     """
 
-    backends: ClassVar[frozenset[str]] = frozenset({"edge"})
+    kind: BiasKind = PER_EDGE
     name: str = "bias"
 
     def forward(self, edges: Edges) -> Tensor:
@@ -225,8 +272,9 @@ class ScoreBias(nn.Module):
 class Biased(ScoreFunction):
     """A score plus one or more biases: α_ij = w(i, j) + Σ_b b(i, j).
 
-    Built by ``score + bias`` or by a name such as ``"scaled_dot+alibi"``. It runs on the
-    backends that the base score and every bias support (flex takes no biases).
+    Built by ``score + bias`` or by a name such as ``"scaled_dot+alibi"``. Backends read its
+    ``parts()``: the base score's declarations and each bias's ``kind``. Its own ``has_dense``
+    is False (its ``dense`` reads the positions in ctx for its biases).
     """
 
     def __init__(self, score: ScoreFunction, *biases: ScoreBias) -> None:
@@ -237,12 +285,8 @@ class Biased(ScoreFunction):
         self.score: ScoreFunction = score
         self.biases = nn.ModuleList(biases)
         self.name = "+".join([score.name, *(b.name for b in biases)])
-        backends = score.backends - {"flex"}
-        for b in biases:
-            # the dense backend adds any bias: from its dense form, or by scattering its
-            # per-edge values into SDPA's additive mask (backends/dense.py, "scatter")
-            backends = backends & (b.backends | {"dense"})
-        self.backends = backends | {"edge"}  # type: ignore[misc]
+        self.has_dense = score.has_dense and not self.biases_list()  # a bias's dense form reads ctx
+        self.pairwise_dense = score.pairwise_dense
 
     def parts(self) -> tuple[ScoreFunction, tuple[ScoreBias, ...]]:
         return self.score, tuple(self.biases_list())

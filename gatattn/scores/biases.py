@@ -13,7 +13,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .base import DenseContext, Edges, ScoreBias
+from .base import POSITION, DenseContext, Edges, ScoreBias
 
 __all__ = [
     "ALiBi",
@@ -62,7 +62,7 @@ class RelativePositionBias(ScoreBias):
         bidirectional: separate buckets for j > i and j < i (True for encoders).
     """
 
-    backends = frozenset({"edge", "dense", "block"})
+    kind = POSITION
     name = "relative_position"
 
     def __init__(
@@ -117,7 +117,7 @@ class ALiBi(ScoreBias):
     The slopes m_h are a fixed buffer, not parameters.
     """
 
-    backends = frozenset({"edge", "dense", "block"})
+    kind = POSITION
     name = "alibi"
 
     def __init__(self, num_heads: int) -> None:

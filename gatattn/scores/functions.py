@@ -34,7 +34,7 @@ class ScaledDot(ScoreFunction):
     .. math:: \\alpha_{ij} = \\langle q_i, k_j \\rangle / \\sqrt{D}
     """
 
-    backends = frozenset({"edge", "dense", "block", "flex"})
+    has_dense = True
     name = "scaled_dot"
 
     def sdpa_scale(self, head_dim: int) -> float | None:
@@ -56,7 +56,7 @@ class Dot(ScoreFunction):
     .. math:: \\alpha_{ij} = \\langle q_i, k_j \\rangle
     """
 
-    backends = frozenset({"edge", "dense", "block", "flex"})
+    has_dense = True
     name = "dot"
 
     def sdpa_scale(self, head_dim: int) -> float | None:
@@ -83,7 +83,7 @@ class Additive(ScoreFunction):
         num_heads: H.  head_dim: D.  negative_slope: LeakyReLU slope (default 0.2, as GAT).
     """
 
-    backends = frozenset({"edge", "block"})
+    has_dense = True
     name = "additive"
 
     def __init__(self, num_heads: int, head_dim: int, negative_slope: float = 0.2) -> None:
@@ -118,7 +118,8 @@ class GATv2(ScoreFunction):
     which is GATv2's ``a^T LeakyReLU(W [h_i || h_j])`` with W = [W_q | W_k], per head.
     """
 
-    pairwise_dense = True
+    has_dense = True
+    pairwise_dense = True  # LeakyReLU(q_i + k_j) does not factorise: [.., L_q, L_k, D]
     name = "gatv2"
 
     def __init__(self, num_heads: int, head_dim: int, negative_slope: float = 0.2) -> None:
@@ -145,7 +146,7 @@ class Cosine(ScoreFunction):
         \\quad \\tau_h = \\exp(\\min(s_h, \\log \\tau_{max}))
     """
 
-    backends = frozenset({"edge", "block"})
+    has_dense = True
     name = "cosine"
 
     def __init__(
@@ -181,7 +182,7 @@ class Bilinear(ScoreFunction):
     W_h starts as I/√D, so an untrained bilinear score equals scaled_dot.
     """
 
-    backends = frozenset({"edge", "block"})
+    has_dense = True
     name = "bilinear"
 
     def __init__(self, num_heads: int, head_dim: int) -> None:
@@ -207,8 +208,7 @@ class NegDistance(ScoreFunction):
     .. math:: \\alpha_{ij} = -\\|q_i - k_j\\|^2 / \\sqrt{D}
     """
 
-    backends = frozenset({"edge", "block"})
-    pairwise_dense = True
+    has_dense = True
     name = "neg_distance"
 
     def forward(self, q_i: Tensor, k_j: Tensor, edges: Edges) -> Tensor:
@@ -222,12 +222,24 @@ class NegDistance(ScoreFunction):
         return -(qq + kk - 2 * qk) / math.sqrt(q.size(-1))
 
     def dense(self, q: Tensor, k: Tensor, ctx: DenseContext) -> Tensor:
-        diff = q.unsqueeze(-2) - k.unsqueeze(-3)  # [..., H, L_q, L_k, D]
-        return -diff.pow(2).sum(-1) / math.sqrt(q.size(-1))
+        # ||q - k||² = |q|² + |k|² - 2<q, k>, as edge_scores: no [..., L_q, L_k, D] tensor
+        qq = q.pow(2).sum(-1).unsqueeze(-1)  # [..., H, L_q, 1]
+        kk = k.pow(2).sum(-1).unsqueeze(-2)  # [..., H, 1, L_k]
+        return -(qq + kk - 2 * q @ k.transpose(-1, -2)) / math.sqrt(q.size(-1))
 
 
 class CallableScore(ScoreFunction):
-    """Adapter for a plain callable ``f(q_i [E, H, D], k_j [E, H, D]) -> [E, H]``."""
+    """Adapter for a plain callable ``f(q_i [E, H, D], k_j [E, H, D]) -> [E, H]``.
+
+    .. math:: \\alpha_{ij} = f(q_i, k_j)
+
+    It declares a dense form that calls ``f`` on every (i, j) pair ([..., L_q, L_k, D], so
+    ``pairwise_dense``) and no ``sdpa_scale``: nothing more is known about ``f``, so it runs
+    where any score runs (the literal formula on each edge).
+    """
+
+    has_dense = True
+    pairwise_dense = True
 
     def __init__(self, fn: ScoreCallable) -> None:
         super().__init__()

@@ -33,7 +33,7 @@ class ScaledDotScale(ScoreFunction):
     .. math:: \\alpha_{ij} = s \\, \\langle q_i, k_j \\rangle
     """
 
-    backends = ScaledDot.backends
+    has_dense = True
     name = "scaled_dot"
 
     def __init__(self, scale: float) -> None:
@@ -139,6 +139,8 @@ class Rotary(ScoreFunction):
     """
 
     name = "rotary"
+    # no has_dense: its dense form reads positions; it declares its node transform instead
+    # (transform_nodes, after_transform), and backends run s·<q_i, k_j> after it
 
     def __init__(
         self,

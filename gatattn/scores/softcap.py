@@ -3,10 +3,10 @@
     α_ij = c · tanh(w(i, j) / c)
 
 Gemma 2 caps its attention logits at c = 50 (Gemma Team 2024, "Gemma 2: Improving Open Language
-Models at a Practical Size"; Bello et al. 2017 introduced the tanh cap). SDPA adds a mask to
-s·QKᵀ but cannot squash the logits, so a softcapped score runs on the edge backend (any graph),
-and on the block backend through its dense form when the capped score has one and carries no
-bias: the tiles of a complete, causal or window graph are dense there.
+Models at a Practical Size"; Bello et al. 2017 introduced the tanh cap). It declares
+no ``sdpa_scale`` (it is not s·<q_i, k_j>), and a dense form (``has_dense``) exactly when the
+capped score has one that reads q and k alone (no bias): whatever scores whole tiles from q and k
+can then run it (docs/scores.md, "What a score declares").
 """
 
 from __future__ import annotations
@@ -53,11 +53,10 @@ class Softcap(ScoreFunction):
             raise ValueError(f"Softcap's cap must be a finite number > 0, got {cap}")
         self.score, self.cap = score, float(cap)
         self.name = f"softcap({score.name}, {self.cap:g})"
-        # the block backend runs the capped dense form tile by tile; its tiles carry no
-        # positions, so an inner score with biases runs on the edge backend only
-        block = "block" in score.backends and not score.parts()[1]
-        self.backends = frozenset({"edge", "block"} if block else {"edge"})  # type: ignore[misc]
-        self.pairwise_dense = score.pairwise_dense  # type: ignore[misc]
+        # c·tanh(w/c) has a dense form wherever w has one that reads q and k alone (a Biased
+        # score's dense form reads positions: has_dense is False there); no sdpa_scale
+        self.has_dense = score.has_dense
+        self.pairwise_dense = score.pairwise_dense
 
     def _cap(self, s: Tensor) -> Tensor:
         return torch.tanh(s / self.cap) * self.cap  # [..., H]

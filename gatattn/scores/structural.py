@@ -8,8 +8,9 @@ for Graph Representation?", Sec. 3.1.2-3.1.3), on the complete graph of each inp
 * ``PathEncodingBias``: c^h_ij = (1/N) Σ_{n=1}^{N} ⟨x_{e_n}, w^h_n⟩ over the first N edges
   e_1..e_N of one shortest path from j to i (``ShortestPaths.path_inputs``).
 
-Both read per-edge inputs only, so they have an edge form and no dense form; the dense backend
-runs them by scattering their per-edge values (gatattn/backends/dense.py).
+Both read per-edge inputs only (``kind = "per_edge"``, the ``ScoreBias`` default): they have a
+per-edge form and no dense form. A backend that builds a dense additive mask can still scatter
+their per-edge values into it (docs/scores.md, "What a score declares").
 """
 
 from __future__ import annotations

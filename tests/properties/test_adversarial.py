@@ -68,7 +68,7 @@ def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: ga.TokenGraph) -
 
 
 def _supported(name: str, p: Problem) -> bool:
-    return BACKENDS[name].supports(p) is None
+    return BACKENDS[name].supports(p) == ()
 
 
 # ------------------------------------------------------------------ backends x dtypes

@@ -145,7 +145,9 @@ def test_callable_score_is_adapted() -> None:
 def test_scores_compose_with_plus() -> None:
     score = ga.make_score("scaled_dot", H, D) + ga.ALiBi(H) + ga.RelativePositionBias(H)
     assert score.name == "scaled_dot+alibi+relative_position"
-    assert score.backends == frozenset({"edge", "dense", "block"})
+    assert [b.kind for b in score.parts()[1]] == ["position", "position"]
+    assert score.parts()[0].has_dense and score.parts()[0].sdpa_scale(D) == 1 / math.sqrt(D)
+    assert not score.has_dense  # its dense form reads the positions of its biases
     layer = ga.GraphAttention(C, H, score=score).double()
     x = torch.randn(N, C, dtype=torch.float64)
     torch.testing.assert_close(

@@ -80,9 +80,19 @@ def test_softcap_forward_edge_scores_and_dense_agree_and_gradcheck() -> None:
 
 
 def test_block_backend_only_without_biases() -> None:
-    assert "block" in ga.Softcap(ScaledDot(), 2.0).backends
-    assert ga.Softcap(ga.make_score("scaled_dot+alibi", H, D), 2.0).backends == {"edge"}
-    assert "dense" not in ga.Softcap(ScaledDot(), 2.0).backends  # SDPA cannot cap
+    """Softcap declares a dense form only when its score has one of q and k alone, and never an
+    sdpa_scale; the backends decide from that."""
+    plain, biased = (
+        ga.Softcap(ScaledDot(), 2.0),
+        ga.Softcap(ga.make_score("scaled_dot+alibi", H, D), 2.0),
+    )
+    assert plain.has_dense and not biased.has_dense
+    assert plain.sdpa_scale(D) is None and biased.sdpa_scale(D) is None  # SDPA cannot cap
+    q = torch.empty(0, H, D)
+    g = ga.window_graph(N, 2)
+    assert ga.backends.BACKENDS["block"].supports(ga.Problem(q, q, q, g, plain)) == ()
+    assert ga.backends.BACKENDS["block"].supports(ga.Problem(q, q, q, g, biased))
+    assert ga.backends.BACKENDS["dense"].supports(ga.Problem(q, q, q, g, plain))
     layer = ga.GraphAttention(C, H, score="softcap")
     assert layer.explain_backend(torch.randn(N, C), ga.complete_graph(N)).startswith("edge")
 
