@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..backends import Problem, attend, expand_kv
+from ..backends import Problem, as_nodes, attend, expand_kv
 from ..backends.edge import edge_scores_and_weights
 from ..graph import TokenGraph
 from ..patterns import bipartite_graph, causal_graph, complete_graph, from_mask
@@ -56,6 +56,9 @@ __all__ = [
 IMPLEMENTATION = "gatattn"
 #: The attribute of a converted attention module that holds its ``GraphSettings``.
 SETTINGS = "gatattn"
+#: Graphs kept per converted model (``GraphSettings.cached``): one per mask and layer kind of
+#: the current forward (full and sliding layers, self- and cross-attention).
+CACHED_GRAPHS = 4
 
 
 class Capture:
@@ -97,7 +100,7 @@ class GraphSettings:
     backend: str = "auto"
     graph_fn: GraphFn | None = None
     family: str = ""
-    _cache: dict[str, Any] = field(default_factory=dict, repr=False)
+    _cache: dict[tuple[Any, ...], Any] = field(default_factory=dict, repr=False)
 
     def __getstate__(self) -> dict[str, Any]:
         """Copies and pickles (``copy.deepcopy``, ``torch.save(model)``) start with no cache:
@@ -110,20 +113,22 @@ class GraphSettings:
         register()
 
     def cached(self, key: tuple[Any, ...], mask: Tensor | None, build: Callable[[], Any]) -> Any:
-        """One-entry cache: every layer of one forward gets the same mask object, so the graph
-        (and its derived dense-backend data) is built once per forward, not once per layer."""
+        """A small cache of the last ``CACHED_GRAPHS`` graphs: every layer of one forward gets
+        the same mask object, so the graph (and its derived dense-backend data and dispatch
+        decision) is built once per forward, not once per layer, also when local and global
+        layers alternate (two masks, two graphs). An entry is found only for the very mask
+        object it was built from (held weakly: a reused id never matches), unchanged since."""
         if torch.compiler.is_compiling():  # traced once per compiled graph: nothing to reuse
             return build()
         c = self._cache
-        ref = c.get("mask")
-        same_mask = (mask is None and ref is None) or (
-            mask is not None and ref is not None and ref() is mask
-        )
-        key = (*key, None if mask is None else mask._version)  # an in-place edit: rebuild
-        if same_mask and c.get("key") == key:
-            return c["value"]
+        full = (*key, None if mask is None else (id(mask), mask._version))  # in-place edit: new
+        hit = c.get(full)
+        if hit is not None and (mask is None or hit[0]() is mask):
+            return hit[1]
         value = build()
-        c.update(key=key, mask=None if mask is None else weakref.ref(mask), value=value)
+        if len(c) >= CACHED_GRAPHS:
+            del c[next(iter(c))]  # the oldest
+        c[full] = (None if mask is None else weakref.ref(mask), value)
         return value
 
 
@@ -284,9 +289,14 @@ def graph_attention(
     if opts.position_bias is not None:  # T5: a learned bias per head on every edge
         extra = modern.edge_bias(opts.position_bias, graph, Lq, Lk)  # [E, H | 1]
         bias = extra if bias is None else bias + extra
-    q = query.transpose(1, 2).reshape(B * Lq, H, D)  # [N_t, H, D]
-    k = key.transpose(1, 2).reshape(B * Lk, kv, D)  # [N_s, H_kv, D]: grouped heads stay grouped
-    v = value.transpose(1, 2).reshape(B * Lk, kv, -1)  # [N_s, H_kv, D]
+    # B sequences of L_q and L_k tokens each (no graph swap): q, k, v go to attend as they are,
+    # [B, H | H_kv, L, D] (Problem's per-sequence layout, SDPA's own: no copy into nodes);
+    # grouped heads stay grouped
+    q, k, v = query, key, value
+    if graph.sequence_lengths("dst") != (Lq,) * B or graph.sequence_lengths("src") != (Lk,) * B:
+        q = query.transpose(1, 2).reshape(B * Lq, H, D)  # [N_t, H, D]
+        k = key.transpose(1, 2).reshape(B * Lk, kv, D)  # [N_s, H_kv, D]
+        v = value.transpose(1, 2).reshape(B * Lk, kv, -1)  # [N_s, H_kv, D]
     # ContextVar.get cannot be traced (torch.compile(fullgraph=True)); recording runs eagerly
     recorder = None if torch.compiler.is_compiling() else _RECORDER.get()
     score = modern.score_of(float(scale), opts.cap, bias is not None)
@@ -303,7 +313,7 @@ def graph_attention(
                     f"{name} has attention sinks: sparse extraction (top_k, threshold, heads, "
                     "layers) does not reproduce them; call attention_graphs without those options"
                 )
-            recorder.capture(module, p, valid, kv)
+            recorder.capture(module, as_nodes(p), valid, kv)
         recorder = None
     attn: Tensor | None = None
     scores: Tensor | None
@@ -311,7 +321,7 @@ def graph_attention(
     if _wants_weights(module, kwargs):
         # the returned Attn is the one the output is computed from (out = Attn v, as the eager
         # function does), so d(out)/d(Attn) reaches attentions[l].grad
-        scores, weights = edge_scores_and_weights(expand_kv(p))  # [E, H], [E, H]
+        scores, weights = edge_scores_and_weights(expand_kv(as_nodes(p)))  # [E, H], [E, H]
         attn = dense_weights(weights, graph, B, Lq, Lk).to(value.dtype)  # [B, H, L_q, L_k]
         if training:
             attn = F.dropout(attn, dropout, True)  # returned after dropout, as eager does

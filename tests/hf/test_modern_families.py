@@ -479,3 +479,32 @@ def test_sparse_extraction_refuses_attention_sinks() -> None:
     with pytest.raises(UnsupportedModelError, match="GptOssAttention has attention sinks"):
         ga.hf.attention_graphs(conv, **inputs, top_k=2)
     assert len(ga.hf.attention_graphs(conv, **inputs).attentions) == 2  # whole layers: fine
+
+
+def test_alternating_layers_build_one_graph_per_kind(monkeypatch: pytest.MonkeyPatch) -> None:
+    """4 layers, local and global alternating: one graph per layer kind and forward (the
+    per-model cache keeps both), on the prompt and on each cached decoding step."""
+    import gatattn.hf.attention as attention
+
+    _, model, config, kwargs = SPECS["gpt-oss"]
+    cfg = getattr(transformers, config)(
+        **{**kwargs, "num_hidden_layers": 4, "layer_types": LOCAL * 2},
+        attn_implementation="eager",
+    )
+    torch.manual_seed(0)
+    conv = ga.convert(getattr(transformers, model)(cfg).double().eval())
+    built: list[tuple[int, int, int]] = []
+    real = attention.mask_graph
+
+    def counting(*args: Any, **kw: Any) -> Any:
+        built.append(args[2])  # (B, L_q, L_k)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(attention, "mask_graph", counting)
+    inputs, _ = batch("gpt-oss", left=True)
+    with torch.no_grad():
+        conv(**inputs)
+        assert len(built) == 2, built  # not 4
+        built.clear()
+        conv.generate(**inputs, max_new_tokens=3, min_new_tokens=3, do_sample=False)
+    assert len(built) == 2 * 3, built  # the prompt and 2 cached steps, 2 kinds each
