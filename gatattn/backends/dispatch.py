@@ -170,7 +170,7 @@ def decide(requested: str, p: Problem, *, every: bool = False) -> Decision:
     # A decision depends on the graph, the score, q's device, dtype and D, the options and the
     # registry: it is kept in the graph's cache (dropped with it), per score object (held
     # weakly: an id can be reused), so a graph already seen costs O(1).
-    registry = tuple((n, id(b)) for n, b in BACKENDS.items())
+    registry = tuple(BACKENDS.items())  # (name, backend) pairs: backends compare by identity
     options = (
         p.training and p.dropout > 0,
         p.modulation is None,
@@ -178,7 +178,7 @@ def decide(requested: str, p: Problem, *, every: bool = False) -> Decision:
         p.positions is None,
         p.sinks is None,
     )
-    shape = (str(p.q.device), p.q.dtype, p.q.size(-1))
+    shape = (p.q.device, p.q.dtype, p.q.size(-1))
     table: dict[int, tuple[weakref.ref, Decision]] = p.graph.derived(
         ("dispatch", requested, registry, shape, options), dict
     )

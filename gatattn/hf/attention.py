@@ -195,19 +195,30 @@ def is_cross_attention(module: nn.Module) -> bool:
 def _wants_weights(module: nn.Module, kwargs: dict[str, Any]) -> bool:
     """Whether the caller asked for the attention weights: ``output_attentions=True`` in the
     call or the config, or transformers' output collector records this module's output (GPT-2
-    takes ``output_attentions`` itself and does not pass it on)."""
-    if kwargs.get("output_attentions") or getattr(
-        getattr(module, "config", None), "output_attentions", False
-    ):
+    takes ``output_attentions`` itself and does not pass it on). The cheap checks first: this
+    runs on every call of every layer."""
+    if kwargs.get("output_attentions") or module.__dict__.get(modern.WANTS_WEIGHTS):
+        return True  # Falcon, BLOOM: noted by a pre-hook
+    collector = _collector() if _COLLECTOR is None else _COLLECTOR
+    if collector is False:  # another transformers layout: always return the weights
         return True
-    if module.__dict__.get(modern.WANTS_WEIGHTS):  # Falcon, BLOOM: noted by a pre-hook
+    wanted = collector.get()
+    if wanted and ("attentions" in wanted or "cross_attentions" in wanted):
         return True
+    return bool(getattr(getattr(module, "config", None), "output_attentions", False))
+
+
+def _collector() -> Any:
+    """transformers' output collector (which outputs the running forward records; a context
+    variable that torch.compile traces), or False in a transformers without it. Looked up once."""
+    global _COLLECTOR
     try:
         from transformers.utils.output_capturing import _active_collector
-    except ImportError:  # another transformers layout: always return the weights
-        return True
-    wanted = _active_collector.get()
-    return bool(wanted) and ("attentions" in wanted or "cross_attentions" in wanted)
+    except ImportError:
+        _COLLECTOR = False
+    else:
+        _COLLECTOR = _active_collector
+    return _COLLECTOR
 
 
 def graph_attention(
@@ -338,6 +349,10 @@ def graph_attention(
     return out, attn
 
 
+#: transformers' output collector, once looked up (``_collector``): None before.
+_COLLECTOR: Any = None
+
+
 def register() -> None:
     """Register ``"gatattn"`` with transformers' attention and mask interfaces (idempotent),
     and let its configs set ``output_attentions = True`` (``configs.allow_output_attentions``).
@@ -352,6 +367,7 @@ def register() -> None:
         raise ImportError(
             f"converting Hugging Face models needs transformers >= 5 ({err}): pip install gatattn[hf]"
         ) from err
+    _collector()
     AttentionInterface.register(IMPLEMENTATION, graph_attention)
     AttentionMaskInterface.register(IMPLEMENTATION, sdpa_mask)
     allow_output_attentions(IMPLEMENTATION)  # config.output_attentions = True (hf/configs.py)

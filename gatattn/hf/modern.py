@@ -158,12 +158,19 @@ class CallOptions:
     sinks: Tensor | None = None
 
 
+#: The keyword arguments ``call_options`` reads.
+OPTIONS = frozenset({"sliding_window", "softcap", "s_aux", "sinks", "position_bias"})
+_NONE = CallOptions()
+
+
 def call_options(name: str, heads: int, kwargs: dict[str, Any]) -> CallOptions:
     """The options of one attention call, from its keyword arguments.
 
     Raises:
         _Unsupported: a bad window, cap or sink logits (the message names the module).
     """
+    if OPTIONS.isdisjoint(kwargs):  # most calls (Llama, BERT...): nothing to read
+        return _NONE
     window = kwargs.get("sliding_window")
     if window is not None and (not isinstance(window, int) or window < 1):
         raise _Unsupported(f"{name} passes sliding_window={window!r}; expected an int >= 1")
