@@ -19,6 +19,7 @@ the wall-clock time; on CUDA only the wall-clock time is shown.
 
     python benchmarks/bench_hf_modern.py                 # 5 rounds
     python benchmarks/bench_hf_modern.py --rounds 3 --device cuda
+    PYTHONPATH=. python benchmarks/bench_hf_modern.py    # a checkout's gatattn, not the installed one
 """
 
 from __future__ import annotations
