@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from ..graph import TokenGraph
+from ..validation import same_device
 from .base import Backend, BackendOutput, Problem
 from .block import MIN_BLOCK_EDGES, BlockBackend
 from .dense import DenseBackend
@@ -264,7 +265,16 @@ def attend(p: Problem, backend: str = "auto") -> BackendOutput:
         out [N_t, H, D]; with ``p.need_weights`` also α and Attn [E, H] in edge order. A fast
         backend computes no per-edge values; they then come from the edge formula (eqs. 1-2),
         which is exact and costs O(E·H).
+
+    Raises:
+        ValueError: the graph is on another device than q, or a forced backend cannot run
+            ``p``.
     """
+    if not same_device(p.graph.device, p.q.device):
+        raise ValueError(
+            f"attend: the graph is on {p.graph.device} but q is on {p.q.device}; move the "
+            f"graph with graph.to({str(p.q.device)!r})"
+        )
     p = transform_nodes(p)
     name, _ = select_backend(backend, p)
     grouped, sequences = _grouped(p), per_sequence(p)

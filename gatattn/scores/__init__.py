@@ -21,6 +21,7 @@ from .base import (
     ScoreBias,
     ScoreCallable,
     ScoreFunction,
+    check_score_sizes,
     check_scores,
 )
 from .biases import (
@@ -78,6 +79,7 @@ __all__ = [
     "SpatialBias",
     "alibi_slopes",
     "apply_rotary",
+    "check_score_sizes",
     "check_scores",
     "make_score",
     "register_score",

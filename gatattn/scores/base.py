@@ -45,6 +45,7 @@ __all__ = [
     "ScoreBias",
     "ScoreCallable",
     "ScoreFunction",
+    "check_score_sizes",
     "check_scores",
 ]
 
@@ -145,6 +146,25 @@ def check_scores(fn: object, out: object, num_edges: int, heads: int, like: Tens
     return out.to(like.dtype)
 
 
+def check_score_sizes(score: ScoreFunction, num_heads: int, head_dim: int) -> None:
+    """Refuse a score, or one of its biases, built for another head count or head size.
+
+    Raises:
+        ValueError: a part declares ``num_heads`` != H or ``head_dim`` != D (the message
+            names the part and both sizes).
+    """
+    base, biases = score.parts()
+    for part in (base, *biases):
+        label = f"{type(part).__name__} ({getattr(part, 'name', '?')!r})"
+        for attr, want in (("num_heads", num_heads), ("head_dim", head_dim)):
+            got = getattr(part, attr, None)
+            if got is not None and got != want:
+                raise ValueError(
+                    f"score part {label} was built for {attr}={got}, but the layer has "
+                    f"{attr}={want}; build it with {attr}={want}"
+                )
+
+
 class ScoreFunction(nn.Module):
     """Base type of w(i, j). Subclasses implement ``forward`` (and ``dense`` when they have one).
 
@@ -176,6 +196,10 @@ class ScoreFunction(nn.Module):
     has_dense: bool = False
     pairwise_dense: bool = False
     name: str = "score"
+    #: H and D the score's parameters were built for (None: any); ``GraphAttention`` refuses
+    #: a score built for other sizes than its own (``check_score_sizes``).
+    num_heads: int | None = None
+    head_dim: int | None = None
 
     def sdpa_scale(self, head_dim: int) -> float | None:
         """s when w(i, j) = s·<q_i, k_j> for every pair, else None (the default).
@@ -259,6 +283,8 @@ class ScoreBias(nn.Module):
 
     kind: BiasKind = PER_EDGE
     name: str = "bias"
+    #: H the bias's parameters were built for (None: any), checked as ``ScoreFunction``'s.
+    num_heads: int | None = None
 
     def forward(self, edges: Edges) -> Tensor:
         """Per-edge bias on ``edges`` -> [e, H]."""
@@ -267,6 +293,17 @@ class ScoreBias(nn.Module):
     def dense(self, ctx: DenseContext) -> Tensor:
         """Dense bias -> [H, L_q, L_k]."""
         raise NotImplementedError
+
+    def dense_grid(self, edge_attr: object) -> Tensor | None:
+        """This bias on the padded per-sequence grid, read from a grid-form edge input
+        (``scores.grid.GridInput``) without any edge, or None (the default: it has no such
+        form, or ``edge_attr`` holds none). Equal to ``forward`` on every edge of a graph
+        that is the whole grid in grid order.
+
+        Shapes:
+            -> [B | 1, H | 1, L_q, L_k]: additive floats, or bool (True = 0, False = -inf).
+        """
+        return None
 
 
 class Biased(ScoreFunction):

@@ -207,3 +207,13 @@ def test_density_estimate_is_deterministic_and_leaves_the_global_rng_alone() -> 
     exact = block_layout(g).density
     assert exact <= guess + 0.1  # the edge-weighted estimate is never far below the true density
     assert guess >= 0.5 * exact
+
+
+def test_attend_names_a_graph_on_another_device() -> None:
+    """The functional entry point: a meta graph with CPU queries used to run the tagged dense
+    plan (which reads no edges) and return an answer."""
+    q = torch.randn(5, 3, 7)  # [N, H, D]
+    p = Problem(q, q, q, ga.complete_graph(5, device="meta"), ga.make_score("scaled_dot", 3, 7))
+    for backend in ("auto", "edge", "dense"):
+        with pytest.raises(ValueError, match="attend: the graph is on meta but q is on cpu"):
+            attend(p, backend)
