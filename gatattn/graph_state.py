@@ -290,7 +290,7 @@ class GraphState:
         self-attention graph, else one sequence of all sources."""
         if side == "dst":
             return self.lengths or (self.num_dst,)
-        kv = self.params.get("kv_lengths")
+        kv = self._params.get("kv_lengths")  # read, not copied
         if kv is not None:
             return tuple(kv)
         if self.num_src == self.num_dst and self.structure != "bipartite":

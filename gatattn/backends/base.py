@@ -78,6 +78,13 @@ class Problem(NamedTuple):
     Grouped-query attention: k and v may have H_kv heads, H_kv dividing H; query head h reads
     key/value head h // (H / H_kv). ``attend`` hands a backend k and v with H heads (expanded
     per node, O(N_s·H·D)) unless the backend sets ``grouped_kv``.
+
+    Per-sequence layout: when the graph's B sequences all have L_q targets and L_k sources
+    (complete, causal, bipartite or mask graphs of an unpadded or padded batch), q, k and v may
+    come as [B, H, L_q, D] and [B, H_kv, L_k, D], SDPA's layout (node b·L + l is [b, :, l, :]),
+    as transformers hands them over: no copy into nodes. ``attend`` checks the shapes against
+    the graph and hands a backend nodes [N, H, D] (one copy) unless it sets
+    ``sequence_layout``; what backends return is always per node.
     """
 
     q: Tensor
@@ -119,6 +126,9 @@ class Backend:
     #: runs k and v with H_kv < H heads itself (grouped-query attention); else ``attend``
     #: expands them per node first
     grouped_kv: ClassVar[bool] = False
+    #: runs q, k, v given per sequence ([B, h, L, D], ``Problem``); else ``attend`` lays them
+    #: out as nodes first
+    sequence_layout: ClassVar[bool] = False
 
     def supports(self, p: Problem) -> tuple[str, ...]:
         """Every reason this backend cannot run ``p`` (shown to users); () when it can."""

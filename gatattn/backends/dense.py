@@ -150,6 +150,7 @@ class DenseBackend(Backend):
 
     name = "dense"
     grouped_kv = True  # SDPA's enable_gqa: k and v keep their H_kv heads
+    sequence_layout = True  # q, k, v per sequence [B, h, L, D] are SDPA's own layout
 
     def _score_reasons(self, p: Problem) -> list[str]:
         base, _ = p.score.parts()
@@ -222,19 +223,31 @@ class DenseBackend(Backend):
             raise ValueError(f"dense backend cannot run score {p.score.name!r}: {'; '.join(why)}")
         q, k, v, g = p.q, p.k, p.v, p.graph
         base, _ = p.score.parts()
-        H, D = q.size(1), q.size(2)
+        H, D = q.size(1), q.size(-1)
         B, Lq, Lk = _grid(g)
-        # padding indices depend only on the graph: computed once per graph, reused by every layer
-        (_, q_index), (_, k_index) = g.derived(
-            "dense_sides",
-            lambda: (
-                _side(g.sequence_lengths("dst"), g.num_dst, q.device),
-                _side(g.sequence_lengths("src"), g.num_src, q.device),
-            ),
-            q.device,
-        )
+        # [N_t], [N_s] into the padded grid; None: a plain view
+        q_index: Tensor | None = None
+        k_index: Tensor | None = None
+        if q.dim() == 4:  # per sequence, [B, h, L, D] (``Problem``): SDPA's layout already
+            if tuple(q.shape[::2]) != (B, Lq) or tuple(k.shape[::2]) != (B, Lk):
+                raise ValueError(
+                    f"dense backend: per-sequence q {list(q.shape)} and k {list(k.shape)} do not "
+                    f"match the graph's grid (B, L_q, L_k) = ({B}, {Lq}, {Lk})"
+                )
+        else:
+            # padding indices depend only on the graph: once per graph, reused by every layer
+            (_, q_index), (_, k_index) = g.derived(
+                "dense_sides",
+                lambda: (
+                    _side(g.sequence_lengths("dst"), g.num_dst, q.device),
+                    _side(g.sequence_lengths("src"), g.num_src, q.device),
+                ),
+                q.device,
+            )
 
         def pad(t: Tensor, index: Tensor | None, n: int) -> Tensor:  # [N, h, D] -> [B, h, n, D]
+            if t.dim() == 4:  # per sequence already
+                return t
             h = t.size(1)  # H, or H_kv for grouped keys and values
             if index is not None:
                 t = t.new_zeros(B * n, h, D).index_copy(0, index, t)  # [B·n, h, D]

@@ -63,7 +63,7 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
     "vit": ("transformers.models.vit.modeling_vit", ("ViTAttention",)),
     "deit": ("transformers.models.deit.modeling_deit", ("DeiTAttention",)),
     # modern families (docs/hf.md, "Modern families"): rotary positions, grouped-query heads,
-    # sliding windows, soft-capping, ALiBi and T5 biases, encoder-decoders
+    # sliding windows, soft-capping, ALiBi and T5 biases, attention sinks, encoder-decoders
     "llama": ("transformers.models.llama.modeling_llama", ("LlamaAttention",)),
     "mistral": ("transformers.models.mistral.modeling_mistral", ("MistralAttention",)),
     "qwen2": ("transformers.models.qwen2.modeling_qwen2", ("Qwen2Attention",)),
@@ -72,6 +72,7 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
     "gemma2": ("transformers.models.gemma2.modeling_gemma2", ("Gemma2Attention",)),
     "gemma3": ("transformers.models.gemma3.modeling_gemma3", ("Gemma3Attention",)),
     "phi3": ("transformers.models.phi3.modeling_phi3", ("Phi3Attention",)),
+    "gpt-oss": ("transformers.models.gpt_oss.modeling_gpt_oss", ("GptOssAttention",)),
     "gpt-neox": ("transformers.models.gpt_neox.modeling_gpt_neox", ("GPTNeoXAttention",)),
     "falcon": ("transformers.models.falcon.modeling_falcon", ("FalconAttention",)),
     "t5": ("transformers.models.t5.modeling_t5", ("T5Attention",)),

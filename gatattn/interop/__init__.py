@@ -8,6 +8,7 @@
   RuntimeError torch raises.
 """
 
+from ..scores import AttnMaskBias  # the per-edge bias of float masks, re-exported
 from .convert import convert
 from .encoder import GraphTransformerEncoderLayer
 from .errors import (
@@ -16,7 +17,6 @@ from .errors import (
     ShapeAssertionError,
     ShapeRuntimeError,
 )
-from .masks import AttnMaskBias
 from .mha import GraphMultiheadAttention
 
 __all__ = [

@@ -11,7 +11,7 @@ Boolean masks follow nn.MultiheadAttention: ``True`` means *not allowed* (the op
   graph of the allowed [B, L, S] mask ([B, 1, S] for padding alone); the dense backend hands
   that mask to SDPA and the edges are never made.
 * float or per-head masks, or any mask when the weights are returned: every (i, j) of a
-  sequence is an edge and M rides on it as a bias,
+  sequence is an edge and M rides on it as a bias (``gatattn.scores.AttnMaskBias``),
   α_ij = <q_i, k_j>/√D + M[b, h, i, j]; an entry of -inf gives weight 0. The graph has a fixed
   size (B·L·S edges, no data-dependent shapes, so torch.compile traces it). M is handed over
   as a grid (``GridInput``): the dense backend gives it to SDPA as its mask, read straight from
@@ -31,46 +31,10 @@ from torch import Tensor
 from ..graph import TokenGraph
 from ..patterns import causal_graph
 from ..patterns.complete import masked_graph
-from ..scores import DenseContext, Edges, ScoreBias
+from ..scores import AttnMaskBias
 from ..scores.grid import GridInput
 
-__all__ = ["AttnMaskBias", "additive_mask", "attention_graph", "mask_grid", "pad_keys"]
-
-
-class AttnMaskBias(ScoreBias):
-    """An additive per-edge bias read from ``edge_attr``: b(i, j) = M_ij (per head or shared).
-
-    .. math:: \\alpha_{ij} = w(i, j) + M_{ij}
-
-    It carries nn.MultiheadAttention's float ``attn_mask`` (and per-head boolean masks as 0/-inf)
-    onto the edges of the graph. Without ``edge_attr`` the bias is 0.
-
-    Shapes:
-        edge_attr [E, 1] or [E, H] -> bias [E, 1] or [E, H] (broadcast over heads);
-        dense: ctx.edge_attr [L_q, L_k, 1 | H] -> [1 | H, L_q, L_k].
-    """
-
-    name = "attn_mask"
-
-    def forward(self, edges: Edges) -> Tensor:
-        attr = edges.input("attn_mask", "AttnMaskBias")
-        if attr is None:
-            return torch.zeros((), device=edges.src.device)  # 0-d: keeps the scores' dtype
-        if attr.dim() != 2:
-            raise ValueError(
-                f"AttnMaskBias needs edge_attr [E, 1] or [E, H], got {list(attr.shape)}"
-            )
-        return attr  # [e, 1 | H]
-
-    def dense(self, ctx: DenseContext) -> Tensor:
-        if ctx.edge_attr is None:
-            return torch.zeros((), device=ctx.pos_q.device)
-        return ctx.edge_attr.permute(2, 0, 1)  # [1 | H, L_q, L_k]
-
-    def dense_grid(self, edge_attr: object) -> Tensor | None:
-        """M on the padded grid [B | 1, H | 1, L_q, L_k] when ``edge_attr`` holds it as a grid
-        (``GridInput``, as the drop-in hands its masks over), else None."""
-        return edge_attr.grid(self.name) if isinstance(edge_attr, GridInput) else None
+__all__ = ["additive_mask", "attention_graph", "mask_grid", "pad_keys"]
 
 
 def as_additive(mask: Tensor, dtype: torch.dtype) -> Tensor:

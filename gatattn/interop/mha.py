@@ -23,10 +23,10 @@ from ..graph import TokenGraph, as_token_graph
 from ..nn import inputs
 from ..nn import projection as proj
 from ..result import dense_weights
-from ..scores import ScaledDot
+from ..scores import AttnMaskBias, ScaledDot
 from .checks import check_inputs, check_mask_dtype, check_mask_shapes
 from .errors import ShapeAssertionError, ShapeRuntimeError
-from .masks import AttnMaskBias, attention_graph, pad_keys
+from .masks import attention_graph, pad_keys
 
 __all__ = ["GraphMultiheadAttention"]
 

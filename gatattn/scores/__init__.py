@@ -2,7 +2,7 @@
 
     base        ScoreFunction, ScoreBias, Biased (score + biases), Edges, DenseContext
     functions   scaled_dot, dot, additive (GAT), gatv2, cosine, bilinear, neg_distance, callables
-    biases      relative position (T5), ALiBi, edge features
+    biases      relative position (T5), ALiBi, edge features, per-edge values (masks)
     structural  Graphormer's spatial (hop distance) and path (edge) encodings
     softcap     c·tanh(w/c) around any score (Gemma 2)
     rotary      s·<R(p_i) q_i, R(p_j) k_j> (RoPE: partial, interleaved, axial positions)
@@ -24,7 +24,14 @@ from .base import (
     check_score_sizes,
     check_scores,
 )
-from .biases import ALiBi, EdgeFeatureBias, RelativePositionBias, alibi_slopes, t5_bucket
+from .biases import (
+    ALiBi,
+    AttnMaskBias,
+    EdgeFeatureBias,
+    RelativePositionBias,
+    alibi_slopes,
+    t5_bucket,
+)
 from .functions import (
     Additive,
     Bilinear,
@@ -48,6 +55,7 @@ __all__ = [
     "SCORES",
     "ALiBi",
     "Additive",
+    "AttnMaskBias",
     "BiasKind",
     "Biased",
     "Bilinear",

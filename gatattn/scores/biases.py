@@ -14,8 +14,16 @@ import torch
 from torch import Tensor, nn
 
 from .base import POSITION, DenseContext, Edges, ScoreBias
+from .grid import GridInput
 
-__all__ = ["ALiBi", "EdgeFeatureBias", "RelativePositionBias", "alibi_slopes", "t5_bucket"]
+__all__ = [
+    "ALiBi",
+    "AttnMaskBias",
+    "EdgeFeatureBias",
+    "RelativePositionBias",
+    "alibi_slopes",
+    "t5_bucket",
+]
 
 
 def t5_bucket(rel: Tensor, bidirectional: bool, num_buckets: int, max_distance: int) -> Tensor:
@@ -210,3 +218,46 @@ class EdgeFeatureBias(ScoreBias):
     def dense(self, ctx: DenseContext) -> Tensor:
         attr = self._check(ctx.edge_attr)  # [L_q, L_k, F]
         return self.proj(attr.to(self.proj.weight.dtype)).permute(2, 0, 1)  # [H, L_q, L_k]
+
+
+class AttnMaskBias(ScoreBias):
+    """An additive bias given per edge: b(i, j) = M_ij, read from ``edge_attr`` (per head or
+    shared by the heads). gatattn's one bias whose values are given, not computed.
+
+    .. math:: \\alpha_{ij} = w(i, j) + M_{ij}
+
+    It carries a dense additive mask onto the edges of the graph: nn.MultiheadAttention's float
+    ``attn_mask`` (and per-head boolean masks as 0/-inf), and in converted Hugging Face models
+    a float mask with a bias (Falcon's ALiBi), BLOOM's ALiBi term and T5's ``position_bias``,
+    each read on the graph's edges only. It reads ``edge_attr`` itself when that is one tensor,
+    else ``edge_attr["attn_mask"]``. Without ``edge_attr`` the bias is 0.
+
+    Shapes:
+        edge_attr [E, 1] or [E, H] -> bias [E, 1] or [E, H] (broadcast over heads);
+        dense: ctx.edge_attr [L_q, L_k, 1 | H] -> [1 | H, L_q, L_k].
+
+    Raises:
+        ValueError: ``edge_attr`` that is not 2-D.
+    """
+
+    name = "attn_mask"
+
+    def forward(self, edges: Edges) -> Tensor:
+        attr = edges.input("attn_mask", "AttnMaskBias")
+        if attr is None:
+            return torch.zeros((), device=edges.src.device)  # 0-d: keeps the scores' dtype
+        if attr.dim() != 2:
+            raise ValueError(
+                f"AttnMaskBias needs edge_attr [E, 1] or [E, H], got {list(attr.shape)}"
+            )
+        return attr  # [e, 1 | H]
+
+    def dense(self, ctx: DenseContext) -> Tensor:
+        if ctx.edge_attr is None:
+            return torch.zeros((), device=ctx.pos_q.device)
+        return ctx.edge_attr.permute(2, 0, 1)  # [1 | H, L_q, L_k]
+
+    def dense_grid(self, edge_attr: object) -> Tensor | None:
+        """M on the padded grid [B | 1, H | 1, L_q, L_k] when ``edge_attr`` holds it as a grid
+        (``GridInput``, as the drop-in hands its masks over), else None."""
+        return edge_attr.grid(self.name) if isinstance(edge_attr, GridInput) else None
