@@ -114,7 +114,9 @@ class BandedGraph:
             ValueError: not 0 <= start < stop <= L.
         """
         L = self.length
-        ints = all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in (start, stop))
+        ints = all(
+            isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in (start, stop)
+        )
         if not (ints and 0 <= start < stop <= L):
             raise ValueError(f"need 0 <= start < stop <= length={L}, got [{start}, {stop})")
         start, stop = int(start), int(stop)
