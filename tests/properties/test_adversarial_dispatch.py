@@ -149,8 +149,9 @@ def _call(layer: ga.GraphAttention, g: ga.TokenGraph, xs: tuple[torch.Tensor, ..
 
 
 # ------------------------------------------------------------------ fp64, every backend
-@pytest.mark.parametrize("score", ["scaled_dot", "dot"])
-@pytest.mark.parametrize("backend", RUNNERS)
+@pytest.mark.parametrize(
+    ("backend", "score"), [*((b, "scaled_dot") for b in RUNNERS), ("dense", "dot")]
+)
 @pytest.mark.parametrize("name", list(GRAPHS))
 def test_every_graph_on_every_backend_equals_the_formula(
     name: str, backend: str, score: str
@@ -218,21 +219,19 @@ def _unique(g: ga.TokenGraph) -> ga.TokenGraph:
 
 
 FLEX_GRAPHS: dict[str, Callable[[], ga.TokenGraph]] = {
-    "complete_256": lambda: ga.complete_graph(256),
-    "complete_130": lambda: ga.complete_graph(130),
-    "complete_batch": lambda: ga.complete_graph(lengths=[100, 157, 3]),
-    "causal_300": lambda: ga.causal_graph(300),
-    "window_300": lambda: ga.window_graph(300, 16),
+        "complete_130": lambda: ga.complete_graph(130),
+    "complete_batch": lambda: ga.complete_graph(lengths=[60, 75, 3]),
+    "window_200": lambda: ga.window_graph(200, 16),
     "dilated": lambda: ga.window_graph(260, 5, dilation=7),
-    "bigbird": lambda: ga.bigbird_graph(384, block_size=32, seed=0),
+    "bigbird": lambda: ga.bigbird_graph(256, block_size=32, seed=0),
     "bipartite_130_300": lambda: ga.bipartite_graph(130, 300),
     "bipartite_batch": lambda: ga.bipartite_graph([60, 90], [200, 7]),
     "random_sparse": lambda: _unique(random_graph(200, 333, 900, 0)),
-    "random_dense": lambda: _unique(random_graph(129, 129, 12000, 1)),
+    "random_dense": lambda: _unique(random_graph(129, 129, 6000, 1)),
     "one_node": lambda: ga.complete_graph(1),
     "empty_rows": lambda: raw([0, 1, 200], [5, 5, 250], 260, 260),
-    "crosses_rows": lambda: raw([0, 150, 1], [150, 0, 1], 300, 300, lengths=[130, 170]),
-    "mask_3d": lambda: ga.from_mask(torch.rand(2, 140, 140, generator=torch.Generator().manual_seed(5)) > 0.5),
+    "crosses_rows": lambda: raw([0, 150, 1], [150, 0, 1], 200, 200, lengths=[130, 70]),
+    "mask_3d": lambda: ga.from_mask(torch.rand(2, 130, 130, generator=torch.Generator().manual_seed(5)) > 0.5),
 }  # fmt: skip
 
 flex_cpu = pytest.mark.filterwarnings(
@@ -241,8 +240,11 @@ flex_cpu = pytest.mark.filterwarnings(
 
 
 @flex_cpu
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("name", list(FLEX_GRAPHS))
+@pytest.mark.parametrize(
+    ("name", "dtype"),
+    [*((n, torch.float32) for n in FLEX_GRAPHS),
+     *((n, torch.float64) for n in ("bipartite_batch", "empty_rows", "crosses_rows"))],
+)  # fmt: skip
 def test_flex_mask_from_tiles_equals_the_formula(name: str, dtype: torch.dtype) -> None:
     from torch.nn.attention.flex_attention import flex_attention
 
@@ -387,7 +389,7 @@ def test_cached_decisions_cannot_be_changed_through_what_they_return() -> None:
                                rtol=0, atol=1e-12)  # fmt: skip
 
 
-@pytest.mark.parametrize("backend", RUNNERS)
+@pytest.mark.parametrize("backend", ["dense", "block"])
 @pytest.mark.parametrize(
     "accessor",
     ["csr", "edge_counts", "in_degree", "positions", "sequence", "to_dense_mask", "dense_mask",
