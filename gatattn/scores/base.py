@@ -27,7 +27,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from torch import Tensor, nn
 
@@ -188,7 +188,7 @@ class _Declares(nn.Module):
         if "backends" in vars(cls):
             _ignored_backends(f"{cls.__qualname__}")
 
-    def __setattr__(self, name: str, value: object) -> None:
+    def __setattr__(self, name: str, value: Any) -> None:
         if name == "backends":
             _ignored_backends(f"{type(self).__qualname__} (an instance)")
         super().__setattr__(name, value)
