@@ -185,7 +185,8 @@ def decide(requested: str, p: Problem, *, every: bool = False) -> Decision:
         return hit[1]
     decision = _decide(requested, p, every)
     decision = decision._replace(reasons=MappingProxyType(dict(decision.reasons)))  # read-only
-    table[id(p.score)] = (weakref.ref(p.score), decision)
+    key = id(p.score)  # the entry leaves with its score: no dead entries pile up in a graph
+    table[key] = (weakref.ref(p.score, lambda _: table.pop(key, None)), decision)
     return decision
 
 

@@ -17,6 +17,7 @@ without edges 0 (docs/math.md, eqs. 0-3). Nothing here uses gatattn's own attent
 
 from __future__ import annotations
 
+import gc
 import math
 from collections.abc import Callable, Iterator
 
@@ -549,3 +550,44 @@ def test_flex_head_size_rule_is_listed_and_auto_never_breaks(dim: int) -> None:
         ga.GraphAttention(H * dim, H, backend="flex")(x, g)
     assert ("head size D=" in str(err.value)) == (dim < 16)
     assert torch.isfinite(layer(x, g)).all()
+
+
+def test_decisions_leave_the_graph_with_their_score() -> None:
+    """A graph that outlives many score objects (a layer built per call, as the Hugging Face
+    attention function builds its score per call) keeps no decision of a dead score."""
+    from gatattn.backends import Decision
+
+    g = ga.causal_graph(lengths=[3, 5])
+    x = torch.randn(8, C)
+
+    def alive() -> int:
+        gc.collect()
+        return sum(type(o) is Decision for o in gc.get_objects())
+
+    before = alive()
+    for _ in range(40):
+        ga.GraphAttention(C, H, score="scaled_dot+alibi")(x, g)
+    assert alive() - before <= 1
+
+
+def test_flex_mask_benchmark_table_arithmetic() -> None:
+    """docs/benchmarks.md, "Flex masks from tiles": E of a ±128 window over N tokens, and the
+    ">=" ratios are lower bounds (the [N, N] bool mask alone over the measured "after")."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "benchmarks.md").read_text()
+    section = text.split("## Flex masks from tiles")[1].split("\n## ")[0]
+    rows = re.findall(r"^\| ([\d,]+) \| ([\d,]+) \| (.+?) \| (\d+) MiB in [\d.]+ s \| (.+?) \|$",
+                      section, re.M)  # fmt: skip
+    assert len(rows) == 6
+    for n_text, e_text, before, after, ratio in rows:
+        n, e = int(n_text.replace(",", "")), int(e_text.replace(",", ""))
+        assert e == n * 257 - 128 * 129  # ga.window_graph(N, 128)
+        lower = n * n / (int(after) * 2**20)  # the mask alone, N² bytes
+        if ratio.startswith(">="):
+            assert int(ratio[3:-1]) <= lower, (n, ratio, lower)
+        else:
+            gib = float(before.split(" GiB")[0])
+            assert abs(gib * 2**30 / n**2 - 11.0) < 0.1  # "11.0 bytes per mask entry each"
+            assert round(gib * 1024 / int(after)) == int(ratio[:-1])
