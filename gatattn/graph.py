@@ -40,8 +40,9 @@ class TokenGraph(GraphState):
     return new graphs. ``edge_index`` is a tensor that torch cannot freeze, so an in-place write
     to it is detected through the tensor's version counter: it clears every cached value derived
     from the graph and withdraws the trust in the structure tag (never a stale answer).
-    A write that bypasses torch's version counter (through ``edge_index.numpy()``, DLPack or a
-    raw pointer) is not detected: build a new graph instead. ``dense_mask()`` and ``csr()``
+    A write that bypasses torch's version counter (through ``edge_index.data``, which has a
+    counter of its own, ``edge_index.numpy()``, DLPack or a raw pointer) is not detected: build a
+    new graph instead. ``dense_mask()`` and ``csr()``
     hand out copies, so writing into what they return never changes the graph.
 
     Args:

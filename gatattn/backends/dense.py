@@ -40,6 +40,15 @@ from torch import Tensor
 from ..graph import TokenGraph
 from ..scores import POSITION, DenseContext, Edges
 from .base import Backend, BackendOutput, Problem
+from .bias_sdpa import biased_sdpa, use_biased_sdpa
+from .dense_mask import (
+    bias_grid,
+    edge_base,
+    guard_empty_rows,
+    no_key,
+    scattered_inputs,
+    sink_mask,
+)
 from .sdpa import sdpa
 
 __all__ = ["MIN_DENSE_DENSITY", "DenseBackend", "dense_density", "dense_keys"]
@@ -242,27 +251,31 @@ class DenseBackend(Backend):
             allowed = m.unsqueeze(1)  # [B, 1, L_q | 1, L_k]
             mask = allowed
             # rows that allow no key depend on the graph only: found once, not on every call
-            rows = g.derived("dense_mask_rows", lambda: ~allowed.any(-1, keepdim=True), m.device)
+            rows = g.derived("dense_mask_rows", lambda: no_key(allowed), m.device)
         else:
             mask, rows = self._scatter_mask(p, B, Lq, Lk)
         empty: Tensor | None = None  # [B, 1 | H, L_q, 1]: targets with no edge (or all -inf)
         if mask is not None:
-            empty, mask = _guard_empty_rows(mask, rows)
+            empty, mask = guard_empty_rows(mask, rows)
         kp, vp = pad(k, k_index, Lk), pad(v, k_index, Lk)  # [B, H_kv, L_k, D]
         if p.sinks is not None:  # one more key per sequence: logit s_h (in the mask), value 0
-            mask = _sink_mask(mask, causal, p.sinks, (H, Lq, Lk), q.dtype)
+            mask = sink_mask(mask, causal, p.sinks, (H, Lq, Lk), q.dtype)
             causal = False
             kp, vp = (F.pad(t, (0, 0, 0, 1)) for t in (kp, vp))  # [B, H_kv, L_k + 1, D]
-        out = sdpa(  # F.scaled_dot_product_attention, differentiable twice
-            pad(q, q_index, Lq),
-            kp,
-            vp,
-            attn_mask=mask,
-            dropout_p=p.dropout if p.training else 0.0,
-            is_causal=causal,
-            scale=base.sdpa_scale(D),
-            enable_gqa=k.size(1) != H,
-        )  # [B, H, L_q, D]
+        dropout, scale = p.dropout if p.training else 0.0, base.sdpa_scale(D)
+        if mask is not None and scale is not None and use_biased_sdpa(q, k, mask, dropout):
+            out = biased_sdpa(pad(q, q_index, Lq), kp, vp, mask, scale)  # a learned bias
+        else:
+            out = sdpa(  # F.scaled_dot_product_attention, differentiable twice
+                pad(q, q_index, Lq),
+                kp,
+                vp,
+                attn_mask=mask,
+                dropout_p=dropout,
+                is_causal=causal,
+                scale=scale,
+                enable_gqa=k.size(1) != H,
+            )  # [B, H, L_q, D]
         if empty is not None:
             out = out.masked_fill(empty, 0.0)
         out = out.transpose(1, 2).reshape(B * Lq, H, D)  # [B·L_q, H, D]
@@ -301,8 +314,18 @@ class DenseBackend(Backend):
         """M [B, 1 | H, L_q, L_k]: the edges (True) as a bool mask without biases; with biases
         their per-edge values [E, 1 | H] on the edges and −∞ elsewhere (differentiable, and
         contiguous in SDPA's layout). Also the rows without any edge [B, 1, L_q, 1] when no
-        bias value is −∞ (then those are the only rows SDPA cannot normalise), else None."""
+        bias value is −∞ (then those are the only rows SDPA cannot normalise), else None.
+
+        Biases with a grid form (``ScoreBias.dense_grid``) skip the per-edge values: on a graph
+        in grid order they read the edge input's own grid (the drop-in's masks); otherwise
+        from the per-edge inputs scattered into the grid once per graph and tensor
+        (``scattered_inputs``), plus the graph's 0 / −∞ mask (``edge_base``)."""
         g = p.graph
+        _, biases = p.score.parts()
+        if biases and _in_grid_order(g):  # the grid is the graph: biases read from grids
+            grid = bias_grid(biases, p.edge_attr, (B, p.q.size(1), Lq, Lk), p.q.dtype)
+            if grid is not None:
+                return grid, None
         keys = dense_keys(g)
         assert isinstance(keys, Tensor)
         dev = keys.device
@@ -313,7 +336,6 @@ class DenseBackend(Backend):
                 B, 1, Lq, 1
             )
 
-        _, biases = p.score.parts()
         if not biases:
 
             def allowed() -> Tensor:
@@ -323,6 +345,14 @@ class DenseBackend(Backend):
             return g.derived("dense_allowed", allowed, dev), g.derived(
                 "dense_edgeless", edgeless, dev
             )
+        scattered = scattered_inputs(g, keys, p.edge_attr, (B, Lq, Lk))  # once per graph
+        grid = bias_grid(biases, scattered, (B, p.q.size(1), Lq, Lk), p.q.dtype)
+        if grid is not None and grid.dtype != torch.bool:  # every bias from its grid form
+            base, real_rows = edge_base(g, keys, (B, Lq, Lk))
+            finite = not torch.compiler.is_compiling() and bool(
+                grid.detach().amin() > float("-inf")
+            )
+            return grid + base.to(grid.dtype), real_rows if finite else None
         edges = Edges(g.edge_index[0], g.edge_index[1], g, p.edge_attr, p.positions)
         vals = sum((b(edges) for b in biases), torch.zeros((), device=dev))
         vals = vals.to(p.q.dtype)
@@ -343,53 +373,3 @@ class DenseBackend(Backend):
         grid = torch.full((B * width * grid_size,), float("-inf"), dtype=vals.dtype, device=dev)
         grid = grid.index_put((flat.reshape(-1),), vals.reshape(-1))  # [B·(1 | H)·L_q·L_k]
         return grid.view(B, width, Lq, Lk), rows
-
-
-def _guard_empty_rows(mask: Tensor, rows: Tensor | None = None) -> tuple[Tensor | None, Tensor]:
-    """Rows of ``mask`` that allow no key -> (rows [.., L_q, 1] or None, a mask SDPA can run).
-
-    SDPA returns NaN on such rows (and NaN gradients); the graph formula gives 0. The rows are
-    opened to every key (any finite row would do) and their output is zeroed afterwards, which
-    also zeroes their gradient. ``rows`` gives them when known (from the graph's in-degrees);
-    otherwise they are found by a pass over the mask.
-    """
-    if rows is None:
-        if mask.dtype == torch.bool:
-            rows = ~mask.any(-1, keepdim=True)  # [.., L_q, 1]
-        else:
-            rows = torch.isneginf(mask).all(-1, keepdim=True)  # [.., L_q, 1]
-    if not torch.compiler.is_compiling() and not bool(rows.any()):
-        return None, mask
-    if mask.dtype == torch.bool:
-        return rows, mask | rows
-    return rows, mask.masked_fill(rows, 0.0)
-
-
-def _sink_mask(
-    mask: Tensor | None,
-    causal: bool,
-    sinks: Tensor,
-    shape: tuple[int, int, int],
-    dtype: torch.dtype,
-) -> Tensor:
-    """The additive mask with one more key column, the sink: [B | 1, H, L_q, L_k + 1].
-
-    Column L_k holds s_h for every query (its key and value are 0, so its logit is the mask
-    value alone): softmax over the row is exp(α_ij) / (exp(s_h) + Σ_k exp(α_ik)).
-    """
-    H, Lq, Lk = shape
-    if mask is None:
-        base = torch.zeros(1, 1, Lq, Lk, dtype=dtype, device=sinks.device)  # [1, 1, L_q, L_k]
-        if causal:
-            allowed = torch.ones(Lq, Lk, dtype=torch.bool, device=sinks.device).tril()
-            base = base.masked_fill(~allowed, float("-inf"))
-    elif mask.dtype == torch.bool:
-        base = torch.zeros(mask.shape, dtype=dtype, device=mask.device)
-        base = base.masked_fill(~mask, float("-inf"))
-    else:
-        base = mask.to(dtype)
-    if base.dim() == 3:  # [H, L_q, L_k] (position biases of a tagged graph)
-        base = base.unsqueeze(0)
-    rows = base.size(0)
-    col = sinks.to(dtype).view(1, H, 1, 1).expand(rows, H, Lq, 1)  # [B | 1, H, L_q, 1]
-    return torch.cat([base.expand(rows, H, Lq, Lk), col], -1)  # [B | 1, H, L_q, L_k + 1]

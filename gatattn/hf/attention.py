@@ -295,7 +295,8 @@ def graph_attention(
         key, value = key[:, :, :Lq], value[:, :, :Lq]
     Lk = key.size(2)
     cross = is_cross_attention(module)
-    graph_fn = None if cross else kwargs.get("graph_fn", settings.graph_fn)
+    noted = module.__dict__.get(modern.CALL_GRAPH_FN, settings.graph_fn)  # BLOOM, Falcon
+    graph_fn = None if cross else kwargs.get("graph_fn", noted)
     window = None
     if sliding is not None and not cross:
         window = modern.window_fn(sliding, module_causal)

@@ -197,6 +197,10 @@ def window_fn(sliding_window: int, causal: bool) -> Callable[[list[int]], TokenG
 #: The attribute where ``note_output_attentions`` keeps the module's ``output_attentions``.
 WANTS_WEIGHTS = "_gatattn_output_attentions"
 
+#: The attribute where a base model that drops its ``**kwargs`` (BLOOM, Falcon) notes the
+#: ``graph_fn`` of the current call for its attention modules (``families.note_graph_fn``).
+CALL_GRAPH_FN = "_gatattn_call_graph_fn"
+
 
 def note_output_attentions(
     module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]

@@ -297,7 +297,7 @@ class GraphMultiheadAttention(nn.Module):
             v=vh,
             graph=graph,
             score=_PLAIN if bias is None else _MASKED,
-            edge_attr=None if bias is None else {"attn_mask": bias},
+            edge_attr=bias,  # a GridInput: SDPA reads the mask itself, the edges get it lazily
             dropout=self.dropout,
             training=self.training,
             need_weights=need_weights,

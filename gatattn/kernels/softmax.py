@@ -54,10 +54,11 @@ def neighbourhood_softmax(
         scores [E, H] -> weights [E, H].
 
     Raises:
-        TypeError: ``index`` is not a LongTensor, or ``num_nodes`` is not an int.
+        TypeError: ``scores`` is not a floating-point tensor, ``index`` is not a LongTensor,
+            or ``num_nodes`` is not an int.
         ValueError: ``index`` is not 1-D with one entry per row of ``scores``, lives on
             another device, or holds a target outside [0, num_nodes) (the message names it
-            and its edge).
+            and its edge); ``sinks`` is not [H] or not finite.
     """
     if not isinstance(index, Tensor) or index.dtype != torch.long:
         what = index.dtype if isinstance(index, Tensor) else type(index).__name__
@@ -70,6 +71,9 @@ def neighbourhood_softmax(
             f"scores has {rows} rows but index has {index.numel()} edges (shape "
             f"{list(index.shape)}); index must be [E], one target per row of scores"
         )
+    if not isinstance(scores, Tensor) or not scores.is_floating_point():
+        what = scores.dtype if isinstance(scores, Tensor) else type(scores).__name__
+        raise TypeError(f"scores must be a floating-point tensor [E, H], got {what}")
     if index.device != scores.device:  # (a tensor's device always carries its index)
         raise ValueError(f"index is on {index.device} but scores are on {scores.device}")
     if index.numel() and index.device.type != "meta" and not torch.compiler.is_compiling():
@@ -80,6 +84,14 @@ def neighbourhood_softmax(
             raise ValueError(
                 f"index holds target {bad} (edge {edge}), outside [0, num_nodes={num_nodes})"
             )
+    if sinks is not None and sinks.shape != scores.shape[1:] and sinks.shape != (1,):
+        raise ValueError(
+            f"sinks must hold one logit per head, shape {tuple(scores.shape[1:])} for scores "
+            f"{tuple(scores.shape)}, got shape {tuple(sinks.shape)}"
+        )
+    if sinks is not None and sinks.device.type != "meta" and not torch.compiler.is_compiling():
+        if not bool(torch.isfinite(sinks).all()):  # NaN gives NaN weights, ±inf no softmax
+            raise ValueError(f"sinks must be finite, got {sinks.tolist()}")
     return softmax_by_target(scores, index, num_nodes, sinks)
 
 

@@ -323,6 +323,17 @@ class ScoreBias(_Declares):
         """Dense bias -> [H, L_q, L_k]."""
         raise NotImplementedError
 
+    def dense_grid(self, edge_attr: object) -> Tensor | None:
+        """This bias on the padded per-sequence grid, read from a grid-form edge input
+        (``scores.grid.GridInput``) without any edge, or None (the default: it has no such
+        form, or ``edge_attr`` holds none). Equal to ``forward`` on every edge of a graph
+        that is the whole grid in grid order.
+
+        Shapes:
+            -> [B | 1, H | 1, L_q, L_k]: additive floats, or bool (True = 0, False = -inf).
+        """
+        return None
+
 
 class Biased(ScoreFunction):
     """A score plus one or more biases: α_ij = w(i, j) + Σ_b b(i, j).

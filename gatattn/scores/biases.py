@@ -45,6 +45,37 @@ def t5_bucket(rel: Tensor, bidirectional: bool, num_buckets: int, max_distance: 
     return bucket + torch.where(dist < max_exact, dist, large)
 
 
+def _one_d(name: str, *pos: Tensor) -> None:
+    """Refuse P-D positions [N, P] for a bias over 1-D sequence positions.
+
+    Raises:
+        ValueError: a position tensor that is not 1-D.
+    """
+    for p in pos:
+        if p.dim() != 1:
+            raise ValueError(
+                f"{name} reads 1-D token positions [N], got P-D positions [N, P] with "
+                f"P = {p.shape[-1]} (P-D positions are for the rotary score)"
+            )
+
+
+def _integer_rel(rel: Tensor) -> Tensor:
+    """j − i as integers for T5's buckets: float positions must be whole numbers.
+
+    Raises:
+        ValueError: a distance that is not a whole number (fractional positions).
+    """
+    if not rel.is_floating_point():
+        return rel.long()
+    bad = rel != rel.round()
+    if bool(bad.any()):
+        raise ValueError(
+            "RelativePositionBias (T5 buckets) needs integer positions, got a relative "
+            f"position of {float(rel[bad][0])}"
+        )
+    return rel.long()
+
+
 class RelativePositionBias(ScoreBias):
     """Bucketed learned relative-position bias (Raffel et al. 2020, T5; Shaw et al. 2018).
 
@@ -53,6 +84,10 @@ class RelativePositionBias(ScoreBias):
     Args:
         num_heads: H.  num_buckets: 32 as T5.  max_distance: 128 as T5.
         bidirectional: separate buckets for j > i and j < i (True for encoders).
+
+    Raises:
+        ValueError: too few buckets for ``max_distance``; and at run time P-D positions, or
+            float positions whose differences are not whole numbers.
     """
 
     kind = POSITION
@@ -76,13 +111,16 @@ class RelativePositionBias(ScoreBias):
         self.embedding = nn.Embedding(num_buckets, num_heads)  # B [buckets, H]
 
     def _bias(self, rel: Tensor) -> Tensor:
-        idx = t5_bucket(rel, self.bidirectional, self.num_buckets, self.max_distance)
+        idx = t5_bucket(_integer_rel(rel), self.bidirectional, self.num_buckets, self.max_distance)
         return self.embedding(idx)  # [..., H]
 
     def forward(self, edges: Edges) -> Tensor:
-        return self._bias(edges.pos_src() - edges.pos_dst())  # [e, H]
+        src, dst = edges.pos_src(), edges.pos_dst()  # [e]
+        _one_d("RelativePositionBias", src, dst)
+        return self._bias(src - dst)  # [e, H]
 
     def dense(self, ctx: DenseContext) -> Tensor:
+        _one_d("RelativePositionBias", ctx.pos_q, ctx.pos_k)
         rel = ctx.pos_k[None, :] - ctx.pos_q[:, None]  # [L_q, L_k]
         return self._bias(rel).permute(2, 0, 1)  # [H, L_q, L_k]
 
@@ -107,7 +145,10 @@ class ALiBi(ScoreBias):
     .. math:: b(i, j) = -m_h \\, |i - j|
 
     The symmetric form; on a causal graph (j <= i) it is the paper's m_h (j - i).
-    The slopes m_h are a fixed buffer, not parameters.
+    The slopes m_h are a fixed buffer, not parameters. Positions may be int or float, 1-D.
+
+    Raises:
+        ValueError: at run time, P-D positions [N, P].
     """
 
     kind = POSITION
@@ -120,10 +161,13 @@ class ALiBi(ScoreBias):
         self.slopes: Tensor
 
     def forward(self, edges: Edges) -> Tensor:
-        dist = (edges.pos_dst() - edges.pos_src()).abs()  # [e]
+        src, dst = edges.pos_src(), edges.pos_dst()  # [e]
+        _one_d("ALiBi", src, dst)
+        dist = (dst - src).abs()  # [e]
         return -dist.unsqueeze(-1).to(self.slopes.dtype) * self.slopes  # [e, H]
 
     def dense(self, ctx: DenseContext) -> Tensor:
+        _one_d("ALiBi", ctx.pos_q, ctx.pos_k)
         dist = (ctx.pos_q[:, None] - ctx.pos_k[None, :]).abs()  # [L_q, L_k]
         return -dist.to(self.slopes.dtype) * self.slopes[:, None, None]  # [H, L_q, L_k]
 

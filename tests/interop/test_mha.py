@@ -321,8 +321,8 @@ def test_bool_masks_need_no_bias_but_float_and_per_head_masks_do() -> None:
             attn_mask=masks.get("attn_mask"), **kw,  # type: ignore[arg-type]
         )  # fmt: skip
         assert (bias is not None) == has_bias
-        if bias is not None:
-            assert bias.shape[0] == graph.num_edges
+        if bias is not None:  # a grid, and per edge [E, 1 | H] when read
+            assert bias["attn_mask"].shape[0] == graph.num_edges
 
 
 # ---------------------------------------------------------------------- bad input
@@ -535,7 +535,7 @@ def test_every_mask_kind_runs_on_the_dense_backend(kind: str, need_weights: bool
     )  # fmt: skip
     q, k = torch.zeros(B * L, H, C // H), torch.zeros(B * src, H, C // H)
     score = ScaledDot() if bias is None else ScaledDot() + AttnMaskBias()
-    p = Problem(q, k, k, graph, score, None if bias is None else {"attn_mask": bias})
+    p = Problem(q, k, k, graph, score, bias)
     name, why = select_backend("auto", p)
     assert name == "dense", why
     if kind in ("kpm_bool", "kpm_float", "attn_bool", "attn_bool+kpm_bool") and not need_weights:
