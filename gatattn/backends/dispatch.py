@@ -33,7 +33,7 @@ from torch import Tensor
 
 from ..graph import TokenGraph
 from ..validation import same_device
-from .base import Backend, BackendOutput, Problem
+from .base import Backend, BackendOutput, Problem, check_output
 from .block import MIN_BLOCK_EDGES, BlockBackend
 from .dense import DenseBackend
 from .edge import EdgeBackend, edge_scores_and_weights
@@ -239,40 +239,6 @@ def _reasons(backend: Backend, p: Problem, *, auto: bool) -> tuple[str, ...]:
     return tuple(why)
 
 
-def _checked(name: str, res: object, p: Problem) -> BackendOutput:
-    """What ``run`` returned, checked against its contract: out [N_t, H, D] in v's dtype and
-    device, α and Attn [E, H] or None. A wrong result names the backend (instead of failing
-    later in a reshape, or silently giving the layer too many rows)."""
-    if not isinstance(res, BackendOutput):
-        raise TypeError(
-            f"backend {name!r}: run() must return a BackendOutput(out, scores, weights), "
-            f"got {type(res).__name__}"
-        )
-    want = (p.q.size(0), p.q.size(1), p.v.size(-1))
-    per_edge = (p.graph.num_edges, p.q.size(1))
-    for what, t, shape in (("out [N_t, H, D]", res.out, want),
-                           ("scores [E, H]", res.scores, per_edge),
-                           ("weights [E, H]", res.weights, per_edge)):  # fmt: skip
-        if t is None and shape is per_edge:
-            continue
-        if (
-            not isinstance(t, torch.Tensor)
-            or tuple(t.shape) != shape
-            or t.dtype != p.v.dtype
-            or t.device != p.v.device
-        ):
-            got = (
-                f"{tuple(t.shape)} {t.dtype} on {t.device}"
-                if isinstance(t, torch.Tensor)
-                else type(t).__name__
-            )
-            raise ValueError(
-                f"backend {name!r} returned {what} {got}; expected {shape} "
-                f"{p.v.dtype} on {p.v.device}"
-            )
-    return res
-
-
 def select_backend(requested: str, p: Problem) -> tuple[str, str]:
     """Pick a backend for ``p`` -> (name, reason); see ``decide``.
 
@@ -330,7 +296,7 @@ def attend(p: Problem, backend: str = "auto") -> BackendOutput:
     run = as_nodes(p) if sequences and not chosen.sequence_layout else p
     res = chosen.run(expand_kv(run) if grouped and not chosen.grouped_kv else run)
     if not (sequences and chosen.sequence_layout):  # a per-sequence Problem has no N_t rows
-        res = _checked(name, res, run)
+        res = check_output(name, res, run)
     if p.need_weights and (res.scores is None or res.weights is None):
         nodes = as_nodes(p) if sequences else p
         scores, weights = edge_scores_and_weights(expand_kv(nodes) if grouped else nodes)
