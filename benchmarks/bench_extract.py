@@ -4,7 +4,9 @@ The case of issue 22: a tiny random GPT-2 (one layer, H=8 heads, D=8, fp32) conv
 ``ga.convert``, one sequence of L = 4,096 tokens (a causal graph: E = L(L+1)/2 = 8.4M edges).
 Each mode runs in a fresh interpreter, which reports its peak resident memory (``ru_maxrss``)
 just before the measured call (model built, inputs made) and after it; the difference is the
-call's own peak. Modes:
+call's own peak. It also reports the call's wall time and its process CPU time
+(``time.process_time``, all threads; on a shared machine the load stretches the wall time more
+than the CPU time). Modes:
 
     forward      the converted model's forward alone (no weights requested): the floor
     top-k        ga.hf.attention_graphs(model, input_ids=..., top_k=16): rows in blocks, the kept
@@ -62,7 +64,7 @@ def run_mode(args: argparse.Namespace) -> None:
     ids = torch.randint(0, 100, (1, args.length), generator=torch.Generator().manual_seed(1))
     kept = 0
     before = _peak_mib()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     with torch.no_grad():
         if args.mode == "forward":
             model(input_ids=ids)
@@ -75,9 +77,11 @@ def run_mode(args: argparse.Namespace) -> None:
         else:
             out = model(input_ids=ids, output_attentions=True)
             kept = out.attentions[0].numel()
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     after = _peak_mib()
-    print(json.dumps({"before": before, "after": after, "seconds": seconds, "kept": kept}))
+    print(
+        json.dumps({"before": before, "after": after, "seconds": seconds, "cpu": cpu, "kept": kept})
+    )
 
 
 def main() -> None:
@@ -103,8 +107,11 @@ def main() -> None:
         f"in a fresh interpreter"
     )
     print(f"dense [H, L, L] fp32 weights: {dense:,.0f} MiB\n")
-    print("| mode | peak extra memory (MiB) | × dense [H, L, L] | values kept | time (s) |")
-    print("|---|---|---|---|---|")
+    print(
+        "| mode | peak extra memory (MiB) | × dense [H, L, L] | values kept | time (s) "
+        "| CPU time (s) |"
+    )
+    print("|---|---|---|---|---|---|")
     base = [sys.executable, __file__, "--length", str(L), "--heads", str(H)]
     base += ["--top-k", str(args.top_k), "--threads", str(args.threads)]
     for mode in args.modes:
@@ -114,7 +121,8 @@ def main() -> None:
         r = json.loads(done.stdout.strip().splitlines()[-1])
         extra = r["after"] - r["before"]
         print(
-            f"| {mode} | {extra:,.0f} | {extra / dense:.3f} | {r['kept']:,} | {r['seconds']:.1f} |"
+            f"| {mode} | {extra:,.0f} | {extra / dense:.3f} | {r['kept']:,} | {r['seconds']:.1f} "
+            f"| {r['cpu']:.2f} |"
         )
 
 

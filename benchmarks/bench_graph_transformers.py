@@ -12,13 +12,18 @@ Case S1, one attention layer, fwd+bwd, on 128 random trees with chords of 15-35 
     GATConv / TransformerConv (input)     PyG on the trees' own edges (the usual GNN use)
     GATConv / TransformerConv (complete)  PyG on the same complete graphs
 
+Case G1, training: one full-batch Adam step (fwd + bwd + step) of a 2-layer model (C=32, H=8)
+on 200 random trees with chords of 30-60 nodes, 4 node classes: ``ga.GraphormerLayer`` × 2
+(scaled_dot + SpatialBias on the complete graphs, distances computed once) against PyG's
+GATConv × 2 with residuals on the input edges; the same input and output layers.
+
 Case S2, ``ga.shortest_path_distances`` on 1,000 random trees with chords of 20-40 nodes
 (one batched call) against ``networkx.all_pairs_shortest_path_length`` per graph and SciPy's
 ``scipy.sparse.csgraph.shortest_path`` (BFS, unweighted) per graph, on the same graphs.
 
 Times are medians of interleaved rounds (every method once per round), in ms.
 
-    python benchmarks/bench_graph_transformers.py            # both cases
+    python benchmarks/bench_graph_transformers.py            # every case
     python benchmarks/bench_graph_transformers.py --quick    # small sizes, a smoke run
 """
 
@@ -111,6 +116,61 @@ def case_s1(num_graphs: int, channels: int, heads: int, rounds: int) -> dict[str
     return median_ms(methods, rounds)
 
 
+def case_g1(num_graphs: int, channels: int, heads: int, rounds: int) -> dict[str, float]:
+    """One full-batch Adam step of a 2-layer model, ms: Graphormer-style against GATConv."""
+    from torch_geometric.nn import GATConv
+
+    ei, batch, _ = trees_with_chords(num_graphs, 30, 60, seed=3)
+    N = batch.numel()
+    g, dist = ga.shortest_path_distances(ei, N, batch=batch, max_distance=20)
+    C, H = channels, heads
+    x, y = torch.randn(N, 8), torch.randint(0, 4, (N,))
+    print(f"G1: {num_graphs} graphs, N={N}, input E={ei.size(1)}, complete E={g.num_edges}")
+
+    class Graphormer(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inp, self.out = torch.nn.Linear(8, C), torch.nn.Linear(C, 4)
+            layers = [ga.GraphormerLayer(C, H, ffn_dim=2 * C) for _ in range(2)]
+            self.layers = torch.nn.ModuleList(layers)
+
+        def forward(self) -> Tensor:
+            h = self.inp(x)
+            for layer in self.layers:
+                h = layer(h, g, dist)
+            return self.out(h)
+
+    class GAT(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inp, self.out = torch.nn.Linear(8, C), torch.nn.Linear(C, 4)
+            self.layers = torch.nn.ModuleList(GATConv(C, C // H, heads=H) for _ in range(2))
+
+        def forward(self) -> Tensor:
+            h = self.inp(x)
+            for layer in self.layers:
+                h = h + torch.nn.functional.elu(layer(h, ei))
+            return self.out(h)
+
+    def trainer(model: torch.nn.Module) -> Callable[[], None]:
+        opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+
+        def step() -> None:
+            loss = torch.nn.functional.cross_entropy(model(), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+        return step
+
+    torch.manual_seed(0)
+    methods = {
+        "gatattn Graphormer (2 x GraphormerLayer)": trainer(Graphormer()),
+        "GATConv x 2 (input graph)": trainer(GAT()),
+    }
+    return median_ms(methods, rounds)
+
+
 def case_s2(num_graphs: int, rounds: int) -> dict[str, float]:
     """All-pairs hop distances of ``num_graphs`` graphs, ms."""
     import networkx as nx
@@ -153,7 +213,7 @@ def _table(title: str, times: dict[str, float], base: str) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
-    parser.add_argument("--cases", default="S1,S2", help="comma-separated: S1, S2")
+    parser.add_argument("--cases", default="S1,G1,S2", help="comma-separated: S1, G1, S2")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--channels", type=int, default=64)
@@ -166,6 +226,9 @@ def main(argv: list[str] | None = None) -> None:
     if "S1" in cases:
         t = case_s1(16 if args.quick else 128, args.channels, args.heads, args.rounds)
         _table("S1 layer fwd+bwd", t, "gatattn no bias")
+    if "G1" in cases:
+        t = case_g1(20 if args.quick else 200, 32, 8, args.rounds)
+        _table("G1 training step (Adam)", t, "GATConv x 2 (input graph)")
     if "S2" in cases:
         t = case_s2(50 if args.quick else 1000, args.rounds)
         _table("S2 all-pairs hop distances", t, "networkx all_pairs_shortest_path_length")

@@ -3,8 +3,9 @@
 The model: ``LlamaForCausalLM`` with hidden 256, 4 layers, 8 query heads and 2 key/value heads
 (grouped-query attention), vocabulary 1000, random weights. "sdpa" is the model with
 ``attn_implementation="sdpa"``; "gatattn" is ``ga.convert`` of the same model (the same
-modules and weights, gatattn's attention function: the causal graph of each sequence, key/value
-heads expanded per node, the dense backend). Measured (medians of interleaved rounds):
+modules and weights, gatattn's attention function: the causal graph of each sequence, q, k and v
+handed to the dense backend as transformers gives them, [B, H | H_kv, L, D]). Measured (medians
+of interleaved rounds, wall-clock time and the process's CPU time):
 
 * eval forward and training forward + backward (loss on the logits) at B = 4, L = 512, with no
   padding and with right padding (lengths 512, 448, 384, 320);
@@ -12,10 +13,13 @@ heads expanded per node, the dense backend). Measured (medians of interleaved ro
   tokens per second.
 
 Goals (issue 22): ≤ 1.1× SDPA's time for the forwards, ≥ 0.9× its tokens per second. The numbers
-depend on the machine and on what else runs on it: on a shared machine, rerun.
+depend on the machine and on what else runs on it: on a shared CPU machine the CPU time
+(``time.process_time``: this process's own, not the time it waited for a core) moves less than
+the wall-clock time; on CUDA only the wall-clock time is shown.
 
     python benchmarks/bench_hf_modern.py                 # 5 rounds
     python benchmarks/bench_hf_modern.py --rounds 3 --device cuda
+    PYTHONPATH=. python benchmarks/bench_hf_modern.py    # a checkout's gatattn, not the installed one
 """
 
 from __future__ import annotations
@@ -38,12 +42,13 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _time(fn: Callable[[], Any], device: str) -> float:
+def _time(fn: Callable[[], Any], device: str) -> tuple[float, float]:
+    """(wall-clock seconds, this process's CPU seconds) of one call."""
     _sync(device)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     fn()
     _sync(device)
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
 def build(device: str, dtype: torch.dtype) -> tuple[Any, Any]:
@@ -91,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     dev = args.device
     sdpa, conv = build(dev, torch.float32)
     models = {"sdpa": sdpa, "gatattn": conv}
-    rows: list[tuple[str, str, str, float]] = []
+    rows: list[tuple[str, str, str, float, float]] = []
 
     def forward(m: Any, inputs: dict[str, torch.Tensor]) -> None:
         m.eval()
@@ -122,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
         work.append((name, "eval fwd", lambda m, x=inputs: forward(m, x)))
         work.append((name, "train fwd+bwd", lambda m, x=inputs: train(m, x)))
     work.append(("prompt 32", f"generate {args.new_tokens}", generate))
-    times: dict[tuple[str, str, str], list[float]] = {}
+    times: dict[tuple[str, str, str], list[tuple[float, float]]] = {}
     for _, _, fn in work:  # warm-up
         for m in models.values():
             fn(m)
@@ -132,23 +137,28 @@ def main(argv: list[str] | None = None) -> None:
                 run = lambda f=fn, model=m: f(model)  # noqa: E731
                 times.setdefault((case, mode, label), []).append(_time(run, dev))
     for (case, mode, label), ts in times.items():
-        rows.append((case, mode, label, statistics.median(ts)))
+        wall, cpu = (statistics.median(t[i] for t in ts) for i in (0, 1))
+        rows.append((case, mode, label, wall, cpu))
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(
         f"{platform.machine()} {dev}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
         f"B={args.batch}, L={args.length}, medians of {args.rounds} rounds, load {load:.1f}"
     )
-    print("| case | mode | method | ms | ÷ sdpa | tokens/s | ÷ sdpa tokens/s |")
-    print("|---|---|---|---:|---:|---:|---:|")
-    base = {(c, md): t for c, md, lb, t in rows if lb == "sdpa"}
-    for case, mode, label, t in rows:
-        ratio = t / base[(case, mode)]
+    cpu = dev == "cpu"
+    head = "| case | mode | method | ms | ÷ sdpa | tokens/s | ÷ sdpa tokens/s |"
+    print(head + (" CPU ms | ÷ sdpa (CPU) |" if cpu else ""))
+    print("|---|---|---|---:|---:|---:|---:|" + ("---:|---:|" if cpu else ""))
+    base = {(c, md): (w, t) for c, md, lb, w, t in rows if lb == "sdpa"}
+    for case, mode, label, wall, used in rows:
+        ratio = wall / base[(case, mode)][0]
         if mode.startswith("generate"):
-            tps = args.batch * args.new_tokens / t
-            print(f"| {case} | {mode} | {label} | {t * 1e3:.1f} | {ratio:.2f} | {tps:.0f} | "
-                  f"{1 / ratio:.2f} |")  # fmt: skip
+            tps = args.batch * args.new_tokens / wall
+            line = f"| {case} | {mode} | {label} | {wall * 1e3:.1f} | {ratio:.2f} | {tps:.0f} | {1 / ratio:.2f} |"
         else:
-            print(f"| {case} | {mode} | {label} | {t * 1e3:.1f} | {ratio:.2f} | | |")
+            line = f"| {case} | {mode} | {label} | {wall * 1e3:.1f} | {ratio:.2f} | | |"
+        if cpu:
+            line += f" {used * 1e3:.1f} | {used / base[(case, mode)][1]:.2f} |"
+        print(line)
 
 
 if __name__ == "__main__":

@@ -17,8 +17,13 @@ no_grad, and training forward+backward. Times are medians of interleaved rounds
 (``harness._timed``); ratios are method / torch, and method / the faster of the two torch rows,
 from the same run.
 
-    python benchmarks/bench_masks.py                 # both cases, 7 rounds
-    python benchmarks/bench_masks.py --repeat 3 --markdown
+Cases M1 and M2 (issue 23): one ``GraphMultiheadAttention`` against ``nn.MultiheadAttention``
+with the same weights, self-attention in training (forward+backward, ``need_weights=False``),
+B=8, L=256, C=64, H=4: M1 with a float 2-D ``attn_mask`` [L, L], M2 with a per-head boolean
+``attn_mask`` [B·H, L, L] (30 % masked). The drop-in hands these masks to SDPA as they are.
+
+    python benchmarks/bench_masks.py                 # every case, 7 rounds
+    python benchmarks/bench_masks.py --cases M1,M2 --repeat 15 --markdown
 """
 
 from __future__ import annotations
@@ -117,6 +122,45 @@ def run(repeat: int) -> list[tuple[str, str, str, float]]:
     return rows
 
 
+def run_drop_in(cases: list[str], repeat: int) -> list[tuple[str, str, str, float]]:
+    """(case, mode, method, median ms) for M1 / M2: the drop-in against torch's module."""
+    B, L, C, H = 8, 256, 64, 4
+    gen = torch.Generator().manual_seed(0)
+    masks = {
+        "M1 float [L, L]": torch.randn(L, L, generator=gen),
+        "M2 per-head bool [B·H, L, L]": torch.rand(B * H, L, L, generator=gen) < 0.3,
+    }
+    torch.manual_seed(0)
+    mha = nn.MultiheadAttention(C, H, batch_first=True)
+    twin = ga.GraphMultiheadAttention.from_torch(mha)
+    x = torch.randn(B, L, C)
+    rows = []
+    for case, mask in masks.items():
+        if case.split()[0] not in cases:
+            continue
+
+        def step(model: nn.Module, mask: Tensor = mask) -> None:
+            xx = x.clone().requires_grad_()
+            out, _ = model(xx, xx, xx, attn_mask=mask, need_weights=False)
+            out.square().mean().backward()
+            model.zero_grad(set_to_none=True)
+
+        calls = {
+            "torch": lambda: step(mha),
+            "gatattn GraphMultiheadAttention": lambda: step(twin),
+        }
+        for call in calls.values():  # warm-up
+            call()
+        samples: dict[str, list[float]] = {n: [] for n in calls}
+        for _ in range(repeat):
+            for name, call in calls.items():
+                samples[name].append(1e3 * harness._timed(call, "cpu"))
+        for name in calls:
+            rows.append((case, "train fwd+bwd", name, statistics.median(samples[name])))
+            print(f"{case:30s} {name:32s} {rows[-1][3]:9.1f} ms", flush=True)
+    return rows
+
+
 def markdown(rows: list[tuple[str, str, str, float]]) -> str:
     lines = [
         "| case | mode | method | ms | ÷ torch | ÷ faster torch |",
@@ -135,11 +179,16 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=7, help="timed rounds (median)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    parser.add_argument(
+        "--cases", default="encoders,M1,M2", help="comma-separated: encoders, M1, M2"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     print(harness.machine())
-    rows = run(args.repeat)
+    cases = [c.strip() for c in args.cases.split(",")]
+    rows = run(args.repeat) if "encoders" in cases else []
+    rows += run_drop_in(cases, args.repeat)
     if args.markdown:
         print(markdown(rows))
     return 0

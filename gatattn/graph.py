@@ -40,6 +40,10 @@ class TokenGraph(GraphState):
     return new graphs. ``edge_index`` is a tensor that torch cannot freeze, so an in-place write
     to it is detected through the tensor's version counter: it clears every cached value derived
     from the graph and withdraws the trust in the structure tag (never a stale answer).
+    A write that bypasses torch's version counter (through ``edge_index.data``, which has a
+    counter of its own, ``edge_index.numpy()``, DLPack or a raw pointer) is not detected: build a
+    new graph instead. ``dense_mask()`` and ``csr()``
+    hand out copies, so writing into what they return never changes the graph.
 
     Args:
         edge_index: LongTensor [2, E]; row 0 source j (key), row 1 target i (query).
@@ -172,7 +176,8 @@ class TokenGraph(GraphState):
         """CSR by target, cached: ``(rowptr [N_t + 1], perm [E])``.
 
         ``edge_index[:, perm]`` is sorted by target (stable, so sources keep their order), and
-        the incoming edges of target i are ``perm[rowptr[i]:rowptr[i + 1]]``.
+        the incoming edges of target i are ``perm[rowptr[i]:rowptr[i + 1]]``. Copies of the
+        cached tensors: writing into them leaves the cache as it was.
         """
 
         def build() -> tuple[Tensor, Tensor]:
@@ -181,7 +186,8 @@ class TokenGraph(GraphState):
             rowptr[1:] = torch.cumsum(self.in_degree(), 0)
             return rowptr, perm
 
-        return self.derived("csr", build)
+        rowptr, perm = self.derived("csr", build)
+        return rowptr.clone(), perm.clone()
 
     # ------------------------------------------------------------------ dense views
     def to_dense_mask(self) -> Tensor:

@@ -247,19 +247,27 @@ class GraphState:
                 return self._num_edges
             if self._mask is not None:  # a [B, 1, L_k] mask stands for L_q equal rows
                 rows = len(self.sequence_lengths("dst")) * self._mask.size(1)
-                return int(self._mask.sum()) * (self.num_dst // rows)
+                return int(self._mask.sum()) * (self.num_dst // rows) if rows else 0
         return int(self.edge_index.size(1))
 
     def dense_mask(self, compact: bool = False) -> Tensor | None:
         """The batched mask [B, L_q, L_k] (True = may attend) this graph was built from by
         ``from_mask`` / ``from_padding_mask``, or None. Dropped when edge_index is written in
-        place. ``compact=True`` returns it as stored: [B, 1, L_k] when every query of a
-        sequence has the same keys (a padding mask), which SDPA broadcasts."""
+        place. ``compact=True`` returns it in its stored layout: [B, 1, L_k] when every query
+        of a sequence has the same keys (a padding mask), which SDPA broadcasts.
+
+        A copy: writing into it leaves the graph as it was (the backends read the stored one).
+        """
+        m = self._stored_mask()
+        if m is None:
+            return None
+        m = m.clone()
+        return m if compact else m.expand(-1, self.num_dst // max(m.size(0), 1), -1)
+
+    def _stored_mask(self) -> Tensor | None:
+        """The stored mask itself, [B, 1 | L_q, L_k], for the backends: never handed out."""
         self._sync()
-        m = self._mask
-        if m is None or compact:
-            return m
-        return m.expand(-1, self.num_dst // m.size(0), -1)
+        return self._mask
 
     @property
     def num_nodes(self) -> int:
@@ -282,7 +290,7 @@ class GraphState:
         self-attention graph, else one sequence of all sources."""
         if side == "dst":
             return self.lengths or (self.num_dst,)
-        kv = self.params.get("kv_lengths")
+        kv = self._params.get("kv_lengths")  # read, not copied
         if kv is not None:
             return tuple(kv)
         if self.num_src == self.num_dst and self.structure != "bipartite":

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from .graph import TokenGraph, as_token_graph
-from .nn.inputs import split_sources
+from .nn.inputs import check_graph_device, split_sources
 from .scores import DenseContext
 
 if TYPE_CHECKING:
@@ -86,6 +86,7 @@ def dense_reference(
     ``pos``/``pos_src`` replace the token positions (``pos_src`` defaults to ``pos``).
     """
     xk, xv = split_sources(x, x_src, (layer.embed_dim, layer.kdim, layer.vdim))
+    check_graph_device(graph, x, "dense_reference")
     g = as_token_graph(graph, num_src=xk.size(0), num_dst=x.size(0))
     q, k, v = (t.transpose(0, 1) for t in layer.project(x, xk, xv))  # [H | H_kv, N, D]
     if k.size(0) != q.size(0):  # query head h reads key/value head h // G

@@ -14,9 +14,11 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "check_batch_ids",
     "check_lengths",
     "check_node_count",
     "is_int",
+    "same_device",
     "structure_holds",
     "validate_edge_index",
 ]
@@ -55,6 +57,35 @@ def validate_edge_index(edge_index: Any, num_src: int | None, num_dst: int | Non
                 f"edge_index has {name} index {hi} but there are only {n} {name} nodes "
                 f"(valid range 0..{n - 1})"
             )
+
+
+def check_batch_ids(batch: Tensor, owner: str) -> None:
+    """Refuse a negative graph id in PyG's ``batch`` vector [N] (torch.bincount would crash).
+
+    Raises:
+        ValueError: ``batch`` holds a negative id (the message names it and its node).
+    """
+    if batch.numel() and batch.device.type != "meta" and not torch.compiler.is_compiling():
+        low = int(batch.min())
+        if low < 0:
+            node = int((batch < 0).nonzero()[0, 0])
+            raise ValueError(
+                f"{owner}: batch holds a negative graph id ({low}, first at node {node}); "
+                "graph ids are 0, 1, ... as PyG's Batch gives them"
+            )
+
+
+def same_device(a: torch.device, b: torch.device) -> bool:
+    """Whether two devices are one: equal types and indices, where a missing index is the
+    current device (``cuda`` matches ``cuda:0`` when device 0 is current; ``cpu`` is one)."""
+    if a.type != b.type:
+        return False
+    if a.index is None or b.index is None:
+        if a.type != "cuda":
+            return True
+        here = torch.cuda.current_device()
+        return (here if a.index is None else a.index) == (here if b.index is None else b.index)
+    return a.index == b.index
 
 
 def is_int(value: Any) -> bool:

@@ -151,7 +151,8 @@ def test_edge_counts_keep_duplicates_and_csr_groups_by_target() -> None:
     rowptr, perm = g.csr()
     assert rowptr.tolist() == [0, 2, 2, 4]
     assert ei[1, perm].tolist() == [0, 0, 2, 2]
-    assert g.csr()[0] is rowptr  # cached
+    again = g.csr()[0]  # cached, and handed out as a copy (a write cannot reach the cache)
+    assert again is not rowptr and torch.equal(again, rowptr)
 
 
 def test_to_device_and_repr() -> None:
@@ -352,3 +353,40 @@ def test_graphs_pickle_and_deepcopy(build) -> None:
     g2.edge_index[0, 0] += 1  # an edit withdraws the trust, in the copy too
     assert pickle.loads(pickle.dumps(g2)).trusted_structure() is None
     assert pickle.loads(pickle.dumps(g2)).dense_mask() is None
+
+
+def _attend(graph: ga.TokenGraph, backend: str) -> torch.Tensor:
+    torch.manual_seed(0)
+    layer = ga.GraphAttention(6, 2, backend=backend).double()
+    x = torch.randn(
+        graph.num_dst, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(1)
+    )
+    return layer(x, graph)
+
+
+@pytest.mark.parametrize("compact", [True, False])
+def test_writing_into_dense_mask_leaves_the_graph_alone(compact: bool) -> None:
+    """``dense_mask(compact=True)`` used to return the graph's own tensor: a write into it made
+    the dense backend (which reads the mask) and the edge backend (the edges) disagree."""
+    mask = torch.tensor(
+        [[[1, 1, 0, 0], [0, 1, 1, 0], [1, 0, 1, 1], [0, 0, 1, 1]]], dtype=torch.bool
+    )
+    g = ga.from_mask(mask)
+    before = _attend(g, "dense")
+    got = g.dense_mask(compact=compact)
+    assert got is not None
+    got.fill_(True)  # a write through the public accessor
+    torch.testing.assert_close(_attend(g, "dense"), before, atol=0, rtol=0)
+    torch.testing.assert_close(_attend(g, "edge"), before, atol=1e-12, rtol=0)
+    assert torch.equal(g.dense_mask(), mask)
+
+
+def test_writing_into_csr_leaves_the_cache_alone() -> None:
+    g = ga.window_graph(6, 1)
+    rowptr, perm = g.csr()
+    rowptr.zero_()
+    perm.zero_()
+    again = g.csr()
+    assert again[0][-1] == g.num_edges and torch.equal(
+        again[1].sort().values, torch.arange(g.num_edges)
+    )

@@ -36,6 +36,7 @@ from ..graph import TokenGraph
 from ..kernels import CHUNK_ELEMENTS
 from ..scores import POSITION, DenseContext, Edges
 from .base import Backend, BackendOutput, Problem
+from .sdpa import sdpa
 
 __all__ = [
     "MIN_BLOCK_EDGES",
@@ -235,7 +236,7 @@ def _slab_attention(
         return t.view(nr, W * S, H, D).transpose(1, 2)
 
     qt = F.pad(q, (0, 0, 0, 0, 0, nr * S - q.size(0))).view(nr, S, H, D).transpose(1, 2)
-    out = F.scaled_dot_product_attention(
+    out = sdpa(  # F.scaled_dot_product_attention, differentiable twice
         qt, slab(k), slab(v), attn_mask=mask.to(q.dtype), dropout_p=dropout, scale=scale
     )  # [nr, H, S, D]
     return out.transpose(1, 2).reshape(nr * S, H, D)[: graph.num_dst]

@@ -40,6 +40,16 @@ from torch import Tensor
 from ..graph import TokenGraph
 from ..scores import POSITION, DenseContext, Edges
 from .base import Backend, BackendOutput, Problem
+from .bias_sdpa import biased_sdpa, use_biased_sdpa
+from .dense_mask import (
+    bias_grid,
+    edge_base,
+    guard_empty_rows,
+    no_key,
+    scattered_inputs,
+    sink_mask,
+)
+from .sdpa import sdpa
 
 __all__ = ["MIN_DENSE_DENSITY", "DenseBackend", "dense_density", "dense_keys"]
 
@@ -140,6 +150,7 @@ class DenseBackend(Backend):
 
     name = "dense"
     grouped_kv = True  # SDPA's enable_gqa: k and v keep their H_kv heads
+    sequence_layout = True  # q, k, v per sequence [B, h, L, D] are SDPA's own layout
 
     def _score_reasons(self, p: Problem) -> list[str]:
         base, _ = p.score.parts()
@@ -160,6 +171,8 @@ class DenseBackend(Backend):
             return None, tuple(why)
         _, biases = p.score.parts()
         g = p.graph
+        if g.num_src == 0 or g.num_dst == 0:  # also a batch of no sequences (B = 0)
+            return None, (f"the graph has no nodes on one side (N_s={g.num_src}, N_t={g.num_dst})",)
         tag = g.trusted_structure()
         if tag is not None:
             if tag != "bipartite" and g.num_src != g.num_dst:
@@ -169,10 +182,8 @@ class DenseBackend(Backend):
             position_biases = all(b.kind == POSITION for b in biases)
             if tag != "bipartite" and p.positions is None and position_biases:
                 return "tagged", (f"{tag} graph with position biases: SDPA with their dense form",)
-        elif g.dense_mask(compact=True) is not None and not biases:
+        elif g._stored_mask() is not None and not biases:
             return "mask", ("graph built from a dense mask: SDPA with that mask",)
-        if g.num_src == 0 or g.num_dst == 0:
-            return None, (f"the graph has no nodes on one side (N_s={g.num_src}, N_t={g.num_dst})",)
         keys = dense_keys(g)
         if isinstance(keys, str):
             if g.structure in ("complete", "causal", "bipartite") and tag is None:
@@ -193,7 +204,7 @@ class DenseBackend(Backend):
         pays for the scatter plan's O(E) check."""
         g = p.graph
         why = self._score_reasons(p)
-        if g.trusted_structure() is None and g.dense_mask(compact=True) is None:
+        if g.trusted_structure() is None and g._stored_mask() is None:
             fill = dense_density(g)
             if fill < MIN_DENSE_DENSITY:
                 why.append(
@@ -212,19 +223,31 @@ class DenseBackend(Backend):
             raise ValueError(f"dense backend cannot run score {p.score.name!r}: {'; '.join(why)}")
         q, k, v, g = p.q, p.k, p.v, p.graph
         base, _ = p.score.parts()
-        H, D = q.size(1), q.size(2)
+        H, D = q.size(1), q.size(-1)
         B, Lq, Lk = _grid(g)
-        # padding indices depend only on the graph: computed once per graph, reused by every layer
-        (_, q_index), (_, k_index) = g.derived(
-            "dense_sides",
-            lambda: (
-                _side(g.sequence_lengths("dst"), g.num_dst, q.device),
-                _side(g.sequence_lengths("src"), g.num_src, q.device),
-            ),
-            q.device,
-        )
+        # [N_t], [N_s] into the padded grid; None: a plain view
+        q_index: Tensor | None = None
+        k_index: Tensor | None = None
+        if q.dim() == 4:  # per sequence, [B, h, L, D] (``Problem``): SDPA's layout already
+            if tuple(q.shape[::2]) != (B, Lq) or tuple(k.shape[::2]) != (B, Lk):
+                raise ValueError(
+                    f"dense backend: per-sequence q {list(q.shape)} and k {list(k.shape)} do not "
+                    f"match the graph's grid (B, L_q, L_k) = ({B}, {Lq}, {Lk})"
+                )
+        else:
+            # padding indices depend only on the graph: once per graph, reused by every layer
+            (_, q_index), (_, k_index) = g.derived(
+                "dense_sides",
+                lambda: (
+                    _side(g.sequence_lengths("dst"), g.num_dst, q.device),
+                    _side(g.sequence_lengths("src"), g.num_src, q.device),
+                ),
+                q.device,
+            )
 
         def pad(t: Tensor, index: Tensor | None, n: int) -> Tensor:  # [N, h, D] -> [B, h, n, D]
+            if t.dim() == 4:  # per sequence already
+                return t
             h = t.size(1)  # H, or H_kv for grouped keys and values
             if index is not None:
                 t = t.new_zeros(B * n, h, D).index_copy(0, index, t)  # [B·n, h, D]
@@ -236,32 +259,36 @@ class DenseBackend(Backend):
         if plan == "tagged":
             mask, causal = self._tagged_mask(p, Lk, k_index)
         elif plan == "mask":
-            m = g.dense_mask(compact=True)
+            m = g._stored_mask()
             assert m is not None
             allowed = m.unsqueeze(1)  # [B, 1, L_q | 1, L_k]
             mask = allowed
             # rows that allow no key depend on the graph only: found once, not on every call
-            rows = g.derived("dense_mask_rows", lambda: ~allowed.any(-1, keepdim=True), m.device)
+            rows = g.derived("dense_mask_rows", lambda: no_key(allowed), m.device)
         else:
             mask, rows = self._scatter_mask(p, B, Lq, Lk)
         empty: Tensor | None = None  # [B, 1 | H, L_q, 1]: targets with no edge (or all -inf)
         if mask is not None:
-            empty, mask = _guard_empty_rows(mask, rows)
+            empty, mask = guard_empty_rows(mask, rows)
         kp, vp = pad(k, k_index, Lk), pad(v, k_index, Lk)  # [B, H_kv, L_k, D]
         if p.sinks is not None:  # one more key per sequence: logit s_h (in the mask), value 0
-            mask = _sink_mask(mask, causal, p.sinks, (H, Lq, Lk), q.dtype)
+            mask = sink_mask(mask, causal, p.sinks, (H, Lq, Lk), q.dtype)
             causal = False
             kp, vp = (F.pad(t, (0, 0, 0, 1)) for t in (kp, vp))  # [B, H_kv, L_k + 1, D]
-        out = F.scaled_dot_product_attention(
-            pad(q, q_index, Lq),
-            kp,
-            vp,
-            attn_mask=mask,
-            dropout_p=p.dropout if p.training else 0.0,
-            is_causal=causal,
-            scale=base.sdpa_scale(D),
-            enable_gqa=k.size(1) != H,
-        )  # [B, H, L_q, D]
+        dropout, scale = p.dropout if p.training else 0.0, base.sdpa_scale(D)
+        if mask is not None and scale is not None and use_biased_sdpa(q, k, mask, dropout):
+            out = biased_sdpa(pad(q, q_index, Lq), kp, vp, mask, scale)  # a learned bias
+        else:
+            out = sdpa(  # F.scaled_dot_product_attention, differentiable twice
+                pad(q, q_index, Lq),
+                kp,
+                vp,
+                attn_mask=mask,
+                dropout_p=dropout,
+                is_causal=causal,
+                scale=scale,
+                enable_gqa=k.size(1) != H,
+            )  # [B, H, L_q, D]
         if empty is not None:
             out = out.masked_fill(empty, 0.0)
         out = out.transpose(1, 2).reshape(B * Lq, H, D)  # [B·L_q, H, D]
@@ -300,8 +327,18 @@ class DenseBackend(Backend):
         """M [B, 1 | H, L_q, L_k]: the edges (True) as a bool mask without biases; with biases
         their per-edge values [E, 1 | H] on the edges and −∞ elsewhere (differentiable, and
         contiguous in SDPA's layout). Also the rows without any edge [B, 1, L_q, 1] when no
-        bias value is −∞ (then those are the only rows SDPA cannot normalise), else None."""
+        bias value is −∞ (then those are the only rows SDPA cannot normalise), else None.
+
+        Biases with a grid form (``ScoreBias.dense_grid``) skip the per-edge values: on a graph
+        in grid order they read the edge input's own grid (the drop-in's masks); otherwise
+        from the per-edge inputs scattered into the grid once per graph and tensor
+        (``scattered_inputs``), plus the graph's 0 / −∞ mask (``edge_base``)."""
         g = p.graph
+        _, biases = p.score.parts()
+        if biases and _in_grid_order(g):  # the grid is the graph: biases read from grids
+            grid = bias_grid(biases, p.edge_attr, (B, p.q.size(1), Lq, Lk), p.q.dtype)
+            if grid is not None:
+                return grid, None
         keys = dense_keys(g)
         assert isinstance(keys, Tensor)
         dev = keys.device
@@ -312,7 +349,6 @@ class DenseBackend(Backend):
                 B, 1, Lq, 1
             )
 
-        _, biases = p.score.parts()
         if not biases:
 
             def allowed() -> Tensor:
@@ -322,6 +358,14 @@ class DenseBackend(Backend):
             return g.derived("dense_allowed", allowed, dev), g.derived(
                 "dense_edgeless", edgeless, dev
             )
+        scattered = scattered_inputs(g, keys, p.edge_attr, (B, Lq, Lk))  # once per graph
+        grid = bias_grid(biases, scattered, (B, p.q.size(1), Lq, Lk), p.q.dtype)
+        if grid is not None and grid.dtype != torch.bool:  # every bias from its grid form
+            base, real_rows = edge_base(g, keys, (B, Lq, Lk))
+            finite = not torch.compiler.is_compiling() and bool(
+                grid.detach().amin() > float("-inf")
+            )
+            return grid + base.to(grid.dtype), real_rows if finite else None
         edges = Edges(g.edge_index[0], g.edge_index[1], g, p.edge_attr, p.positions)
         vals = sum((b(edges) for b in biases), torch.zeros((), device=dev))
         vals = vals.to(p.q.dtype)
@@ -342,53 +386,3 @@ class DenseBackend(Backend):
         grid = torch.full((B * width * grid_size,), float("-inf"), dtype=vals.dtype, device=dev)
         grid = grid.index_put((flat.reshape(-1),), vals.reshape(-1))  # [B·(1 | H)·L_q·L_k]
         return grid.view(B, width, Lq, Lk), rows
-
-
-def _guard_empty_rows(mask: Tensor, rows: Tensor | None = None) -> tuple[Tensor | None, Tensor]:
-    """Rows of ``mask`` that allow no key -> (rows [.., L_q, 1] or None, a mask SDPA can run).
-
-    SDPA returns NaN on such rows (and NaN gradients); the graph formula gives 0. The rows are
-    opened to every key (any finite row would do) and their output is zeroed afterwards, which
-    also zeroes their gradient. ``rows`` gives them when known (from the graph's in-degrees);
-    otherwise they are found by a pass over the mask.
-    """
-    if rows is None:
-        if mask.dtype == torch.bool:
-            rows = ~mask.any(-1, keepdim=True)  # [.., L_q, 1]
-        else:
-            rows = torch.isneginf(mask).all(-1, keepdim=True)  # [.., L_q, 1]
-    if not torch.compiler.is_compiling() and not bool(rows.any()):
-        return None, mask
-    if mask.dtype == torch.bool:
-        return rows, mask | rows
-    return rows, mask.masked_fill(rows, 0.0)
-
-
-def _sink_mask(
-    mask: Tensor | None,
-    causal: bool,
-    sinks: Tensor,
-    shape: tuple[int, int, int],
-    dtype: torch.dtype,
-) -> Tensor:
-    """The additive mask with one more key column, the sink: [B | 1, H, L_q, L_k + 1].
-
-    Column L_k holds s_h for every query (its key and value are 0, so its logit is the mask
-    value alone): softmax over the row is exp(α_ij) / (exp(s_h) + Σ_k exp(α_ik)).
-    """
-    H, Lq, Lk = shape
-    if mask is None:
-        base = torch.zeros(1, 1, Lq, Lk, dtype=dtype, device=sinks.device)  # [1, 1, L_q, L_k]
-        if causal:
-            allowed = torch.ones(Lq, Lk, dtype=torch.bool, device=sinks.device).tril()
-            base = base.masked_fill(~allowed, float("-inf"))
-    elif mask.dtype == torch.bool:
-        base = torch.zeros(mask.shape, dtype=dtype, device=mask.device)
-        base = base.masked_fill(~mask, float("-inf"))
-    else:
-        base = mask.to(dtype)
-    if base.dim() == 3:  # [H, L_q, L_k] (position biases of a tagged graph)
-        base = base.unsqueeze(0)
-    rows = base.size(0)
-    col = sinks.to(dtype).view(1, H, 1, 1).expand(rows, H, Lq, 1)  # [B | 1, H, L_q, 1]
-    return torch.cat([base.expand(rows, H, Lq, Lk), col], -1)  # [B | 1, H, L_q, L_k + 1]

@@ -29,9 +29,11 @@ from types import MappingProxyType
 from typing import NamedTuple
 
 import torch
+from torch import Tensor
 
 from ..graph import TokenGraph
-from .base import Backend, BackendOutput, Problem
+from ..validation import same_device
+from .base import Backend, BackendOutput, Problem, check_output
 from .block import MIN_BLOCK_EDGES, BlockBackend
 from .dense import DenseBackend
 from .edge import EdgeBackend, edge_scores_and_weights
@@ -41,11 +43,13 @@ __all__ = [
     "BACKENDS",
     "MIN_BLOCK_EDGES",
     "Decision",
+    "as_nodes",
     "attend",
     "backend_names",
     "check_backend_name",
     "decide",
     "expand_kv",
+    "per_sequence",
     "register_backend",
     "select_backend",
     "transform_nodes",
@@ -174,7 +178,7 @@ def decide(requested: str, p: Problem, *, every: bool = False) -> Decision:
     # A decision depends on the graph, the score, q's device, dtype and D, the options and the
     # registry: it is kept in the graph's cache (dropped with it), per score object (held
     # weakly: an id can be reused), so a graph already seen costs O(1).
-    registry = tuple((n, id(b)) for n, b in BACKENDS.items())
+    registry = tuple(BACKENDS.items())  # (name, backend) pairs: backends compare by identity
     options = (
         p.training and p.dropout > 0,
         p.modulation is None,
@@ -182,7 +186,7 @@ def decide(requested: str, p: Problem, *, every: bool = False) -> Decision:
         p.positions is None,
         p.sinks is None,
     )
-    shape = (str(p.q.device), p.q.dtype, p.q.size(-1))
+    shape = (p.q.device, p.q.dtype, p.q.size(-1))
     table: dict[int, tuple[weakref.ref, Decision]] = p.graph.derived(
         ("dispatch", requested, registry, shape, options), dict
     )
@@ -191,15 +195,16 @@ def decide(requested: str, p: Problem, *, every: bool = False) -> Decision:
         return hit[1]
     decision = _decide(requested, p, every)
     decision = decision._replace(reasons=MappingProxyType(dict(decision.reasons)))  # read-only
-    table[id(p.score)] = (weakref.ref(p.score), decision)
+    key = id(p.score)  # the entry leaves with its score: no dead entries pile up in a graph
+    table[key] = (weakref.ref(p.score, lambda _: table.pop(key, None)), decision)
     return decision
 
 
 def _decide(requested: str, p: Problem, every: bool) -> Decision:
     if requested != "auto":
-        why = BACKENDS[requested].supports(p)
+        why = _reasons(BACKENDS[requested], p, auto=False)
         if why:
-            every_reason = {n: b.supports(p) for n, b in BACKENDS.items()}
+            every_reason = {n: _reasons(b, p, auto=False) for n, b in BACKENDS.items()}
             raise ValueError(
                 f"backend={requested!r} cannot run score {p.score.name!r} on the "
                 f"{_describe(p.graph)}: {'; '.join(why)}\nevery backend, as forced:\n"
@@ -212,7 +217,7 @@ def _decide(requested: str, p: Problem, every: bool) -> Decision:
     for name, backend in BACKENDS.items():
         if chosen is not None and not every:
             break
-        why = (NOT_TRACED,) if compiling and name not in TRACED else backend.auto_reasons(p)
+        why = (NOT_TRACED,) if compiling and name not in TRACED else _reasons(backend, p, auto=True)
         reasons[name] = why
         if chosen is None and not why:
             chosen = name
@@ -227,6 +232,19 @@ def _decide(requested: str, p: Problem, every: bool) -> Decision:
         passed = " | ".join(n + ": " + "; ".join(reasons[n]) for n in before)
         reason += f" (passed over {passed})"
     return Decision(chosen, reason, reasons)
+
+
+def _reasons(backend: Backend, p: Problem, *, auto: bool) -> tuple[str, ...]:
+    """``backend.auto_reasons(p)`` (or ``supports``), checked: a user backend that returns a
+    str, None or anything but a tuple of str is named, not read as one reason per character."""
+    method = "auto_reasons" if auto else "supports"
+    why = getattr(backend, method)(p)
+    if not isinstance(why, (tuple, list)) or not all(isinstance(w, str) for w in why):
+        raise TypeError(
+            f"backend {backend.name!r}: {method}() must return a tuple of str (every reason it "
+            f"cannot run the problem; () when it can), got {why!r}"
+        )
+    return tuple(why)
 
 
 def select_backend(requested: str, p: Problem) -> tuple[str, str]:
@@ -261,22 +279,79 @@ def attend(p: Problem, backend: str = "auto") -> BackendOutput:
     """Attention of ``p`` (docs/math.md, eqs. 1-3) on the chosen backend.
 
     Args:
-        p: the Problem: q [N_t, H, D], k and v [N_s, H, D], graph, score and options.
+        p: the Problem: q [N_t, H, D], k and v [N_s, H, D] (or per sequence, [B, H, L_q, D]
+            and [B, H_kv, L_k, D]: ``Problem``), graph, score and options.
         backend: "auto" or a backend name.
 
     Returns:
         out [N_t, H, D]; with ``p.need_weights`` also α and Attn [E, H] in edge order. A fast
         backend computes no per-edge values; they then come from the edge formula (eqs. 1-2),
         which is exact and costs O(E·H).
+
+    Raises:
+        ValueError: the graph is on another device than q, or a forced backend cannot run
+            ``p``.
     """
+    if not same_device(p.graph.device, p.q.device):
+        raise ValueError(
+            f"attend: the graph is on {p.graph.device} but q is on {p.q.device}; move the "
+            f"graph with graph.to({str(p.q.device)!r})"
+        )
     p = transform_nodes(p)
     name, _ = select_backend(backend, p)
-    grouped = _grouped(p)
-    res = BACKENDS[name].run(expand_kv(p) if grouped and not BACKENDS[name].grouped_kv else p)
+    grouped, sequences = _grouped(p), per_sequence(p)
+    chosen = BACKENDS[name]
+    run = as_nodes(p) if sequences and not chosen.sequence_layout else p
+    res = chosen.run(expand_kv(run) if grouped and not chosen.grouped_kv else run)
+    if not (sequences and chosen.sequence_layout):  # a per-sequence Problem has no N_t rows
+        res = check_output(name, res, run)
     if p.need_weights and (res.scores is None or res.weights is None):
-        scores, weights = edge_scores_and_weights(expand_kv(p) if grouped else p)
+        nodes = as_nodes(p) if sequences else p
+        scores, weights = edge_scores_and_weights(expand_kv(nodes) if grouped else nodes)
         return BackendOutput(res.out, scores, weights)
     return res
+
+
+def per_sequence(p: Problem) -> bool:
+    """True when q, k and v come per sequence, [B, H, L_q, D] and [B, H_kv, L_k, D] (the
+    layout ``Problem`` allows for graphs of B equal-length sequences); False for nodes.
+
+    Raises:
+        ValueError: q, k and v of different ranks, or per-sequence tensors whose B, L_q or
+            L_k do not match the graph's sequences.
+    """
+    ranks = (p.q.dim(), p.k.dim(), p.v.dim())
+    if ranks == (3, 3, 3):
+        return False
+    g = p.graph
+    if ranks == (4, 4, 4):
+        B, _, Lq, _ = p.q.shape
+        Lk = p.k.size(2)
+        if (
+            p.k.size(0) == B == p.v.size(0)
+            and p.v.size(2) == Lk
+            and g.sequence_lengths("dst") == (Lq,) * B
+            and g.sequence_lengths("src") == (Lk,) * B
+        ):
+            return True
+    raise ValueError(
+        f"q, k, v must be nodes [N, H, D] or per sequence [B, H, L, D] matching the graph's "
+        f"sequences; got q {list(p.q.shape)}, k {list(p.k.shape)}, v {list(p.v.shape)} on a "
+        f"graph with target lengths {list(g.sequence_lengths('dst'))} and source lengths "
+        f"{list(g.sequence_lengths('src'))}"
+    )
+
+
+def as_nodes(p: Problem) -> Problem:
+    """``p`` with q, k, v as nodes: [B, h, L, D] -> [B·L, h, D] (node b·L + l; one copy each),
+    ``p`` itself when they are nodes already (see ``per_sequence``)."""
+    if not per_sequence(p):
+        return p
+
+    def nodes(t: Tensor) -> Tensor:
+        return t.transpose(1, 2).reshape(-1, t.size(1), t.size(3))  # [B·L, h, D]
+
+    return p._replace(q=nodes(p.q), k=nodes(p.k), v=nodes(p.v))
 
 
 def transform_nodes(p: Problem) -> Problem:
@@ -287,6 +362,7 @@ def transform_nodes(p: Problem) -> Problem:
     after = p.score.after_transform()
     if after is None or p.modulation is not None:
         return p
+    p = as_nodes(p)  # positions are per node
     pos = p.positions
     if pos is None:
         pos = (p.graph.positions("dst"), p.graph.positions("src"))

@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch_geometric.utils import scatter
 
-from ..kernels import chunked_edge_map, edge_aggregate, neighbourhood_softmax
+from ..kernels import chunked_edge_map, edge_aggregate
+from ..kernels.softmax import softmax_by_target
 from ..scores import Edges, check_scores
 from .base import Backend, BackendOutput, EdgeModulation, Problem
 
@@ -61,7 +62,7 @@ def _wide_scores_and_weights(p: Problem) -> tuple[Tensor, Tensor]:
             f"score function {p.score.name!r} returned shape {tuple(alpha.shape)}; expected "
             f"(E, H) = ({g.num_edges}, {p.q.size(1)})"
         )
-    weights = neighbourhood_softmax(alpha, g.edge_index[1], g.num_dst, p.sinks)  # [E, H]
+    weights = softmax_by_target(alpha, g.edge_index[1], g.num_dst, p.sinks)  # [E, H]
     return alpha, weights
 
 

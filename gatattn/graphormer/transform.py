@@ -17,7 +17,8 @@ from torch_geometric.transforms import BaseTransform
 
 from ..graph import TokenGraph
 from ..patterns.complete import complete_graph
-from ..patterns.shortest_path import shortest_paths
+from ..patterns.shortest_path import _check_max, shortest_paths
+from ..validation import check_batch_ids
 
 __all__ = ["AddShortestPaths"]
 
@@ -33,7 +34,7 @@ class AddShortestPaths(BaseTransform):
     layer with ``SpatialBias``.
 
     Args:
-        max_distance: d_max (default 20).
+        max_distance: d_max, 0 <= d_max <= 2**63 - 2 (default 20).
         max_hops: M; when > 0 and the graph has ``edge_attr``, also ``path_attr`` and
             ``path_len`` for ``PathEncodingBias`` (default 0).
 
@@ -42,10 +43,8 @@ class AddShortestPaths(BaseTransform):
     """
 
     def __init__(self, max_distance: int = 20, max_hops: int = 0) -> None:
-        for name, val in (("max_distance", max_distance), ("max_hops", max_hops)):
-            if isinstance(val, bool) or not isinstance(val, int) or val < 0:
-                raise ValueError(f"{name} must be an int >= 0, got {val!r}")
-        self.max_distance, self.max_hops = max_distance, max_hops
+        self.max_distance = _check_max(max_distance, "max_distance")
+        self.max_hops = _check_max(max_hops, "max_hops")
 
     def forward(self, data: Data) -> Data:
         n = data.num_nodes
@@ -71,6 +70,7 @@ class AddShortestPaths(BaseTransform):
         n = int(data.num_nodes)
         if batch is None:
             return complete_graph(lengths=[n], device=data.edge_index.device)
+        check_batch_ids(batch, "AddShortestPaths.graph")
         sizes = torch.bincount(batch)
         return complete_graph(lengths=sizes[sizes > 0].tolist(), device=batch.device)
 

@@ -9,7 +9,7 @@
 transformers is imported only when one of these runs: ``import gatattn`` stays light.
 """
 
-from .attention import GraphSettings, ScaledScore, UnsupportedModelError, graph_attention
+from .attention import GraphSettings, UnsupportedModelError, graph_attention
 from .families import FAMILIES, convert, is_hf_model, register, supported_modules
 from .folder import load_folder
 from .graphs import ModelGraphs, attention_graphs, compact
@@ -18,7 +18,6 @@ __all__ = [
     "FAMILIES",
     "GraphSettings",
     "ModelGraphs",
-    "ScaledScore",
     "UnsupportedModelError",
     "attention_graphs",
     "compact",

@@ -30,13 +30,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..backends import Problem, attend
+from ..backends import Problem, as_nodes, attend, expand_kv
 from ..backends.edge import edge_scores_and_weights
 from ..graph import TokenGraph
-from ..kernels import edge_dot
 from ..patterns import bipartite_graph, causal_graph, complete_graph, from_mask
 from ..result import Attention, dense_weights
-from ..scores import DenseContext, Edges, ScoreFunction
 from . import modern
 from .configs import allow_output_attentions
 from .swaps import GraphFn, swap_graph
@@ -46,7 +44,6 @@ __all__ = [
     "SETTINGS",
     "Capture",
     "GraphSettings",
-    "ScaledScore",
     "UnsupportedModelError",
     "graph_attention",
     "is_cross_attention",
@@ -59,6 +56,9 @@ __all__ = [
 IMPLEMENTATION = "gatattn"
 #: The attribute of a converted attention module that holds its ``GraphSettings``.
 SETTINGS = "gatattn"
+#: Graphs kept per converted model (``GraphSettings.cached``): one per mask and layer kind of
+#: the current forward (full and sliding layers, self- and cross-attention).
+CACHED_GRAPHS = 4
 
 
 class Capture:
@@ -100,7 +100,7 @@ class GraphSettings:
     backend: str = "auto"
     graph_fn: GraphFn | None = None
     family: str = ""
-    _cache: dict[str, Any] = field(default_factory=dict, repr=False)
+    _cache: dict[tuple[Any, ...], Any] = field(default_factory=dict, repr=False)
 
     def __getstate__(self) -> dict[str, Any]:
         """Copies and pickles (``copy.deepcopy``, ``torch.save(model)``) start with no cache:
@@ -113,55 +113,23 @@ class GraphSettings:
         register()
 
     def cached(self, key: tuple[Any, ...], mask: Tensor | None, build: Callable[[], Any]) -> Any:
-        """One-entry cache: every layer of one forward gets the same mask object, so the graph
-        (and its derived dense-backend data) is built once per forward, not once per layer."""
+        """A small cache of the last ``CACHED_GRAPHS`` graphs: every layer of one forward gets
+        the same mask object, so the graph (and its derived dense-backend data and dispatch
+        decision) is built once per forward, not once per layer, also when local and global
+        layers alternate (two masks, two graphs). An entry is found only for the very mask
+        object it was built from (held weakly: a reused id never matches), unchanged since."""
         if torch.compiler.is_compiling():  # traced once per compiled graph: nothing to reuse
             return build()
         c = self._cache
-        ref = c.get("mask")
-        same_mask = (mask is None and ref is None) or (
-            mask is not None and ref is not None and ref() is mask
-        )
-        key = (*key, None if mask is None else mask._version)  # an in-place edit: rebuild
-        if same_mask and c.get("key") == key:
-            return c["value"]
+        full = (*key, None if mask is None else (id(mask), mask._version))  # in-place edit: new
+        hit = c.get(full)
+        if hit is not None and (mask is None or hit[0]() is mask):
+            return hit[1]
         value = build()
-        c.update(key=key, mask=None if mask is None else weakref.ref(mask), value=value)
+        if len(c) >= CACHED_GRAPHS:
+            del c[next(iter(c))]  # the oldest
+        c[full] = (None if mask is None else weakref.ref(mask), value)
         return value
-
-
-class ScaledScore(ScoreFunction):
-    """α_ij = s · <q_i, k_j> with the module's own scale s (``scaling`` of transformers).
-
-    .. math:: \\alpha_{ij} = s \\, \\langle q_i, k_j \\rangle
-
-    s is 1/√D for BERT-like models, and differs for GPT-2 with ``scale_attn_weights=False``
-    (s = 1) or ``scale_attn_by_inverse_layer_idx`` (s = 1 / (√D (l + 1))). It declares what
-    scaled_dot declares (``sdpa_scale`` = s and a dense form), so it runs wherever scaled_dot
-    runs (SDPA takes ``scale=s``).
-
-    Args:
-        scale: s.
-    """
-
-    has_dense = True
-
-    def __init__(self, scale: float) -> None:
-        super().__init__()
-        self.scale = float(scale)
-        self.name = f"scaled_dot(s={self.scale:.4g})"
-
-    def sdpa_scale(self, head_dim: int) -> float | None:
-        return self.scale
-
-    def forward(self, q_i: Tensor, k_j: Tensor, edges: Edges) -> Tensor:
-        return (q_i * k_j).sum(-1) * self.scale  # [e, H]
-
-    def edge_scores(self, q: Tensor, k: Tensor, edges: Edges) -> Tensor:
-        return edge_dot(q, k, edges.src, edges.dst) * self.scale  # [E, H]
-
-    def dense(self, q: Tensor, k: Tensor, ctx: DenseContext) -> Tensor:
-        return q @ k.transpose(-1, -2) * self.scale  # [..., H, L_q, L_k]
 
 
 def mask_graph(
@@ -227,23 +195,33 @@ def is_cross_attention(module: nn.Module) -> bool:
 def _wants_weights(module: nn.Module, kwargs: dict[str, Any]) -> bool:
     """Whether the caller asked for the attention weights: ``output_attentions=True`` in the
     call or the config, or transformers' output collector records this module's output (GPT-2
-    takes ``output_attentions`` itself and does not pass it on)."""
-    if kwargs.get("output_attentions") or getattr(
-        getattr(module, "config", None), "output_attentions", False
-    ):
+    takes ``output_attentions`` itself and does not pass it on). The cheap checks first: this
+    runs on every call of every layer."""
+    if kwargs.get("output_attentions") or module.__dict__.get(modern.WANTS_WEIGHTS):
+        return True  # Falcon, BLOOM: noted by a pre-hook
+    collector = _collector() if _COLLECTOR is None else _COLLECTOR
+    if collector is False:  # another transformers layout: always return the weights
         return True
-    if module.__dict__.get(modern.WANTS_WEIGHTS):  # Falcon, BLOOM: noted by a pre-hook
+    # inside torch.compile, a collector that nothing in the trace set (BLOOM records its maps
+    # itself) is read through ContextVar.get, which breaks a fullgraph trace: nothing collects
+    unset = torch.compiler.is_compiling() and not getattr(collector, "compiling", True)
+    wanted = None if unset else collector.get()
+    if wanted and ("attentions" in wanted or "cross_attentions" in wanted):
         return True
+    return bool(getattr(getattr(module, "config", None), "output_attentions", False))
+
+
+def _collector() -> Any:
+    """transformers' output collector (which outputs the running forward records; a context
+    variable that torch.compile traces), or False in a transformers without it. Looked up once."""
+    global _COLLECTOR
     try:
         from transformers.utils.output_capturing import _active_collector
-    except ImportError:  # another transformers layout: always return the weights
-        return True
-    if torch.compiler.is_compiling() and not getattr(_active_collector, "compiling", True):
-        # no collector was set inside this trace (BLOOM records its outputs itself), and
-        # ContextVar.get would break a fullgraph trace: nothing is being collected
-        return False
-    wanted = _active_collector.get()
-    return bool(wanted) and ("attentions" in wanted or "cross_attentions" in wanted)
+    except ImportError:
+        _COLLECTOR = False
+    else:
+        _COLLECTOR = _active_collector
+    return _COLLECTOR
 
 
 def graph_attention(
@@ -269,15 +247,16 @@ def graph_attention(
         scaling: s (default 1/√D).  dropout: dropout on Attn (the module passes 0 in eval).
         kwargs: transformers' extra arguments; ``graph_fn`` swaps the graph for this call,
             ``is_causal`` overrides the module's flag (as in transformers' SDPA function);
-            ``sliding_window``, ``softcap`` and ``position_bias`` (T5) are read as in
-            ``gatattn.hf.modern``, and key/value with fewer heads than the query are grouped.
+            ``sliding_window``, ``softcap``, ``position_bias`` (T5) and ``s_aux`` (gpt-oss's
+            attention sinks) are read as in ``gatattn.hf.modern``, and key/value with fewer
+            heads than the query are grouped.
 
     Returns:
         out [B, L_q, H, D], and Attn [B, H, L_q, L_k] (0 off the graph) when asked for, else None.
 
     Raises:
         UnsupportedModelError: the module was not converted, or the call asks for a feature
-            that gatattn does not reproduce (attention sinks, a graph per head).
+            that gatattn does not reproduce (a graph per head; sparse extraction with sinks).
     """
     settings = getattr(module, SETTINGS, None)
     name = type(module).__name__
@@ -288,9 +267,10 @@ def graph_attention(
         )
     B, H, Lq, D = query.shape
     scale = 1.0 / math.sqrt(D) if scaling is None else scaling
+    kv = key.size(1)
     try:
-        special, sliding, position_bias = modern.call_options(name, scale, kwargs)
-        modern.check_kv_heads(key.size(1), H, name)
+        opts = modern.call_options(name, H, kwargs)
+        modern.check_kv_heads(kv, H, name)
     except modern._Unsupported as err:
         raise UnsupportedModelError(str(err)) from None
     module_causal = bool(kwargs.get("is_causal", getattr(module, "is_causal", True)))
@@ -299,8 +279,10 @@ def graph_attention(
         key, value = key[:, :, :Lq], value[:, :, :Lq]
     Lk = key.size(2)
     cross = is_cross_attention(module)
-    graph_fn = None if cross else kwargs.get("graph_fn", settings.graph_fn)
+    noted = module.__dict__.get(modern.CALL_GRAPH_FN, settings.graph_fn)  # BLOOM, Falcon
+    graph_fn = None if cross else kwargs.get("graph_fn", noted)
     window = None
+    sliding = opts.window
     if sliding is not None and not cross:
         window = modern.window_fn(sliding, module_causal)
         causal = causal and Lq != Lk  # a causal window graph lies inside the causal graph
@@ -319,36 +301,47 @@ def graph_attention(
             module, attention_mask, (B, Lq, Lk), causal, graph_fn, query.device, window
         ),
     )
-    if position_bias is not None:  # T5: a learned bias per head on every edge
-        extra = modern.edge_bias(position_bias, graph, Lq, Lk)  # [E, H | 1]
+    if opts.position_bias is not None:  # T5: a learned bias per head on every edge
+        extra = modern.edge_bias(opts.position_bias, graph, Lq, Lk)  # [E, H | 1]
         bias = extra if bias is None else bias + extra
-    q = query.transpose(1, 2).reshape(B * Lq, H, D)  # [N_t, H, D]
-    k = modern.expand_kv(key, H)  # [N_s, H, D], grouped-query heads expanded per node
-    v = modern.expand_kv(value, H)  # [N_s, H, D]
+    # B sequences of L_q and L_k tokens each (no graph swap): q, k, v go to attend as they are,
+    # [B, H | H_kv, L, D] (Problem's per-sequence layout, SDPA's own: no copy into nodes);
+    # grouped heads stay grouped
+    q, k, v = query, key, value
+    if graph.sequence_lengths("dst") != (Lq,) * B or graph.sequence_lengths("src") != (Lk,) * B:
+        q = query.transpose(1, 2).reshape(B * Lq, H, D)  # [N_t, H, D]
+        k = key.transpose(1, 2).reshape(B * Lk, kv, D)  # [N_s, H_kv, D]
+        v = value.transpose(1, 2).reshape(B * Lk, kv, -1)  # [N_s, H_kv, D]
     # ContextVar.get cannot be traced (torch.compile(fullgraph=True)); recording runs eagerly
     recorder = None if torch.compiler.is_compiling() else _RECORDER.get()
-    score = modern.bias_score(special or ScaledScore(scale), bias is not None)
-    if isinstance(recorder, Capture):  # sparse extraction: q, k and the graph, no weights
-        if not cross and Lq == Lk:
-            call = Problem(q=q, k=k, v=v, graph=graph, score=score, edge_attr=bias)
-            recorder.capture(module, call, valid, key.size(1))
-        recorder = None
+    score = modern.score_of(float(scale), opts.cap, bias is not None)
     training = dropout > 0.0 and module.training
     p = Problem(
         q, k, v, graph, score, edge_attr=bias, dropout=dropout, training=training,
-        need_weights=recorder is not None,
+        need_weights=recorder is not None and not isinstance(recorder, Capture),
+        sinks=opts.sinks,
     )  # fmt: skip
+    if isinstance(recorder, Capture):  # sparse extraction: q, k and the graph, no weights
+        if not cross and Lq == Lk:
+            if opts.sinks is not None:
+                raise UnsupportedModelError(
+                    f"{name} has attention sinks: sparse extraction (top_k, threshold, heads, "
+                    "layers) does not reproduce them; call attention_graphs without those options"
+                )
+            recorder.capture(module, as_nodes(p), valid, kv)
+        recorder = None
     attn: Tensor | None = None
     scores: Tensor | None
     weights: Tensor | None
     if _wants_weights(module, kwargs):
         # the returned Attn is the one the output is computed from (out = Attn v, as the eager
         # function does), so d(out)/d(Attn) reaches attentions[l].grad
-        scores, weights = edge_scores_and_weights(p)  # [E, H], [E, H]
+        scores, weights = edge_scores_and_weights(expand_kv(as_nodes(p)))  # [E, H], [E, H]
         attn = dense_weights(weights, graph, B, Lq, Lk).to(value.dtype)  # [B, H, L_q, L_k]
         if training:
             attn = F.dropout(attn, dropout, True)  # returned after dropout, as eager does
-        out = (attn @ v.view(B, Lk, H, -1).transpose(1, 2)).transpose(1, 2)  # [B, L_q, H, D]
+        heads = value if kv == H else value.repeat_interleave(H // kv, dim=1)  # [B, H, L_k, D]
+        out = (attn @ heads).transpose(1, 2)  # [B, L_q, H, D]
     else:
         res = attend(p, settings.backend)
         out = res.out.view(B, Lq, H, -1)  # [B, L_q, H, D]
@@ -358,6 +351,10 @@ def graph_attention(
         flat = out.reshape(B * Lq, -1)  # [N_t, H·D], before the output projection
         recorder.append((module, Attention(flat, graph.edge_index, scores, weights, graph), valid))
     return out, attn
+
+
+#: transformers' output collector, once looked up (``_collector``): None before.
+_COLLECTOR: Any = None
 
 
 def register() -> None:
@@ -374,6 +371,7 @@ def register() -> None:
         raise ImportError(
             f"converting Hugging Face models needs transformers >= 5 ({err}): pip install gatattn[hf]"
         ) from err
+    _collector()
     AttentionInterface.register(IMPLEMENTATION, graph_attention)
     AttentionMaskInterface.register(IMPLEMENTATION, sdpa_mask)
     allow_output_attentions(IMPLEMENTATION)  # config.output_attentions = True (hf/configs.py)

@@ -3,8 +3,9 @@
 ``attention_graphs(model, text, top_k=16)`` (and ``threshold=``, ``heads=``, ``layers=``) sets a
 ``SparseCapture`` as the recorder of ``graph_attention``: each self-attention call hands over its
 queries, keys, graph and score (post-rotary, as the module computed them) and computes no
-per-edge weights itself. For the selected layers, ``gatattn.inspect.extract.extract_sparse``
-then computes, a block of query rows at a time,
+per-edge weights itself. For the selected layers, ``gatattn.backends.attention_rows``
+computes the weights a block of query rows at a time, and ``gatattn.inspect.extract_sparse``
+keeps of each block, before the next one is computed,
 
     Attn^h_ij = softmax_{j ∈ N(i)} α^h_ij,  kept if among the k largest of row i (and >= τ)
 
@@ -21,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from ..backends import Problem
+from ..backends.rows import attention_rows
 from ..inspect.extract import extract_sparse
 from ..inspect.sparse import SparseAttention, check_kv_heads, check_sparsify
 from .attention import Capture
@@ -86,17 +88,14 @@ class SparseCapture(Capture):
         if self.layers is not None and layer not in self.layers:
             return
         targets = None if valid is None else valid.flatten()  # [B·L]
+        rows = attention_rows(
+            p.q, p.k, p.graph, p.score, heads=self.heads, edge_attr=p.edge_attr, targets=targets
+        )
         res = extract_sparse(
-            p.q,
-            p.k,
-            p.graph,
-            p.score,
+            rows,
             top_k=self.top_k,
             threshold=self.threshold,
-            heads=self.heads,
             renormalize=self.renormalize,
-            edge_attr=p.edge_attr,
-            targets=targets,
             layer=layer,
         )
         res.num_kv_heads = check_kv_heads(kv_heads, res.num_heads)  # k may come expanded

@@ -31,7 +31,7 @@ from .attention import (
     UnsupportedModelError,
     register,
 )
-from .modern import note_output_attentions
+from .modern import CALL_GRAPH_FN, note_output_attentions
 
 __all__ = ["FAMILIES", "convert", "is_hf_model", "register", "supported_modules"]
 
@@ -63,7 +63,7 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
     "vit": ("transformers.models.vit.modeling_vit", ("ViTAttention",)),
     "deit": ("transformers.models.deit.modeling_deit", ("DeiTAttention",)),
     # modern families (docs/hf.md, "Modern families"): rotary positions, grouped-query heads,
-    # sliding windows, soft-capping, ALiBi and T5 biases, encoder-decoders
+    # sliding windows, soft-capping, ALiBi and T5 biases, attention sinks, encoder-decoders
     "llama": ("transformers.models.llama.modeling_llama", ("LlamaAttention",)),
     "mistral": ("transformers.models.mistral.modeling_mistral", ("MistralAttention",)),
     "qwen2": ("transformers.models.qwen2.modeling_qwen2", ("Qwen2Attention",)),
@@ -72,6 +72,7 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
     "gemma2": ("transformers.models.gemma2.modeling_gemma2", ("Gemma2Attention",)),
     "gemma3": ("transformers.models.gemma3.modeling_gemma3", ("Gemma3Attention",)),
     "phi3": ("transformers.models.phi3.modeling_phi3", ("Phi3Attention",)),
+    "gpt-oss": ("transformers.models.gpt_oss.modeling_gpt_oss", ("GptOssAttention",)),
     "gpt-neox": ("transformers.models.gpt_neox.modeling_gpt_neox", ("GPTNeoXAttention",)),
     "falcon": ("transformers.models.falcon.modeling_falcon", ("FalconAttention",)),
     "t5": ("transformers.models.t5.modeling_t5", ("T5Attention",)),
@@ -87,6 +88,11 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
 #: Families whose attention modules call no attention function (they compute the softmax
 #: inline): gatattn gives each module a forward of its own (gatattn/hf/bloom.py).
 OWN_FORWARD = {"bloom"}
+
+#: Families whose models take ``**kwargs`` and pass none of them on to their layers: a
+#: per-call ``graph_fn`` would be dropped, so hooks on their models note it on their attention
+#: modules (``note_graph_fn``).
+DROPS_KWARGS = ("bloom", "falcon")
 
 #: Names under which encoder-decoders hold their cross-attention modules (a module class
 #: shared with self-attention: BartAttention, T5Attention): marked ``is_cross_attention``.
@@ -166,6 +172,22 @@ def _plan(model: nn.Module) -> dict[str, tuple[nn.Module, str]]:
     return found
 
 
+def note_graph_fn(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    """Forward pre-hook of a ``DROPS_KWARGS`` model: note the call's ``graph_fn`` (if given)
+    on each converted attention module inside, where ``graph_attention`` reads it."""
+    if "graph_fn" not in kwargs:  # an inner model of the same call keeps the outer's
+        return
+    for m in model.modules():
+        if isinstance(getattr(m, SETTINGS, None), GraphSettings):
+            m.__dict__[CALL_GRAPH_FN] = kwargs["graph_fn"]
+
+
+def forget_graph_fn(model: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+    """Forward hook (always called) that clears what ``note_graph_fn`` noted."""
+    for m in model.modules():
+        m.__dict__.pop(CALL_GRAPH_FN, None)
+
+
 def convert(
     model: nn.Module,
     *,
@@ -229,7 +251,12 @@ def convert(
             bloom.install(m)
         if getattr(m, "config", None) is not None:  # BLOOM's attention holds no config
             configs[id(m.config)] = m.config
+    drops = {FAMILIES[f][0] for f in DROPS_KWARGS}
     for sub in new.modules():
+        if type(sub).__module__ in drops and hasattr(sub, "base_model_prefix"):
+            # BLOOM's and Falcon's models (task heads too): keep model(..., graph_fn=...)
+            sub.register_forward_pre_hook(note_graph_fn, with_kwargs=True)
+            sub.register_forward_hook(forget_graph_fn, always_call=True)
         cfg = getattr(sub, "config", None)
         if cfg is not None and hasattr(cfg, "_attn_implementation"):
             configs[id(cfg)] = cfg

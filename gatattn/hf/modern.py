@@ -1,23 +1,26 @@
 """What modern Hugging Face attention calls add to α_ij = s·<q_i, k_j>, as graph attention.
 
 transformers 5 passes these to the attention function (``graph_attention``) besides q, k, v
-and the mask; each is a neighbourhood N(i) or a term of w(i, j) (docs/hf.md, "Modern families"):
+and the mask; each is a neighbourhood N(i), a term of w(i, j) or a core option of gatattn
+(docs/hf.md, "Modern families"), so this module defines no score of its own:
 
 ==================================  ========================================================
 the call                            as graph attention
 ==================================  ========================================================
-key/value with H_kv < H heads       head h reads key/value head h // (H / H_kv): expanded
-(grouped-query, multi-query)        once per node, [N, H_kv, D] -> [N, H, D] (never per edge)
+key/value with H_kv < H heads       head h reads key/value head h // (H / H_kv): the
+(grouped-query, multi-query)        Problem carries H_kv heads (SDPA's ``enable_gqa``)
 ``sliding_window=W``                N(i) = ``window_graph(window=W - 1)`` (causal for
 (Mistral, Gemma 2/3, ModernBERT)    decoders; both sides for ModernBERT) ∩ the model's mask
-``softcap=c`` (Gemma 2)             α_ij = c · tanh(s <q_i, k_j> / c)
+``softcap=c`` (Gemma 2)             α_ij = c · tanh(s <q_i, k_j> / c): ``scores.Softcap``
 a float mask with a bias            N(i) = its finite entries, b_ij = its value on the edge:
-(Falcon's ALiBi, [B, H, L_q, L_k])  α_ij = s <q_i, k_j> + b_ij
+(Falcon's ALiBi, [B, H, L_q, L_k])  α_ij = s <q_i, k_j> + b_ij (``scores.AttnMaskBias``)
 ``position_bias`` (T5)              b_ij = position_bias[b, h, i, j] on every edge
+``s_aux`` (gpt-oss's sinks [H])     one more key per query with logit s_h and value 0
+                                    (``Problem.sinks``, as ``GraphAttention(sinks=True)``)
 ==================================  ========================================================
 
 A dense bias [B | 1, H | 1, L_q, L_k] is read on the graph's edges only (``edge_bias``,
-O(E·H)) and carried as a per-edge ``ScoreBias``, which every backend that takes biases runs
+O(E·H)) and carried by ``scores.AttnMaskBias``, which every backend that takes biases runs
 (the dense backend scatters it into SDPA's additive mask).
 """
 
@@ -25,29 +28,26 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from ..graph import TokenGraph
-from ..kernels import edge_dot
 from ..patterns import window_graph
-from ..scores import DenseContext, Edges, ScoreBias, ScoreFunction
+from ..scores import AttnMaskBias, ScaledDotScale, ScoreFunction, Softcap
 
 __all__ = [
-    "EdgeBias",
-    "SoftcapScore",
+    "CallOptions",
+    "call_options",
     "check_kv_heads",
     "edge_bias",
-    "expand_kv",
     "note_output_attentions",
+    "score_of",
     "split_mask",
     "window_fn",
 ]
-
-#: The name of the per-edge bias among a Problem's edge inputs.
-BIAS_INPUT = "hf_bias"
 
 
 class _Unsupported(Exception):
@@ -62,21 +62,6 @@ def check_kv_heads(kv: int, heads: int, name: str) -> None:
     """
     if kv == 0 or heads % kv:
         raise _Unsupported(f"{name} has {kv} key/value heads for {heads} query heads")
-
-
-def expand_kv(t: Tensor, heads: int) -> Tensor:
-    """Grouped-query attention: query head h reads key/value head h // (H / H_kv), as
-    transformers' ``repeat_kv``. One copy per node (O(N·H·D)), never per edge; it is also
-    the copy that lays the heads out as gatattn's nodes.
-
-    Shapes:
-        t [B, H_kv, L, D] -> [B·L, H, D].
-    """
-    B, kv, L, D = t.shape
-    nodes = t.transpose(1, 2)  # [B, L, H_kv, D]
-    if kv != heads:
-        nodes = nodes.unsqueeze(3).expand(B, L, kv, heads // kv, D)  # [B, L, H_kv, g, D]
-    return nodes.reshape(B * L, heads, D)  # [B·L, H, D]
 
 
 def split_mask(mask: Tensor, name: str, B: int, Lq: int, Lk: int) -> tuple[Tensor, Tensor | None]:
@@ -129,56 +114,6 @@ def edge_bias(bias: Tensor, graph: TokenGraph, Lq: int, Lk: int) -> Tensor:
     return bias.permute(0, 2, 3, 1)[b, dst % Lq, src % Lk]  # [E, H | 1]
 
 
-class EdgeBias(ScoreBias):
-    """A bias given per edge: the model's own (Falcon's ALiBi mask, T5's position bias).
-
-    .. math:: b(i, j) = \\mathrm{edge\\_attr}[\\text{"hf\\_bias"}]_{(j \\to i)}
-
-    It reads the edge input ``"hf_bias"`` [E, H | 1]; the dense backend scatters it into SDPA's
-    additive mask, the edge backend adds it to α.
-    """
-
-    name = "hf_bias"
-
-    def forward(self, edges: Edges) -> Tensor:
-        out = edges.input(BIAS_INPUT, "EdgeBias")
-        if out is None:
-            raise ValueError("EdgeBias needs the per-edge bias edge_attr['hf_bias'] [E, H]")
-        return out  # [e, H | 1]
-
-    def dense(self, ctx: DenseContext) -> Tensor:
-        raise NotImplementedError("EdgeBias is given per edge; it has no dense form of its own")
-
-
-class SoftcapScore(ScoreFunction):
-    """Gemma 2's logit soft-capping (Gemma Team 2024, Sec. 2) of the scaled dot product.
-
-    .. math:: \\alpha_{ij} = c \\, \\tanh(s \\langle q_i, k_j \\rangle / c)
-
-    It declares no ``sdpa_scale`` (it is not s·<q_i, k_j>) and no ``has_dense``: its ``dense``
-    serves the written-out reference, and no tiled backend is tested on it, so it runs where any
-    score runs (the literal formula on each edge; docs/scores.md, "What a score declares").
-
-    Args:
-        scale: s.  cap: c > 0.
-    """
-
-    def __init__(self, scale: float, cap: float) -> None:
-        super().__init__()
-        self.scale, self.cap = float(scale), float(cap)
-        self.name = f"softcap(s={self.scale:.4g}, c={self.cap:.4g})"
-
-    def forward(self, q_i: Tensor, k_j: Tensor, edges: Edges) -> Tensor:
-        return torch.tanh((q_i * k_j).sum(-1) * self.scale / self.cap) * self.cap  # [e, H]
-
-    def edge_scores(self, q: Tensor, k: Tensor, edges: Edges) -> Tensor:
-        dot = edge_dot(q, k, edges.src, edges.dst)  # [E, H]
-        return torch.tanh(dot * self.scale / self.cap) * self.cap  # [E, H]
-
-    def dense(self, q: Tensor, k: Tensor, ctx: DenseContext) -> Tensor:
-        return torch.tanh(q @ k.transpose(-1, -2) * self.scale / self.cap) * self.cap
-
-
 def window_fn(sliding_window: int, causal: bool) -> Callable[[list[int]], TokenGraph]:
     """transformers' ``sliding_window=W`` as a graph builder on the real tokens.
 
@@ -197,6 +132,10 @@ def window_fn(sliding_window: int, causal: bool) -> Callable[[list[int]], TokenG
 #: The attribute where ``note_output_attentions`` keeps the module's ``output_attentions``.
 WANTS_WEIGHTS = "_gatattn_output_attentions"
 
+#: The attribute where a base model that drops its ``**kwargs`` (BLOOM, Falcon) notes the
+#: ``graph_fn`` of the current call for its attention modules (``families.note_graph_fn``).
+CALL_GRAPH_FN = "_gatattn_call_graph_fn"
+
 
 def note_output_attentions(
     module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -207,32 +146,78 @@ def note_output_attentions(
     module.__dict__[WANTS_WEIGHTS] = bool(kwargs.get("output_attentions", False))
 
 
-def call_options(
-    name: str, scaling: float, kwargs: dict[str, Any]
-) -> tuple[ScoreFunction | None, int | None, Tensor | None]:
-    """(a score other than s·<q_i, k_j> or None, sliding window W or None, T5's position bias
-    or None) from the keyword arguments of one attention call.
+@dataclass(frozen=True)
+class CallOptions:
+    """What one attention call asks for besides s·<q_i, k_j> on the mask's graph.
+
+    Attributes:
+        cap: Gemma 2's softcap c, or None.  window: the sliding window W, or None.
+        position_bias: T5's (and BLOOM's ALiBi) bias [B | 1, H | 1, L_q, L_k], or None.
+        sinks: gpt-oss's sink logits s [H], or None.
+    """
+
+    cap: float | None = None
+    window: int | None = None
+    position_bias: Tensor | None = None
+    sinks: Tensor | None = None
+
+
+#: The keyword arguments ``call_options`` reads.
+OPTIONS = frozenset({"sliding_window", "softcap", "s_aux", "sinks", "position_bias"})
+_NONE = CallOptions()
+
+
+def call_options(name: str, heads: int, kwargs: dict[str, Any]) -> CallOptions:
+    """The options of one attention call, from its keyword arguments.
 
     Raises:
-        _Unsupported: attention sinks (``s_aux``, ``sinks``), or a bad window / cap.
+        _Unsupported: a bad window, cap or sink logits (the message names the module).
     """
-    bad = [k for k in ("s_aux", "sinks") if kwargs.get(k) is not None]
-    if bad:
-        raise _Unsupported(
-            f"{name} passes {bad} (attention sinks), which gatattn does not reproduce"
-        )
+    if OPTIONS.isdisjoint(kwargs):  # most calls (Llama, BERT...): nothing to read
+        return _NONE
     window = kwargs.get("sliding_window")
     if window is not None and (not isinstance(window, int) or window < 1):
         raise _Unsupported(f"{name} passes sliding_window={window!r}; expected an int >= 1")
     cap = kwargs.get("softcap")
-    score = None
+    if cap is not None and not (isinstance(cap, int | float) and math.isfinite(cap) and cap > 0):
+        raise _Unsupported(f"{name} passes softcap={cap!r}; expected a number > 0")
+    sinks = kwargs.get("s_aux")
+    if sinks is None:
+        sinks = kwargs.get("sinks")
+    if sinks is not None and not (isinstance(sinks, Tensor) and tuple(sinks.shape) == (heads,)):
+        shape = list(sinks.shape) if isinstance(sinks, Tensor) else type(sinks).__name__
+        raise _Unsupported(
+            f"{name} passes attention sinks of shape {shape}; expected one logit per query "
+            f"head, [{heads}]"
+        )
+    cap = None if cap is None else float(cap)
+    return CallOptions(cap, window, kwargs.get("position_bias"), sinks)
+
+
+#: (s, c, biased) -> the score: scores hold no parameters, so one object serves every call.
+_SCORES: dict[tuple[float, float | None, bool], ScoreFunction] = {}
+
+
+def score_of(scale: float, cap: float | None, biased: bool) -> ScoreFunction:
+    """w(i, j) of a call: ``ScaledDotScale(s)``, capped by ``Softcap`` (Gemma 2), plus
+    ``AttnMaskBias`` when the call carries a bias.
+
+    .. math:: \\alpha_{ij} = c \\tanh(s \\langle q_i, k_j \\rangle / c) + b_{ij}
+
+    The scores hold no parameters, so one object per (s, c, bias) serves every layer and call
+    (and what dispatch keeps per score object stays valid); under torch.compile it is built
+    in the traced code instead (no global cache to guard on).
+    """
+    key = (scale, cap, biased)
+    found = None if torch.compiler.is_compiling() else _SCORES.get(key)
+    if found is not None:
+        return found
+    score: ScoreFunction = ScaledDotScale(scale)
+    score.name = f"scaled_dot(s={scale:.4g})"
     if cap is not None:
-        if not (isinstance(cap, int | float) and math.isfinite(cap) and cap > 0):
-            raise _Unsupported(f"{name} passes softcap={cap!r}; expected a number > 0")
-        score = SoftcapScore(scaling, cap)
-    return score, window, kwargs.get("position_bias")
-
-
-def bias_score(base: ScoreFunction, has_bias: bool) -> ScoreFunction:
-    """``base + EdgeBias()`` when the call carries a bias, else ``base``."""
-    return base + EdgeBias() if has_bias else base
+        score = Softcap(score, cap)
+    if biased:
+        score = score + AttnMaskBias()
+    if not torch.compiler.is_compiling() and len(_SCORES) < 256:
+        _SCORES[key] = score
+    return score

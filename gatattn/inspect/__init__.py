@@ -14,7 +14,8 @@ The modules import one way only::
   ``read_graph`` apply it to GraphML and GEXF files).
 - ``sparse`` -> ``extract``, ``stream``: long contexts: ``SparseAttention`` (per head, only the
   top-k / above-threshold edges of each query), ``sparsify`` (of a computed Attention),
-  ``extract_sparse`` (from q and k, a block of query rows at a time, never the [E, H] weights)
+  ``extract_sparse`` (keeps the pairs of each block of query rows that
+  ``gatattn.backends.attention_rows`` computes, never the [E, H] weights)
   and ``write_sparse`` (GraphML, JSON or an edge list, written as the edges come).
 - ``analysis``: rollout (eq. R2), flow (eq. R3), entropy, weight sums, top edges, PageRank,
   strength.

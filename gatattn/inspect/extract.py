@@ -1,182 +1,213 @@
-"""Sparse attention graphs of long inputs, computed a block of query rows at a time.
+"""Sparse attention graphs of long inputs, kept block by block as the weights are computed.
 
-For each run of targets (query rows) i, and only for the edges j → i of the token graph:
+The weights come a block of target (query) rows at a time, each target with its whole
+neighbourhood (``gatattn.backends.attention_rows``: α and Attn of eqs. 1-2 over all of N(i)),
+so they are the model's exact weights. Of each block, only the pairs of the selection rule
+(``gatattn.inspect.sparse``) are kept:
 
-    α^h_ij  = w(i, j)                                      (eq. 1, the layer's score function)
-    Attn^h_ij = exp(α^h_ij) / Σ_{k ∈ N(i)} exp(α^h_ik)     (eq. 2, over ALL of N(i))
-    keep the top-k / above-threshold pairs (gatattn.inspect.sparse), drop the rest
+    K_h(i) = the top_k largest Attn^h_ij of those >= τ,   j ∈ N(i)
 
-Every target's whole neighbourhood is in its block, so the kept weights are the model's exact
-weights; only O(rows · max in-degree · H) values exist at once (``ROW_BUDGET``), never the
-[E, H] weights of the layer nor a dense [H, L, L]. The edges of a block come from the graph's
-structure when it has one (complete, causal, a mask graph: no edge_index is ever made) and
-from its CSR otherwise.
+and the block is dropped before the next one is computed: peak memory O(N·k·H + one block),
+never the [E, H] weights of the layer nor a dense [H, L, L]. This module computes nothing
+itself; it consumes the blocks, in either of their two layouts:
+
+``grid``   scores and weights [H', R, W] over the keys of the block, with the edge mask
+           [R, W]: the k-th largest weight of each row by ``torch.topk``, ties resolved
+           towards the lower key (= the earlier edge), as ``select_rows``.
+``edges``  scores and weights [e, H'] on the block's edges: ``keep_chunk``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from typing import Protocol
 
 import torch
 from torch import Tensor
 
-from ..backends import EdgeInput
-from ..graph import TokenGraph
-from ..kernels import neighbourhood_softmax
-from ..patterns._common import ragged
-from ..scores import Edges, ScoreFunction, check_scores
 from .sparse import (
-    ROW_BUDGET,
     SparseAttention,
     assemble,
-    check_kv_heads,
     check_sparsify,
-    iter_row_chunks,
     keep_chunk,
 )
 
-__all__ = ["extract_sparse"]
+__all__ = ["RowSource", "extract_sparse", "keep_grid"]
 
 
-class _RowEdges:
-    """The incoming edges of any run of targets, sorted by target, and every target's degree."""
+class _Block(Protocol):
+    """One block of rows (``gatattn.backends.RowBlock``): grid or edge-list layout."""
 
-    def __init__(self, graph: TokenGraph, by_id: bool) -> None:
-        self.graph = graph
-        tag = None if by_id else graph.trusted_structure()  # by_id: per-edge inputs need ids
-        self.kind = "csr"
-        if tag in ("complete", "causal") and graph.num_src == graph.num_dst:
-            self.kind = tag
-            lens = torch.tensor(graph.sequence_lengths("dst"), device=graph.device)  # [B]
-            starts = torch.cumsum(lens, 0) - lens  # [B]
-            self.first = starts.repeat_interleave(lens)  # [N] first key of i's sequence
-            self.pos = graph.positions("dst")  # [N]
-            self.loops = bool(graph.params.get("self_loops", True))
-            if tag == "complete":
-                self.degree = lens.repeat_interleave(lens) - (0 if self.loops else 1)  # [N]
-            else:
-                self.degree = self.pos + 1  # [N]
-        elif not by_id and (mask := graph.dense_mask(compact=True)) is not None:
-            self.kind = "mask"
-            self.mask: Tensor = mask  # [B, L_q | 1, L_k]
-            B = self.mask.size(0)
-            self.Lq, self.Lk = graph.num_dst // B, self.mask.size(2)
-            self.degree = self.mask.sum(-1).expand(B, self.Lq).reshape(-1)  # [N_t]
-        else:
-            self.rowptr, self.perm = graph.csr()  # [N_t + 1], [E]
-            self.degree = self.rowptr.diff()  # [N_t]
-
-    def edges(self, rows: range) -> tuple[Tensor, Tensor, Tensor | None]:
-        """(src [e], dst [e], the graph's edge ids [e] or None) of the edges into ``rows``."""
-        dev = self.graph.device
-        t = torch.arange(rows.start, rows.stop, device=dev)  # [R]
-        if self.kind in ("complete", "causal"):
-            count = self.degree[t] + (0 if self.loops or self.kind == "causal" else 1)  # [R]
-            src, dst = ragged(self.first[t], count, target=t)  # [e] each
-            if self.kind == "complete" and not self.loops:
-                keep = src != dst  # [e]
-                src, dst = src[keep], dst[keep]
-            return src, dst, None
-        if self.kind == "mask":
-            b = t // self.Lq  # [R]
-            i = t % self.Lq if self.mask.size(1) > 1 else torch.zeros_like(t)  # [R]
-            r, j = self.mask[b, i].nonzero(as_tuple=True)  # [e] each, by row then key
-            return b[r] * self.Lk + j, t[r], None
-        ids = self.perm[self.rowptr[rows.start] : self.rowptr[rows.stop]]  # [e]
-        ei = self.graph.edge_index
-        return ei[0, ids], ei[1, ids], ids
+    @property
+    def rows(self) -> range: ...
+    @property
+    def src(self) -> Tensor: ...
+    @property
+    def dst(self) -> Tensor | None: ...
+    @property
+    def scores(self) -> Tensor: ...
+    @property
+    def weights(self) -> Tensor: ...
+    @property
+    def edge(self) -> Tensor | None: ...
 
 
-def _slice_attr(attr: EdgeInput | None, ids: Tensor | None) -> EdgeInput | None:
-    if attr is None or ids is None:
-        return attr
-    if isinstance(attr, Tensor):
-        return attr[ids]
-    return {name: t[ids] for name, t in attr.items()}
+class RowSource(Protocol):
+    """What ``extract_sparse`` reads: blocks of rows and the facts of the layer (the type of
+    ``gatattn.backends.attention_rows``)."""
+
+    num_nodes: int
+    num_heads: int
+    num_kv_heads: int
+    heads: tuple[int, ...] | None
+    lengths: tuple[int, ...] | None
+    structure: str | None
+
+    @property
+    def dtype(self) -> torch.dtype: ...
+
+    @property
+    def device(self) -> torch.device: ...
+
+    def __iter__(self) -> Iterator[_Block]: ...
 
 
-@torch.no_grad()
+def keep_grid(
+    block: _Block,
+    heads: Sequence[int],
+    top_k: int | None,
+    threshold: float | None,
+    renormalize: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The kept (edge, head) pairs of a grid block (the rule of ``gatattn.inspect.sparse``).
+
+    .. math::
+        K_h(i) = \\mathrm{top}_k \\{ j : \\mathrm{edge}[i, j],\\;
+        \\mathrm{Attn}^h_{ij} \\ge \\tau \\}
+
+    ``torch.topk`` gives each row's k-th largest weight v_k; where more edges tie at v_k than
+    topk kept, the row is redone with ``select_rows``' rule (the ties at the lowest keys).
+
+    Returns:
+        (src [K], dst [K], head [K], scores [K], weights [K]), sorted by target, head, key.
+
+    Shapes:
+        block.scores, block.weights [H', R, W], block.edge [R, W], block.src [W] (the keys).
+    """
+    assert block.edge is not None
+    w, a = block.weights, block.scores  # [H', R, W]; non-edges have weight 0
+    W = w.size(-1)
+    if top_k is None or top_k >= W:
+        cand = _candidates(w, block.edge, threshold)  # [H', R, W]
+        r, h, c = cand.permute(1, 0, 2).ge(0).nonzero(as_tuple=True)  # [K] by row, head, key
+        kept = cand[h, r, c]  # [K]
+        if renormalize:
+            total = cand.clamp_min(0).sum(-1)  # [H', R]
+            kept = kept / torch.where(total > 0, total, torch.ones_like(total))[h, r]
+    else:
+        # the k + 1 largest: when the (k+1)-th equals the k-th, topk chose among ties (or
+        # among weights 0, which non-edges have too): those rows follow the rule exactly
+        vals, idx = w.topk(top_k + 1, dim=-1)  # [H', R, k + 1] descending
+        vals, idx, unsure = vals[..., :top_k], idx[..., :top_k], vals[..., top_k] == vals[..., -2]
+        if bool(unsure.any()):
+            th, tr = unsure.nonzero(as_tuple=True)  # [T] each
+            sub = _candidates(w[th, tr], block.edge[tr], None)  # [T, W]
+            v = sub.topk(top_k, dim=-1).values[:, -1:]  # [T, 1] the k-th largest
+            above, tie = sub > v, sub == v  # [T, W]
+            room = top_k - above.sum(-1, keepdim=True)  # [T, 1]
+            pick = above | (tie & (tie.cumsum(-1) <= room) & (v >= 0))  # [T, W]
+            # the picked keys first (ascending), then unpicked ones as -1 fillers: k per row
+            cols = torch.argsort((~pick).byte(), dim=-1, stable=True)[:, :top_k]  # [T, k]
+            got = sub.gather(1, cols).masked_fill_(~pick.gather(1, cols), -1.0)  # [T, k]
+            idx[th, tr], vals[th, tr] = cols, got
+        idx, order = idx.sort(-1)  # [H', R, k] by key
+        vals = vals.gather(-1, order)
+        ok = vals >= (0.0 if threshold is None else threshold)  # [H', R, k] kept
+        if renormalize:
+            total = torch.where(ok, vals, torch.zeros_like(vals)).sum(-1, keepdim=True)
+            vals = vals / torch.where(total > 0, total, torch.ones_like(total))
+        r, h, s = ok.permute(1, 0, 2).nonzero(as_tuple=True)  # [K] by row, head, key
+        c = idx[h, r, s]  # [K]
+        kept = vals[h, r, s]  # [K]
+    head_ids = h if list(heads) == list(range(len(heads))) else _lut(heads, w.device)[h]  # [K]
+    return block.src[c], r + block.rows.start, head_ids, a[h, r, c], kept
+
+
+def _lut(heads: Sequence[int], device: torch.device) -> Tensor:
+    return torch.tensor(list(heads), dtype=torch.long, device=device)  # [H'] head of each slot
+
+
+def _candidates(weights: Tensor, edge: Tensor, threshold: float | None) -> Tensor:
+    """The weights of the edges (>= τ), -1 elsewhere. Shapes: [.., R, W], edge [R, W]."""
+    cand = weights.masked_fill(~edge, -1.0)
+    return cand if threshold is None else cand.masked_fill_(cand < threshold, -1.0)
+
+
 def extract_sparse(
-    q: Tensor,
-    k: Tensor,
-    graph: TokenGraph,
-    score: ScoreFunction,
+    rows: RowSource,
     *,
     top_k: int | None = None,
     threshold: float | None = None,
-    heads: Sequence[int] | None = None,
     renormalize: bool = False,
-    edge_attr: EdgeInput | None = None,
-    targets: Tensor | None = None,
     layer: int | None = None,
-    budget: int = ROW_BUDGET,
 ) -> SparseAttention:
-    """One layer's sparse attention graph from its queries and keys, without the [E, H] weights.
+    """One layer's sparse attention graph from its weights computed a block of rows at a time.
 
     .. math::
         K_h(i) = \\mathrm{top}_k \\{ j \\in N(i) : \\mathrm{Attn}^h_{ij} \\ge \\tau \\}, \\quad
         \\mathrm{Attn}^h_{ij} = \\mathrm{softmax}_{j \\in N(i)} w_h(i, j)
 
-    The rows are computed a block at a time (at most ``budget`` gathered values [e, H, D] each),
-    and each block keeps only its selected pairs: peak memory O(budget + N·k·H) for top-k,
-    whatever E is.
-    The kept scores and weights equal the full computation's (the edge backend's) for those
-    edges; weights are not renormalised unless ``renormalize=True``. Grouped-query keys
-    (k with H_kv < H heads) are shared as in the model: head h reads key head h // (H / H_kv).
+    ``rows`` is ``ga.backends.attention_rows(q, k, graph, score, heads=...)``; each of its
+    blocks keeps only its selected pairs: peak memory O(one block + N·k·H) for top-k, whatever
+    E is. The kept scores and weights equal the full computation's (the edge backend's) for
+    those edges; weights are not renormalised unless ``renormalize=True``.
 
     Args:
-        q: queries [N_t, H, D].  k: keys [N_s, H_kv, D].
-        graph: the token graph N(i).  score: w(i, j), the layer's score function.
+        rows: the blocks of rows and the layer's facts (``RowSource``).
         top_k: keep the k largest weights per target and head.  threshold: keep weights >= τ.
-        heads: the heads to extract (None: all).  renormalize: rescale the kept weights.
-        edge_attr: per-edge inputs of the score, one row per edge of ``graph``.
-        targets: bool [N_t]: compute these targets only (None: all).
-        layer: recorded in the result.  budget: gathered values per block of rows.
+        renormalize: rescale the kept weights to sum to 1 per target and head.
+        layer: recorded in the result.
 
     Shapes:
-        q [N_t, H, D], k [N_s, H_kv, D] -> SparseAttention with K <= N_t·k·H rows.
+        blocks over N_t targets and H heads -> SparseAttention with K <= N_t·k·H rows.
 
     Raises:
-        ValueError: a bad option (``check_sparsify``), or k with a head count not dividing H.
+        ValueError: a bad ``top_k`` or ``threshold`` (``check_sparsify``).
     """
-    H = q.size(1)
-    chosen = check_sparsify(top_k, threshold, heads, H) or tuple(range(H))
-    kv = check_kv_heads(k.size(1), H)
-    if kv != H:
-        k = k.repeat_interleave(H // kv, dim=1)  # [N_s, H, D]: head h reads kv head h // (H/H_kv)
-    rows_of = _RowEdges(graph, by_id=edge_attr is not None)
-    degree = rows_of.degree
-    if targets is not None:
-        degree = torch.where(targets.to(degree.device), degree, torch.zeros_like(degree))
+    H = rows.num_heads
+    check_sparsify(top_k, threshold, None, H)
+    chosen = rows.heads if rows.heads is not None else tuple(range(H))
     sel = list(chosen)
-    wide = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
-    like = q.new_empty(0, dtype=wide)  # scores are softmaxed in fp32 for half inputs (edge backend)
     parts = []
-    for rows in iter_row_chunks(degree, H * q.size(2), budget):  # gathers [e, H, D] <= budget
-        live = degree[rows.start : rows.stop]  # [R]
-        if not bool(live.any()):
-            continue
-        src, dst, ids = rows_of.edges(rows)  # [e] each
-        if targets is not None:
-            keep = targets[dst]  # [e]
-            src, dst, ids = src[keep], dst[keep], None if ids is None else ids[keep]
-        edges = Edges(src, dst, graph, _slice_attr(edge_attr, ids))
-        alpha = check_scores(score, score.edge_scores(q, k, edges), src.numel(), H, like)
-        alpha = alpha[:, sel]  # [e, H']
-        weights = neighbourhood_softmax(alpha, dst - rows.start, len(rows))  # [e, H']
-        a, w = alpha.to(q.dtype), weights.to(q.dtype)  # as the edge backend returns them
-        parts.append(keep_chunk(rows, src, dst, a, w, sel, top_k, threshold, renormalize))
+    for block in rows:
+        if block.edge is not None:
+            parts.append(keep_grid(block, sel, top_k, threshold, renormalize))
+        else:
+            assert block.dst is not None
+            parts.append(
+                keep_chunk(
+                    block.rows,
+                    block.src,
+                    block.dst,
+                    block.scores,
+                    block.weights,
+                    sel,
+                    top_k,
+                    threshold,
+                    renormalize,
+                )
+            )
     return assemble(
         parts,
-        q,
-        num_nodes=graph.num_dst,
+        torch.empty(0, dtype=rows.dtype, device=rows.device),
+        num_nodes=rows.num_nodes,
         num_heads=H,
-        num_kv_heads=kv,
-        lengths=graph.lengths,
-        heads=None if heads is None else chosen,
+        num_kv_heads=rows.num_kv_heads,
+        lengths=rows.lengths,
+        heads=rows.heads,
         top_k=top_k,
         threshold=threshold,
         renormalized=renormalize,
         layer=layer,
-        structure=graph.structure,
+        structure=rows.structure,
     )

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import torch
 from torch import Tensor
 
 from ..result import Attention
@@ -34,11 +35,42 @@ __all__ = ["MAX_VALUES", "attention_html"]
 MAX_VALUES = 10_000_000
 
 
+#: Code points U+D800..U+DFFF: in a str they are lone surrogates, which UTF-8 cannot encode.
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _check_size(total: int) -> None:
+    if total > MAX_VALUES:
+        raise ValueError(
+            f"{total} values are too many for one HTML file (limit {MAX_VALUES}): pass fewer "
+            "layers (e.g. attentions[-2:]) or fewer tokens"
+        )
+
+
 def _rounded(a: np.ndarray, digits: int) -> list[list[float | None]]:
     """[E, H] float64 -> H lists of E rounded values (None where not finite: JSON has no inf)."""
     out = np.round(a.T, digits).astype(object)  # [H, E]
     out[~np.isfinite(a.T)] = None
     return out.tolist()
+
+
+def _num_values(a: object, n: int, batch: int) -> int:
+    """Edges × heads one layer will hold (duplicates merged), from tensor ops only: no lists
+    are built. 0 for input that the building pass refuses with its own message."""
+    if isinstance(a, Attention):
+        ei = a.edge_index
+        edges = torch.unique(ei[1] * max(n, 1) + ei[0]).numel() if ei.numel() else 0
+        return edges * a.weights.size(-1)
+    if isinstance(a, Tensor) and a.dim() in (2, 3, 4):
+        t = a.detach()
+        if t.dim() == 4:
+            if not 0 <= batch < t.size(0):
+                return 0
+            t = t[batch]
+        if t.dim() == 2:
+            t = t.unsqueeze(0)
+        return int((t > 0).any(0).sum()) * t.size(0)  # [L, L] edges × H
+    return 0
 
 
 def _from_attention(att: Attention, n: int, layer: int) -> dict[str, Any]:
@@ -120,7 +152,7 @@ def attention_html(
         layer: the layer shown first (default -1, the last).
         view: ``"head"`` (default) or ``"model"`` (the layers × heads grid) first.
         batch: which sequence of a dense [B, H, L, L] input.
-        title: the page title.
+        title: the page title (lone surrogates, which UTF-8 cannot encode, show as U+FFFD).
         path: also write the document to this file (``.html``).
 
     Returns:
@@ -130,7 +162,8 @@ def attention_html(
         per layer: edge_index [2, E], scores/weights [E, H] (or dense [B, H, N, N]), N tokens.
 
     Raises:
-        TypeError: ``attentions`` holds something else, or ``tokens`` is a str.
+        TypeError: ``attentions`` holds something else, ``tokens`` is a str, or ``title`` is
+            not a str.
         ValueError: no layers, layers with different head counts, a token count that does not
             match, a bad ``which``, ``head``, ``layer`` or ``view``, α asked for dense input,
             or more than ``MAX_VALUES`` values.
@@ -145,6 +178,12 @@ def attention_html(
         raise ValueError(f"which must be 'weight' or 'score', got {which!r}")
     if view not in ("head", "model"):
         raise ValueError(f"view must be 'head' or 'model', got {view!r}")
+    if not isinstance(title, str):
+        raise TypeError(f"title must be a str, got {type(title).__name__}: {title!r}")
+    # the size first: refusing a too large input must not cost building all of it
+    has_scores = all(isinstance(a, Attention) for a in layers)
+    total = sum(_num_values(a, len(names), batch) for a in layers) * (2 if has_scores else 1)
+    _check_size(total)
     data = []
     for i, a in enumerate(layers):
         if isinstance(a, Attention):
@@ -165,12 +204,7 @@ def attention_html(
     has_scores = all(d["a"] is not None for d in data)
     if which == "score" and not has_scores:
         raise ValueError("which='score' needs gatattn.Attention input; dense tensors hold no α")
-    total = sum(len(d["src"]) for d in data) * num_heads * (2 if has_scores else 1)
-    if total > MAX_VALUES:
-        raise ValueError(
-            f"{total} values are too many for one HTML file (limit {MAX_VALUES}): pass fewer "
-            "layers (e.g. attentions[-2:]) or fewer tokens"
-        )
+    _check_size(sum(len(d["src"]) for d in data) * num_heads * (2 if has_scores else 1))
     payload = {
         "tokens": names,
         "heads": num_heads,
@@ -186,7 +220,9 @@ def attention_html(
     text = json.dumps(payload, separators=(",", ":"), allow_nan=False)
     # a JSON text inside <script>: no "</script", "<!--" or "&" may survive as such
     text = text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
-    fills = {"__TITLE__": html.escape(title), "__DATA__": text}
+    # a lone surrogate cannot be written as UTF-8: it shows as U+FFFD, as a browser shows it
+    safe_title = _LONE_SURROGATE.sub("\ufffd", title)
+    fills = {"__TITLE__": html.escape(safe_title), "__DATA__": text}
     doc = re.sub("__TITLE__|__DATA__", lambda m: fills[m.group(0)], TEMPLATE)  # one pass
     if path is not None:
         Path(path).write_text(doc, encoding="utf-8")

@@ -39,9 +39,9 @@ __all__ = [
     "sparsify",
 ]
 
-#: Values per block of target rows: padded [rows, max in-degree, width] (width = H' for
-#: ``sparsify``; H·D for ``extract_sparse``, whose gathered q_i, k_j [e, H, D] dominate).
-#: 2**22 fp32 values are 16 MiB, as ``kernels.CHUNK_ELEMENTS``.
+#: Values per block of target rows in ``sparsify``: padded [rows, max in-degree, H'].
+#: 2**22 fp32 values are 16 MiB, as ``kernels.CHUNK_ELEMENTS`` (and the blocks of
+#: ``gatattn.backends.attention_rows``, which ``extract_sparse`` reads).
 ROW_BUDGET = 1 << 22
 
 
@@ -296,8 +296,9 @@ def sparsify(
     .. math::
         K_h(i) = \\mathrm{top}_k \\{ j \\in N(i) : \\mathrm{Attn}^h_{ij} \\ge \\tau \\}
 
-    For long inputs, ``gatattn.inspect.extract.extract_sparse`` computes the same graph without
-    ever holding the [E, H] weights.
+    For long inputs, ``gatattn.inspect.extract.extract_sparse`` (on the blocks of rows of
+    ``gatattn.backends.attention_rows``) gives the same graph without ever holding the [E, H]
+    weights.
 
     Args:
         attention: ``layer(..., return_attention=True)`` or one of ``attention_graphs``'.

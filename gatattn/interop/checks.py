@@ -12,7 +12,12 @@ import warnings
 import torch
 from torch import Tensor
 
-from .errors import DtypeAssertionError, ShapeAssertionError, ShapeRuntimeError
+from .errors import (
+    DeviceRuntimeError,
+    DtypeAssertionError,
+    ShapeAssertionError,
+    ShapeRuntimeError,
+)
 
 __all__ = ["check_inputs", "check_mask_dtype", "check_mask_shapes"]
 
@@ -71,6 +76,7 @@ def check_inputs(
         ShapeAssertionError: a rank or width torch asserts on.
         ShapeRuntimeError: key or value width differs from kdim / vdim (torch: a RuntimeError
             of the projection).
+        DeviceRuntimeError: key, value or a mask on another device than query.
     """
     for name, t in (("query", query), ("key", key), ("value", value)):
         if not isinstance(t, Tensor):
@@ -132,6 +138,14 @@ def check_inputs(
     for name, t, width, arg in (("key", key, kdim, "kdim"), ("value", value, vdim, "vdim")):
         if t.size(-1) != width:
             raise ShapeRuntimeError(f"{name} has {t.size(-1)} channels but {arg}={width}")
+    others = (("key", key), ("value", value), ("key_padding_mask", key_padding_mask),
+              ("attn_mask", attn_mask))  # fmt: skip
+    for name, other in others:
+        if other is not None and other.device != query.device:
+            raise DeviceRuntimeError(
+                f"{name} is on {other.device} but query is on {query.device}: Expected all "
+                "tensors to be on the same device"
+            )
     return rank == 3
 
 

@@ -9,7 +9,7 @@ matching torch's message) and ``except ValueError`` both work.
 
 from __future__ import annotations
 
-__all__ = ["DtypeAssertionError", "ShapeAssertionError", "ShapeRuntimeError"]
+__all__ = ["DeviceRuntimeError", "DtypeAssertionError", "ShapeAssertionError", "ShapeRuntimeError"]
 
 
 class ShapeAssertionError(ValueError, AssertionError):
@@ -22,3 +22,7 @@ class ShapeRuntimeError(ValueError, RuntimeError):
 
 class DtypeAssertionError(TypeError, AssertionError):
     """A mask that is neither bool nor floating point (torch: AssertionError)."""
+
+
+class DeviceRuntimeError(ValueError, RuntimeError):
+    """An input, mask or graph on another device than the query (torch: RuntimeError)."""

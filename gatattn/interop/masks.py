@@ -11,9 +11,13 @@ Boolean masks follow nn.MultiheadAttention: ``True`` means *not allowed* (the op
   graph of the allowed [B, L, S] mask ([B, 1, S] for padding alone); the dense backend hands
   that mask to SDPA and the edges are never made.
 * float or per-head masks, or any mask when the weights are returned: every (i, j) of a
-  sequence is an edge and M rides on it as a bias,
+  sequence is an edge and M rides on it as a bias (``gatattn.scores.AttnMaskBias``),
   α_ij = <q_i, k_j>/√D + M[b, h, i, j]; an entry of -inf gives weight 0. The graph has a fixed
-  size (B·L·S edges, no data-dependent shapes, so torch.compile traces it).
+  size (B·L·S edges, no data-dependent shapes, so torch.compile traces it). M is handed over
+  as a grid (``GridInput``): the dense backend gives it to SDPA as its mask, read straight from
+  the masks ([1 | B, 1 | H, L, S], boolean when every mask is), and neither the edges nor M per
+  edge [B·L·S, 1 | H] are made unless a per-edge path (returned weights, the edge backend)
+  reads them.
 
 The extra keys of ``add_bias_kv`` / ``add_zero_attn`` are nodes of each sequence's key set, joined
 to every query of that sequence: the caller pads the masks with allowed (0 / False) columns.
@@ -27,40 +31,10 @@ from torch import Tensor
 from ..graph import TokenGraph
 from ..patterns import causal_graph
 from ..patterns.complete import masked_graph
-from ..scores import DenseContext, Edges, ScoreBias
+from ..scores import AttnMaskBias
+from ..scores.grid import GridInput
 
-__all__ = ["AttnMaskBias", "additive_mask", "attention_graph", "pad_keys"]
-
-
-class AttnMaskBias(ScoreBias):
-    """An additive per-edge bias read from ``edge_attr``: b(i, j) = M_ij (per head or shared).
-
-    .. math:: \\alpha_{ij} = w(i, j) + M_{ij}
-
-    It carries nn.MultiheadAttention's float ``attn_mask`` (and per-head boolean masks as 0/-inf)
-    onto the edges of the graph. Without ``edge_attr`` the bias is 0.
-
-    Shapes:
-        edge_attr [E, 1] or [E, H] -> bias [E, 1] or [E, H] (broadcast over heads);
-        dense: ctx.edge_attr [L_q, L_k, 1 | H] -> [1 | H, L_q, L_k].
-    """
-
-    name = "attn_mask"
-
-    def forward(self, edges: Edges) -> Tensor:
-        attr = edges.input("attn_mask", "AttnMaskBias")
-        if attr is None:
-            return torch.zeros((), device=edges.src.device)  # 0-d: keeps the scores' dtype
-        if attr.dim() != 2:
-            raise ValueError(
-                f"AttnMaskBias needs edge_attr [E, 1] or [E, H], got {list(attr.shape)}"
-            )
-        return attr  # [e, 1 | H]
-
-    def dense(self, ctx: DenseContext) -> Tensor:
-        if ctx.edge_attr is None:
-            return torch.zeros((), device=ctx.pos_q.device)
-        return ctx.edge_attr.permute(2, 0, 1)  # [1 | H, L_q, L_k]
+__all__ = ["additive_mask", "attention_graph", "mask_grid", "pad_keys"]
 
 
 def as_additive(mask: Tensor, dtype: torch.dtype) -> Tensor:
@@ -106,6 +80,45 @@ def additive_mask(
         kpm = as_additive(key_padding_mask, dtype).view(batch, 1, 1, src_len)  # [B, 1, 1, S]
         merged = merged + kpm
     return merged.expand(batch, -1, tgt_len, src_len)  # [B, 1 | H, L, S]
+
+
+def mask_grid(
+    batch: int,
+    num_heads: int,
+    tgt_len: int,
+    src_len: int,
+    *,
+    key_padding_mask: Tensor | None,
+    attn_mask: Tensor | None,
+    dtype: torch.dtype,
+) -> Tensor:
+    """The merged mask on SDPA's grid, broadcast where it can be, read straight from the masks:
+
+        allowed[b, h, i, j] = not (attn_mask[(b·H + h) | ·, i, j] or key_padding_mask[b, j])
+
+    when every given mask is boolean (True = masked out, torch's convention), else the
+    additive M of ``additive_mask`` (the same values, summed in the same order), never
+    expanded: SDPA broadcasts it.
+
+    Shapes:
+        key_padding_mask [B, S], attn_mask [L, S] or [B·H, L, S]
+        -> [1 | B, 1 | H, L | 1, S]: bool (True = may attend, SDPA's convention) or ``dtype``.
+    """
+    floats = any(m is not None and m.is_floating_point() for m in (attn_mask, key_padding_mask))
+    grid: Tensor | None = None
+    if attn_mask is not None:
+        am = as_additive(attn_mask, dtype) if floats else attn_mask
+        grid = (
+            am.view(1, 1, tgt_len, src_len)
+            if am.dim() == 2
+            else am.view(batch, num_heads, tgt_len, src_len)
+        )  # [1 | B, 1 | H, L, S]
+    if key_padding_mask is not None:
+        kpm = as_additive(key_padding_mask, dtype) if floats else key_padding_mask
+        kpm = kpm.view(batch, 1, 1, src_len)  # [B, 1, 1, S]
+        grid = kpm if grid is None else (grid + kpm if floats else grid | kpm)
+    assert grid is not None
+    return grid if floats else ~grid  # [1 | B, 1 | H, L | 1, S]
 
 
 def _device(*masks: Tensor | None) -> torch.device | None:
@@ -171,7 +184,7 @@ def attention_graph(
     need_weights: bool,
     dtype: torch.dtype,
     device: torch.device,
-) -> tuple[TokenGraph, Tensor | None]:
+) -> tuple[TokenGraph, GridInput | None]:
     """nn.MultiheadAttention's masks -> (graph over B·S sources and B·L targets, bias or None).
 
     Source b·S + j is key j of sequence b, target b·L + i query i of sequence b.
@@ -186,11 +199,12 @@ def attention_graph(
             ``nonzero`` (torch.compile) and costs what torch's dense weights cost.
 
     Shapes:
-        -> edge_index [2, E]; bias [E, 1 | H] in edge order (sorted by target, then source),
-        or None.
+        -> edge_index [2, E]; bias, or None: a ``GridInput`` holding "attn_mask", the grid
+        [1 | B, 1 | H, L, S] (``mask_grid``) and, made when read, M per edge [E, 1 | H] in edge
+        order (sorted by target, then source).
     """
     if causal:
-        if tgt_len == src_len:
+        if tgt_len == src_len and batch and tgt_len:  # (causal_graph needs a sequence >= 1)
             return causal_graph(lengths=[tgt_len] * batch, device=device), None
         tril = torch.ones(tgt_len, src_len, dtype=torch.bool, device=device).tril()
         return masked_graph(tril.expand(batch, tgt_len, src_len), tgt_len, True), None
@@ -210,9 +224,16 @@ def attention_graph(
                 banned = banned | key_padding_mask.view(batch, 1, src_len)  # [B, L, S]
             allowed = (~banned).expand(batch, tgt_len, src_len)  # [B, L, S]
         return masked_graph(allowed, tgt_len, True), None  # kept by the graph, never changed
-    merged = additive_mask(
-        batch, num_heads, tgt_len, src_len,
-        key_padding_mask=key_padding_mask, attn_mask=attn_mask, dtype=dtype,
-    )  # fmt: skip
-    bias = merged.permute(0, 2, 3, 1).reshape(-1, merged.size(1))  # [B·L·S, 1 | H], edge order
+    kpm, am = key_padding_mask, attn_mask
+
+    def per_edge() -> Tensor:  # [B·L·S, 1 | H] in edge order, only when a per-edge path reads it
+        merged = additive_mask(
+            batch, num_heads, tgt_len, src_len, key_padding_mask=kpm, attn_mask=am, dtype=dtype
+        )  # [B, 1 | H, L, S]
+        return merged.permute(0, 2, 3, 1).reshape(-1, merged.size(1))
+
+    grid = mask_grid(
+        batch, num_heads, tgt_len, src_len, key_padding_mask=kpm, attn_mask=am, dtype=dtype
+    )  # [1 | B, 1 | H, L, S]
+    bias = GridInput({AttnMaskBias.name: (grid, per_edge)})
     return full_graph(batch, tgt_len, src_len, device), bias

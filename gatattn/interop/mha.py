@@ -23,10 +23,10 @@ from ..graph import TokenGraph, as_token_graph
 from ..nn import inputs
 from ..nn import projection as proj
 from ..result import dense_weights
-from ..scores import ScaledDot
+from ..scores import AttnMaskBias, ScaledDot
 from .checks import check_inputs, check_mask_dtype, check_mask_shapes
 from .errors import ShapeAssertionError, ShapeRuntimeError
-from .masks import AttnMaskBias, attention_graph, pad_keys
+from .masks import attention_graph, pad_keys
 
 __all__ = ["GraphMultiheadAttention"]
 
@@ -241,6 +241,8 @@ class GraphMultiheadAttention(nn.Module):
                 ``attn_mask`` (a ValueError and torch's RuntimeError).
             DtypeAssertionError: a mask neither bool nor float (a TypeError and an
                 AssertionError).
+            DeviceRuntimeError: key, value or a mask on another device than query (a
+                ValueError and a RuntimeError).
             TypeError: inputs or masks that are not tensors.
         """
         key_padding_mask = check_mask_dtype(key_padding_mask, "key_padding_mask", attn_mask)
@@ -283,9 +285,9 @@ class GraphMultiheadAttention(nn.Module):
             attn_mask=pad_keys(attn_mask, extra),
             causal=causal, need_weights=need_weights, dtype=q.dtype, device=q.device,
         )  # fmt: skip
-        xq = q.reshape(B * L, -1)  # [B·L, C]
-        xk = xq if key is query else k.reshape(B * S, -1)  # [B·S, kdim]
-        xv = xk if value is key else v.reshape(B * S, -1)  # [B·S, vdim]
+        xq = q.reshape(B * L, q.size(-1))  # [B·L, C] (explicit widths: B, L or S may be 0)
+        xk = xq if key is query else k.reshape(B * S, k.size(-1))  # [B·S, kdim]
+        xv = xk if value is key else v.reshape(B * S, v.size(-1))  # [B·S, vdim]
         qh, kh, vh = proj.project(self, xq, xk, xv)  # [B·L, H, D], 2 x [B·S, H, D]
         if extra:
             kh, vh = self._extra_keys(kh, vh, B, S)  # 2 x [B·S', H, D]
@@ -295,13 +297,14 @@ class GraphMultiheadAttention(nn.Module):
             v=vh,
             graph=graph,
             score=_PLAIN if bias is None else _MASKED,
-            edge_attr=None if bias is None else {"attn_mask": bias},
+            edge_attr=bias,  # a GridInput: SDPA reads the mask itself, the edges get it lazily
             dropout=self.dropout,
             training=self.training,
             need_weights=need_weights,
         )
         res = attend(p, self.backend)
-        out = self.out_proj(res.out.reshape(B * L, self.embed_dim)).view(B, L, -1)  # [B, L, C]
+        out = self.out_proj(res.out.reshape(B * L, self.embed_dim))  # [B·L, C]
+        out = out.view(B, L, self.embed_dim)  # [B, L, C]
         if not batched:
             out = out.squeeze(0)  # [L, C]
         elif not self.batch_first:
@@ -352,6 +355,7 @@ class GraphMultiheadAttention(nn.Module):
                 "graph_forward is self-attention over the graph's nodes: it needs kdim == vdim "
                 "== embed_dim and no add_bias_kv / add_zero_attn"
             )
+        inputs.check_graph_device(graph, x, type(self).__name__)
         g = as_token_graph(graph, num_src=x.size(0), num_dst=x.size(0))
         q, k, v = proj.project(self, x, x, x)  # 3 x [N, H, D]
         p = Problem(q, k, v, g, _PLAIN, dropout=self.dropout, training=self.training)

@@ -45,17 +45,61 @@ def neighbourhood_softmax(
 
     Args:
         scores: α, [E, H] (or [E]).
-        index: target node of each edge, LongTensor [E] (``edge_index[1]``).
+        index: target node of each edge, LongTensor [E] (``edge_index[1]``), each in
+            [0, num_nodes).
         num_nodes: N_t, the number of targets.
         sinks: the sink logits s [H] (finite), or None (default): no sink.
 
     Shapes:
         scores [E, H] -> weights [E, H].
+
+    Raises:
+        TypeError: ``scores`` is not a floating-point tensor, ``index`` is not a LongTensor,
+            or ``num_nodes`` is not an int.
+        ValueError: ``index`` is not 1-D with one entry per row of ``scores``, lives on
+            another device, or holds a target outside [0, num_nodes) (the message names it
+            and its edge); ``sinks`` is not [H] or not finite.
     """
-    if scores.size(0) != index.numel():
+    if not isinstance(index, Tensor) or index.dtype != torch.long:
+        what = index.dtype if isinstance(index, Tensor) else type(index).__name__
+        raise TypeError(f"index must be a LongTensor [E] of target nodes, got {what}")
+    if isinstance(num_nodes, bool) or not isinstance(num_nodes, int) or num_nodes < 0:
+        raise TypeError(f"num_nodes must be an int >= 0, got {num_nodes!r}")
+    if index.dim() != 1 or scores.dim() == 0 or scores.size(0) != index.numel():
+        rows = scores.size(0) if scores.dim() else "no"
         raise ValueError(
-            f"scores has {scores.size(0)} rows but index has {index.numel()} edges; they must match"
+            f"scores has {rows} rows but index has {index.numel()} edges (shape "
+            f"{list(index.shape)}); index must be [E], one target per row of scores"
         )
+    if not isinstance(scores, Tensor) or not scores.is_floating_point():
+        what = scores.dtype if isinstance(scores, Tensor) else type(scores).__name__
+        raise TypeError(f"scores must be a floating-point tensor [E, H], got {what}")
+    if index.device != scores.device:  # (a tensor's device always carries its index)
+        raise ValueError(f"index is on {index.device} but scores are on {scores.device}")
+    if index.numel() and index.device.type != "meta" and not torch.compiler.is_compiling():
+        low, high = (int(t) for t in torch.aminmax(index))
+        if low < 0 or high >= num_nodes:
+            bad = low if low < 0 else high
+            edge = int((index == bad).nonzero()[0, 0])
+            raise ValueError(
+                f"index holds target {bad} (edge {edge}), outside [0, num_nodes={num_nodes})"
+            )
+    if sinks is not None and sinks.shape != scores.shape[1:] and sinks.shape != (1,):
+        raise ValueError(
+            f"sinks must hold one logit per head, shape {tuple(scores.shape[1:])} for scores "
+            f"{tuple(scores.shape)}, got shape {tuple(sinks.shape)}"
+        )
+    if sinks is not None and sinks.device.type != "meta" and not torch.compiler.is_compiling():
+        if not bool(torch.isfinite(sinks).all()):  # NaN gives NaN weights, ±inf no softmax
+            raise ValueError(f"sinks must be finite, got {sinks.tolist()}")
+    return softmax_by_target(scores, index, num_nodes, sinks)
+
+
+def softmax_by_target(
+    scores: Tensor, index: Tensor, num_nodes: int, sinks: Tensor | None = None
+) -> Tensor:
+    """``neighbourhood_softmax`` without its input checks, for callers whose ``index`` is a
+    validated graph's targets (the edge backend). scores [E, H] -> weights [E, H]."""
     work = scores.float() if scores.dtype in (torch.float16, torch.bfloat16) else scores
     m = scatter(work.detach(), index, 0, dim_size=num_nodes, reduce="max")  # [N, H]
     if sinks is not None:  # m_i = max(s_h, max_k α_ik): finite, as s_h is

@@ -28,7 +28,7 @@ from ..backends import (
 from ..backends.dispatch import explain
 from ..graph import TokenGraph, as_token_graph
 from ..result import Attention
-from ..scores import ScoreCallable, ScoreFunction, make_score
+from ..scores import ScoreCallable, ScoreFunction, check_score_sizes, make_score
 from . import inputs as check
 from . import projection as proj
 from .inputs import Sources
@@ -101,6 +101,7 @@ class GraphAttention(MessagePassing):
         proj.add_projections(self, C, self.kdim, self.vdim, bias, kv_width=kv_width)
         self.out_proj = skip_init(nn.Linear, C, C, bias=bias)  # W_o
         self.score = make_score(score, num_heads, self.head_dim)
+        check_score_sizes(self.score, num_heads, self.head_dim)
         # Optional PyG features (docs/pyg.md); only the options in use hold parameters.
         self.edge_dim, self.root_weight = edge_dim, root_weight
         # W_e [C, F], no bias, as TransformerConv's lin_edge
@@ -189,11 +190,12 @@ class GraphAttention(MessagePassing):
         dtype = self.out_proj.weight.dtype
         for name, t in (("x", x), ("x_src", xk), ("x_src", xv)):
             check.check_dtype(t, name, dtype)
+        check.check_graph_device(graph, x)
         g = as_token_graph(graph, num_src=xk.size(0), num_dst=x.size(0))
         if batch is not None:
             g = check.with_batch(g, batch)
         if edge_attr is not None:  # E of a mask graph is a count over its mask: only if needed
-            edge_attr = check.check_edge_inputs(edge_attr, g.num_edges)
+            edge_attr = check.check_edge_inputs(edge_attr, g.num_edges, x.device)
         positions = check.check_positions(pos, pos_src, x.size(0), xk.size(0), x_src is None)
         q, k, v = self.project(x, xk, xv)  # [N_t, H, D], [N_s, H_kv, D], [N_s, H_kv, D]
         p = self._problem(q, k, v, g, edge_attr, return_attention)._replace(positions=positions)
@@ -209,6 +211,7 @@ class GraphAttention(MessagePassing):
     def _problem(
         self, q: Tensor, k: Tensor, v: Tensor, g: TokenGraph, attr: EdgeInput | None, need: bool
     ) -> Problem:
+        check_score_sizes(self.score, self.num_heads, self.head_dim)  # also a score set later
         mod = None
         if self.edge_proj is not None:  # W_e e_ij modulates keys and values (TransformerConv)
             w_e = self.edge_proj.weight  # [C, F]
@@ -252,6 +255,7 @@ class GraphAttention(MessagePassing):
                 backend's).
         """
         check.check_features(x, "x", self.embed_dim, "embed_dim")
+        check.check_graph_device(graph, x)
         g = as_token_graph(graph, num_src=x.size(0), num_dst=x.size(0))
         q = x.new_empty(0, self.num_heads, self.head_dim)  # [0, H, D]: device, dtype and D only
         mod = None

@@ -13,6 +13,7 @@ from torch import Tensor
 from ..backends import EdgeInput
 from ..graph import TokenGraph
 from ..result import Attention  # re-exported: its import path before gatattn.result
+from ..validation import check_batch_ids, same_device
 
 __all__ = [
     "Attention",
@@ -20,6 +21,7 @@ __all__ = [
     "check_dtype",
     "check_edge_inputs",
     "check_features",
+    "check_graph_device",
     "check_layer_args",
     "check_num_kv_heads",
     "check_positions",
@@ -164,8 +166,25 @@ def split_sources(
     return x_src, x_src
 
 
-def check_edge_inputs(edge_attr: EdgeInput | None, num_edges: int) -> EdgeInput | None:
-    """Every per-edge input (one tensor, or each value of a mapping) has one row per edge."""
+def check_graph_device(graph: object, x: Tensor, owner: str = "GraphAttention") -> None:
+    """The graph (a TokenGraph or an edge_index) lives on x's device.
+
+    Raises:
+        ValueError: it does not (the message names both devices).
+    """
+    device = graph.device if isinstance(graph, (TokenGraph, Tensor)) else None
+    if device is not None and not same_device(device, x.device):
+        raise ValueError(
+            f"{owner}: the graph is on {device} but the features are on {x.device}; move the "
+            f"graph with graph.to({str(x.device)!r}) (or the features to {device})"
+        )
+
+
+def check_edge_inputs(
+    edge_attr: EdgeInput | None, num_edges: int, device: torch.device | None = None
+) -> EdgeInput | None:
+    """Every per-edge input (one tensor, or each value of a mapping) has one row per edge (and
+    lives on ``device`` when given)."""
     if edge_attr is None:
         return None
     if not isinstance(edge_attr, (Tensor, Mapping)):
@@ -177,8 +196,10 @@ def check_edge_inputs(edge_attr: EdgeInput | None, num_edges: int) -> EdgeInput 
     for key, t in items:
         if not isinstance(t, Tensor):
             raise TypeError(f"edge_attr[{key!r}] must be a Tensor, got {type(t).__name__}")
+        name = "edge_attr" if not isinstance(edge_attr, Mapping) else f"edge_attr[{key!r}]"
+        if device is not None and not same_device(t.device, device):
+            raise ValueError(f"{name} is on {t.device} but the features are on {device}")
         if t.dim() == 0 or t.size(0) != num_edges:
-            name = "edge_attr" if not isinstance(edge_attr, Mapping) else f"edge_attr[{key!r}]"
             rows = "no" if t.dim() == 0 else t.size(0)
             raise ValueError(
                 f"{name} has {rows} rows but the graph has {num_edges} edges (one row per edge)"
@@ -211,6 +232,7 @@ def with_batch(g: TokenGraph, batch: Tensor) -> TokenGraph:
     if not isinstance(batch, Tensor) or batch.dim() != 1 or batch.numel() != g.num_dst:
         shape = list(batch.shape) if isinstance(batch, Tensor) else type(batch).__name__
         raise ValueError(f"batch must be a LongTensor [N={g.num_dst}], got {shape}")
+    check_batch_ids(batch, "GraphAttention")
     if g.lengths is not None or g.num_src != g.num_dst or batch.numel() == 0:
         return g
     if not torch.compiler.is_compiling() and bool((batch[1:] < batch[:-1]).any()):

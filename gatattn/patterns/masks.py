@@ -92,19 +92,23 @@ def bipartite_graph(
         raise ValueError(
             f"n_q has {len(q)} sequences but n_kv has {len(kv)}: {list(q)} vs {list(kv)}"
         )
-    lq = torch.tensor(q, device=device)  # [B]
-    lkv = torch.tensor(kv, device=device)  # [B]
-    kv_start = torch.cumsum(lkv, 0) - lkv  # [B]
-    seq = torch.arange(len(q), device=device).repeat_interleave(lq)  # [N_t]
-    check_edge_cap(int((lq * lkv).sum()), max_edges, "bipartite_graph")
-    ei = ragged(kv_start[seq], lkv[seq])  # [2, E]
-    return TokenGraph(
-        ei,
+    num_edges = sum(a * b for a, b in zip(q, kv, strict=True))
+    check_edge_cap(num_edges, max_edges, "bipartite_graph")
+
+    def build() -> Tensor:  # deferred: the dense backend never reads these edges
+        lq = torch.tensor(q, device=device)  # [B]
+        lkv = torch.tensor(kv, device=device)  # [B]
+        kv_start = torch.cumsum(lkv, 0) - lkv  # [B]
+        seq = torch.arange(len(q), device=device).repeat_interleave(lq)  # [N_t]
+        return ragged(kv_start[seq], lkv[seq])  # [2, E]
+
+    return TokenGraph._deferred(
+        build,
         sum(kv),
         sum(q),
+        num_edges,
+        device=device,
         structure="bipartite",
         lengths=q if batched else None,
         params={"kv_lengths": kv if batched else None},
-        validate=False,
-        verified=True,
     )

@@ -7,30 +7,39 @@ following the input edges row 0 → row 1 (PyG's flow), clipped to ``max_distanc
 path get ``max_distance + 1``. It is Graphormer's spatial encoding input (Ying et al. 2021, "Do
 Transformers Really Perform Badly for Graph Representation?", Sec. 3.1.2).
 
-How: breadth-first search from every node at once, as boolean matrix products on dense
-adjacency blocks [B_k, P, P], one block per size P (the B_k graphs of that size; no padding,
-so a block's distances are already in the complete graph's edge order). Each step is one ``bmm``,
-and the search stops when no pair is newly reached. The work is per graph, never all pairs of
-the whole block-diagonal batch: O(Σ_b n_b³ · diameter) flops for a batch of small graphs.
-``scipy.sparse.csgraph`` runs one Python call per graph, and networkx one BFS per node; both
-are slower on batches of small graphs (benchmarks/bench_graph_transformers.py).
+How: breadth-first search from every node at once, as 0/1 matrix products on adjacency blocks
+[B_k, P, P], one block per size P (the B_k graphs of that size; no padding, so a block's distances
+are already in the complete graph's edge order). Each level is one product: ``bmm`` for dense
+blocks, a sparse product (O(E·P)) for sparse ones. The search stops when no pair is newly reached
+or after ``max_distance`` levels; the pairs still unreached are then only sorted into "farther"
+and "no path": by connected components when every edge goes both ways, else by squaring the
+reach matrix (O(log(diameter / max_distance)) products). The work
+is per graph, never all pairs of the whole block-diagonal batch. ``scipy.sparse.csgraph`` runs
+one Python call per graph, and networkx one BFS per node; both are slower on batches of small
+graphs (benchmarks/bench_graph_transformers.py).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from ..graph import TokenGraph
-from ..validation import validate_edge_index
+from ..validation import check_batch_ids, validate_edge_index
 from .complete import complete_graph
 
 __all__ = ["ShortestPaths", "shortest_path_distances", "shortest_paths"]
 
 #: Upper bound on the elements of one [B_k, P, P, P] temporary of the path search.
 _PATH_CHUNK = 1 << 22
+#: A block searches with a sparse adjacency when its edges fill less than 1/_SPARSE_RATIO of
+#: B_k·P²: a sparse product then beats ``bmm`` (measured on CPU, batches of 30 to 1,000 nodes).
+_SPARSE_RATIO = 32
+#: The largest ``max_distance``: "no path" is coded max_distance + 1, which must fit in int64.
+MAX_DISTANCE = 2**63 - 2
 
 
 @dataclass(frozen=True)
@@ -82,6 +91,11 @@ class ShortestPaths:
 def _check_max(value: object, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+    if name == "max_distance" and value > MAX_DISTANCE:
+        raise ValueError(
+            f"max_distance must be at most 2**63 - 2 (no path is coded max_distance + 1, a "
+            f"LongTensor value), got {value!r}"
+        )
     return value
 
 
@@ -94,8 +108,7 @@ def _graph_sizes(batch: Tensor | None, num_nodes: int, edge_index: Tensor) -> Te
         raise ValueError(f"batch must be a LongTensor [num_nodes={num_nodes}], got {shape}")
     if batch.dtype != torch.long:
         raise ValueError(f"batch must have dtype torch.long, got {batch.dtype}")
-    if int(batch.min()) < 0:
-        raise ValueError(f"batch holds a negative graph id ({int(batch.min())})")
+    check_batch_ids(batch, "shortest_paths")
     if bool((batch[1:] < batch[:-1]).any()):
         raise ValueError(
             "batch must be sorted (the nodes of each graph contiguous, as PyG's Batch gives them)"
@@ -113,33 +126,81 @@ def _graph_sizes(batch: Tensor | None, num_nodes: int, edge_index: Tensor) -> Te
     return sizes[sizes > 0]
 
 
-def _bfs(adj: Tensor) -> Tensor:
-    """All-pairs hop counts of a block of graphs by breadth-first search as matrix products.
+def _bfs(flat: Tensor, B: int, P: int, limit: int | None) -> Tensor:
+    """All-pairs hop counts of a block of B graphs of P nodes by breadth-first search.
 
-    ``adj[b, i, m] = 1`` iff an edge m → i exists. R_d[i, j] = 1 iff j reaches i in at most d
-    hops: R_0 = I, R_d = min(R_{d-1} + A R_{d-1}, 1) (one ``baddbmm``). The search stops at the
-    first d with R_d = R_{d-1}; then φ(j → i) = #{d' < d : R_{d'}[i, j] = 0}, the number of
-    steps before j reached i. Float 0/1 products are exact (sums stay below 2^24).
+    ``flat`` names the edges m → i by their index (s·P + i)·P + m in [B, P, P]. R_d[i, j] = 1
+    iff j reaches i in at most d hops: R_0 = I, R_d = min(R_{d-1} + A R_{d-1}, 1), one matrix
+    product per level (sparse A for sparse graphs: O(E·P) per level; else one ``bmm``). The
+    search stops at the first d with R_d = R_{d-1}, or after ``limit`` levels: then the pairs
+    not reached yet are only told reachable or not (``_reachable``). Float 0/1 products are
+    exact (sums stay below 2^24).
 
     Shapes:
-        adj [B, P, P] float -> dist [B, P, P] long, dist[b, i, j] = hops j → i, or -1 (no path).
+        flat [e] -> dist [B, P, P] long: dist[b, i, j] = hops j → i when at most ``limit``
+        (every distance when ``limit`` is None), ``limit + 1`` when j reaches i in more hops,
+        -1 when j does not reach i.
     """
-    B, P, _ = adj.shape
-    reach = torch.eye(P, dtype=adj.dtype, device=adj.device).expand(B, P, P).contiguous()
-    seen = reach.clone()  # Σ_{d' < d} R_{d'} [B, P, P]
-    total = P * B
-    # float32 sums of 0/1 are exact below 2^24 elements; larger blocks sum in float64
-    acc = torch.float32 if B * P * P < (1 << 24) else torch.float64
-    steps = 1
-    for _ in range(1, P):
-        reach = torch.baddbmm(reach, adj, reach).clamp_(max=1.0)  # R_d [B, P, P]
-        now = int(reach.sum(dtype=acc))
+    device = flat.device
+    levels = P - 1 if limit is None else min(max(limit, 1), P - 1)
+    reach = torch.eye(P, device=device).expand(B, P, P).contiguous()  # R_0 [B, P, P]
+    dist = torch.eye(P, dtype=torch.long, device=device).sub_(1).expand(B, P, P).contiguous()
+    if flat.numel() * _SPARSE_RATIO < B * P * P:  # sparse: A R costs O(E·P), not O(P³)
+        s, i, m = flat // (P * P), flat // P % P, flat % P
+        idx = torch.stack([s * P + i, s * P + m])  # [2, e] rows and columns of the block diagonal
+        adj = torch.sparse_coo_tensor(
+            idx, torch.ones(flat.numel(), device=device), (B * P, B * P), check_invariants=False
+        ).coalesce()
+
+        def step(r: Tensor) -> Tensor:
+            return (r + torch.sparse.mm(adj, r.view(B * P, P)).view(B, P, P)).clamp_(max=1.0)
+
+    else:
+        dense = torch.zeros(B * P * P, device=device)
+        dense[flat] = 1.0
+        dense = dense.view(B, P, P)  # dense[s, i, m] = 1 iff an edge m -> i
+
+        def step(r: Tensor) -> Tensor:
+            return torch.baddbmm(r, dense, r).clamp_(max=1.0)
+
+    total = B * P  # pairs reached so far
+    for d in range(1, levels + 1):
+        nxt = step(reach)  # R_d [B, P, P]
+        now = int(torch.count_nonzero(nxt))
         if now == total:
-            break
-        seen += reach
-        total, steps = now, steps + 1
-    dist = (steps - seen).long()  # [B, P, P]
-    return dist.masked_fill_(reach == 0, -1)
+            return dist
+        dist.masked_fill_((nxt > reach), d)
+        reach, total = nxt, now
+    if limit is None or levels == P - 1:
+        return dist
+    return dist.masked_fill_(_reachable(flat, reach, total, B, P) & (dist < 0), limit + 1)
+
+
+def _reachable(flat: Tensor, reach: Tensor, total: int, B: int, P: int) -> Tensor:
+    """Which j reach which i at all, from R_d (``reach``, ``total`` nonzeros) that covers paths
+    of up to d hops: for edges in both directions, the connected components (one SciPy call,
+    O(E + B·P)); else R squared until it stops growing (R_{2d} = min(R_d R_d, 1)).
+
+    Shapes:
+        flat [e], reach [B, P, P] -> [B, P, P] bool.
+    """
+    s, i, m = flat // (P * P), flat // P % P, flat % P
+    mirror = (s * P + m) * P + i  # [e] the reverse edge's index
+    if torch.equal(torch.unique(flat), torch.unique(mirror)):
+        from scipy.sparse import coo_array
+        from scipy.sparse.csgraph import connected_components
+
+        rows, cols = (s * P + i).cpu().numpy(), (s * P + m).cpu().numpy()
+        adj = coo_array((np.ones(rows.size), (rows, cols)), shape=(B * P, B * P))
+        _, label = connected_components(adj, directed=False)
+        comp = torch.from_numpy(label).to(reach.device).view(B, P)  # [B, P]
+        return comp[:, :, None] == comp[:, None, :]
+    while True:
+        nxt = torch.bmm(reach, reach).clamp_(max=1.0)  # R_{2d} [B, P, P]
+        now = int(torch.count_nonzero(nxt))
+        if now == total:
+            return reach > 0
+        reach, total = nxt, now
 
 
 def _successors(adj: Tensor, dist: Tensor) -> Tensor:
@@ -188,7 +249,9 @@ def shortest_paths(
         num_nodes: N, the number of nodes of all input graphs together.
         batch: graph id of each node [N], sorted (as PyG's ``Batch`` gives it); None for one
             graph. Edges must stay within a graph.
-        max_distance: d_max >= 0; longer distances are clipped to it (default 20).
+        max_distance: d_max, 0 <= d_max <= 2**63 - 2; longer distances are clipped to it
+            (default 20). The search stops after d_max levels; pairs farther apart are then
+            only told reachable or not.
         max_hops: M >= 0, how many edges of one shortest path to return per pair (Graphormer's
             ``multi_hop_max_dist``; default 0: no paths).
 
@@ -197,8 +260,9 @@ def shortest_paths(
         E_c = Σ_b n_b², in ``complete_graph(lengths=...)`` edge order (by target, then source).
 
     Raises:
-        ValueError: ``max_distance`` or ``max_hops`` is not an int >= 0, ``num_nodes`` < 1,
-            ``batch`` is malformed, unsorted or disagrees with ``edge_index``.
+        ValueError: ``max_distance`` or ``max_hops`` is not an int >= 0, ``max_distance`` >
+            2**63 - 2, ``num_nodes`` < 1, ``batch`` is malformed, unsorted or disagrees with
+            ``edge_index``.
         TypeError: ``edge_index`` is not a LongTensor.
     """
     max_distance = _check_max(max_distance, "max_distance")
@@ -238,11 +302,8 @@ def shortest_paths(
         members = order[(g_end[k - 1] if k else 0) : g_end[k]]  # [B_k] graphs of this bucket
         e0 = e_end[k - 1] if k else 0
         flat = flat_sorted[e0 : e_end[k]]  # [e_in] this bucket's input edges
-        # adjacency block [B_k, P, P]: adj[s, i, m] = 1 iff an edge m -> i
-        adj = torch.zeros(members.numel() * P * P, device=device)
-        adj[flat] = 1.0
-        adj = adj.view(-1, P, P)
-        raw = _bfs(adj)  # [B_k, P, P], -1 = no path
+        # hops [B_k, P, P] (-1 = no path); exact up to max_distance, all of them for paths
+        raw = _bfs(flat, members.numel(), P, None if max_hops else max_distance)
         # graph by graph, target-major: the complete graph's edge order within each graph
         d = raw.reshape(-1, P * P)  # [B_k, P²]
         pairs = pair_start[members, None] + torch.arange(P * P, device=device)  # [B_k, P²]
@@ -252,7 +313,9 @@ def shortest_paths(
             ids = e_order[e0 : e_end[k]]  # [e_in] ids of this bucket's input edges
             eid.scatter_reduce_(0, flat, ids, reduce="amax")  # one id per (m -> i)
             eid = eid.view(-1, P, P)  # [B_k, P(target), P(source)]
-            succ = _successors(adj, raw)  # [B_k, P, P]
+            adj = torch.zeros(members.numel() * P * P, device=device)
+            adj[flat] = 1.0  # adj[s, i, m] = 1 iff an edge m -> i
+            succ = _successors(adj.view(-1, P, P), raw)  # [B_k, P, P]
             s = torch.arange(members.numel(), device=device)[:, None]  # [B_k, 1]
             ar = torch.arange(P, device=device)
             i, cur = ar[:, None].expand(P, P).reshape(-1), ar.repeat(P)  # [P²] target, source
@@ -288,7 +351,7 @@ def shortest_path_distances(
         edge_index: the input graphs' edges [2, E_in] (row 0 source j, row 1 target i).
         num_nodes: N, the number of nodes of all input graphs together.
         batch: graph id of each node [N], sorted; None for one graph.
-        max_distance: d_max >= 0 (default 20).
+        max_distance: 0 <= d_max <= 2**63 - 2 (default 20).
 
     Returns:
         ``(g, dist)``: g a TokenGraph, the complete graph per input graph (block-diagonal,
@@ -299,8 +362,9 @@ def shortest_path_distances(
         edge_index [2, E_in], batch [N] -> g.edge_index [2, Σ_b n_b²], dist [Σ_b n_b²].
 
     Raises:
-        ValueError: a negative or non-integer ``max_distance``, ``num_nodes`` < 1, or a
-            ``batch`` that is malformed, unsorted or disagrees with ``edge_index``.
+        ValueError: a negative, non-integer or too large (> 2**63 - 2) ``max_distance``,
+            ``num_nodes`` < 1, or a ``batch`` that is malformed, unsorted or disagrees with
+            ``edge_index``.
     """
     res = shortest_paths(edge_index, num_nodes, batch=batch, max_distance=max_distance)
     return res.graph, res.distance

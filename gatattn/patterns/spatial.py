@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from ..graph import TokenGraph, check_lengths
+from ..validation import check_batch_ids
 from ._common import MAX_EDGES, check_edge_cap, positive_int
 
 __all__ = ["knn_graph", "radius_graph"]
@@ -107,6 +108,7 @@ def _sequences(
             raise ValueError(
                 f"{name}: batch must be [N] = [{pos.size(0)}], got {list(batch.shape)}"
             )
+        check_batch_ids(batch, name)
         counts = torch.bincount(batch)  # [B]
         if bool((batch[1:] < batch[:-1]).any()) or bool((counts == 0).any()):
             raise ValueError(f"{name}: batch must be sorted with ids 0..B-1 and no gaps")

@@ -2,7 +2,7 @@
 
     base        ScoreFunction, ScoreBias, Biased (score + biases), Edges, DenseContext
     functions   scaled_dot, dot, additive (GAT), gatv2, cosine, bilinear, neg_distance, callables
-    biases      relative position (T5), ALiBi, edge features
+    biases      relative position (T5), ALiBi, edge features, per-edge values (masks)
     structural  Graphormer's spatial (hop distance) and path (edge) encodings
     softcap     c·tanh(w/c) around any score (Gemma 2)
     rotary      s·<R(p_i) q_i, R(p_j) k_j> (RoPE: partial, interleaved, axial positions)
@@ -21,9 +21,17 @@ from .base import (
     ScoreBias,
     ScoreCallable,
     ScoreFunction,
+    check_score_sizes,
     check_scores,
 )
-from .biases import ALiBi, EdgeFeatureBias, RelativePositionBias, alibi_slopes, t5_bucket
+from .biases import (
+    ALiBi,
+    AttnMaskBias,
+    EdgeFeatureBias,
+    RelativePositionBias,
+    alibi_slopes,
+    t5_bucket,
+)
 from .functions import (
     Additive,
     Bilinear,
@@ -47,6 +55,7 @@ __all__ = [
     "SCORES",
     "ALiBi",
     "Additive",
+    "AttnMaskBias",
     "BiasKind",
     "Biased",
     "Bilinear",
@@ -70,6 +79,7 @@ __all__ = [
     "SpatialBias",
     "alibi_slopes",
     "apply_rotary",
+    "check_score_sizes",
     "check_scores",
     "make_score",
     "register_score",

@@ -24,9 +24,10 @@ runs, so a rotary score runs wherever w' runs (SDPA for s·<q_i, k_j>).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from torch import Tensor, nn
 
@@ -45,6 +46,7 @@ __all__ = [
     "ScoreBias",
     "ScoreCallable",
     "ScoreFunction",
+    "check_score_sizes",
     "check_scores",
 ]
 
@@ -145,7 +147,54 @@ def check_scores(fn: object, out: object, num_edges: int, heads: int, like: Tens
     return out.to(like.dtype)
 
 
-class ScoreFunction(nn.Module):
+def check_score_sizes(score: ScoreFunction, num_heads: int, head_dim: int) -> None:
+    """Refuse a score, or one of its biases, built for another head count or head size.
+
+    Raises:
+        ValueError: a part declares ``num_heads`` != H or ``head_dim`` != D (the message
+            names the part and both sizes).
+    """
+    base, biases = score.parts()
+    for part in (base, *biases):
+        label = f"{type(part).__name__} ({getattr(part, 'name', '?')!r})"
+        for attr, want in (("num_heads", num_heads), ("head_dim", head_dim)):
+            got = getattr(part, attr, None)
+            if got is not None and got != want:
+                raise ValueError(
+                    f"score part {label} was built for {attr}={got}, but the layer has "
+                    f"{attr}={want}; build it with {attr}={want}"
+                )
+
+
+def _ignored_backends(owner: str) -> None:
+    """Warn that a score or bias lists backends (the old API): nothing reads that list, so the
+    score would silently run on the edge backend alone (docs/scores.md, "What a score declares")."""
+    warnings.warn(
+        f"{owner} sets `backends`, which gatattn no longer reads: a score declares what its "
+        "formula is (sdpa_scale(D), has_dense, pairwise_dense; a bias its kind) and each "
+        "backend decides from that (docs/scores.md, 'What a score declares'). Without those "
+        "declarations it runs on the edge backend only",
+        UserWarning,
+        stacklevel=3,
+    )
+
+
+class _Declares(nn.Module):
+    """Shared by ScoreFunction and ScoreBias: a ``backends`` list is refused loudly (a class
+    attribute when the class is made, an instance attribute when it is set)."""
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if "backends" in vars(cls):
+            _ignored_backends(f"{cls.__qualname__}")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "backends":
+            _ignored_backends(f"{type(self).__qualname__} (an instance)")
+        super().__setattr__(name, value)
+
+
+class ScoreFunction(_Declares):
     """Base type of w(i, j). Subclasses implement ``forward`` (and ``dense`` when they have one).
 
     .. math:: \\alpha_{ij} = w(q_i, k_j, \\text{edge } j \\to i)
@@ -176,6 +225,10 @@ class ScoreFunction(nn.Module):
     has_dense: bool = False
     pairwise_dense: bool = False
     name: str = "score"
+    #: H and D the score's parameters were built for (None: any); ``GraphAttention`` refuses
+    #: a score built for other sizes than its own (``check_score_sizes``).
+    num_heads: int | None = None
+    head_dim: int | None = None
 
     def sdpa_scale(self, head_dim: int) -> float | None:
         """s when w(i, j) = s·<q_i, k_j> for every pair, else None (the default).
@@ -235,7 +288,7 @@ class ScoreFunction(nn.Module):
         return Biased(self, bias)
 
 
-class ScoreBias(nn.Module):
+class ScoreBias(_Declares):
     """Base type of an additive bias b(i, j) [E, H] that does not look at q or k.
 
     .. math:: \\alpha_{ij} = w(i, j) + b(i, j)
@@ -259,6 +312,8 @@ class ScoreBias(nn.Module):
 
     kind: BiasKind = PER_EDGE
     name: str = "bias"
+    #: H the bias's parameters were built for (None: any), checked as ``ScoreFunction``'s.
+    num_heads: int | None = None
 
     def forward(self, edges: Edges) -> Tensor:
         """Per-edge bias on ``edges`` -> [e, H]."""
@@ -267,6 +322,17 @@ class ScoreBias(nn.Module):
     def dense(self, ctx: DenseContext) -> Tensor:
         """Dense bias -> [H, L_q, L_k]."""
         raise NotImplementedError
+
+    def dense_grid(self, edge_attr: object) -> Tensor | None:
+        """This bias on the padded per-sequence grid, read from a grid-form edge input
+        (``scores.grid.GridInput``) without any edge, or None (the default: it has no such
+        form, or ``edge_attr`` holds none). Equal to ``forward`` on every edge of a graph
+        that is the whole grid in grid order.
+
+        Shapes:
+            -> [B | 1, H | 1, L_q, L_k]: additive floats, or bool (True = 0, False = -inf).
+        """
+        return None
 
 
 class Biased(ScoreFunction):

@@ -88,6 +88,7 @@ class Additive(ScoreFunction):
 
     def __init__(self, num_heads: int, head_dim: int, negative_slope: float = 0.2) -> None:
         super().__init__()
+        self.num_heads, self.head_dim = num_heads, head_dim
         self.negative_slope = negative_slope
         self.att_dst = nn.Parameter(torch.empty(num_heads, head_dim))  # a_l [H, D]
         self.att_src = nn.Parameter(torch.empty(num_heads, head_dim))  # a_r [H, D]
@@ -124,6 +125,7 @@ class GATv2(ScoreFunction):
 
     def __init__(self, num_heads: int, head_dim: int, negative_slope: float = 0.2) -> None:
         super().__init__()
+        self.num_heads, self.head_dim = num_heads, head_dim
         self.negative_slope = negative_slope
         self.att = nn.Parameter(torch.empty(num_heads, head_dim))  # a [H, D]
         nn.init.xavier_uniform_(self.att)
@@ -155,6 +157,7 @@ class Cosine(ScoreFunction):
         super().__init__()
         if temperature <= 0 or max_temperature <= 0:
             raise ValueError(f"temperatures must be > 0, got {temperature}, {max_temperature}")
+        self.num_heads = num_heads
         self.log_temperature = nn.Parameter(torch.full((num_heads,), math.log(temperature)))
         self.max_log_temperature = math.log(max_temperature)
 
@@ -187,6 +190,7 @@ class Bilinear(ScoreFunction):
 
     def __init__(self, num_heads: int, head_dim: int) -> None:
         super().__init__()
+        self.num_heads, self.head_dim = num_heads, head_dim
         eye = torch.eye(head_dim) / math.sqrt(head_dim)
         self.weight = nn.Parameter(eye.repeat(num_heads, 1, 1))  # W [H, D, D]
 

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import Edges, ScoreBias
+from .grid import GridInput, table_gather
 
 __all__ = ["GRAPH_TOKEN_DISTANCE", "PathEncodingBias", "SpatialBias"]
 
@@ -83,11 +84,24 @@ class SpatialBias(ScoreBias):
             )
         if dist.dim() == 2 and dist.size(1) == 1:
             dist = dist.squeeze(1)
+        if dist.dtype == torch.bool:  # True/False would read as 1/0 hops
+            raise ValueError(
+                "edge_attr['distance'] must be an integer tensor [E] of hop counts, got dtype "
+                "torch.bool (a mask, not distances: pass ga.shortest_path_distances' dist)"
+            )
         if dist.dim() != 1 or dist.is_floating_point() or dist.is_complex():
             raise ValueError(
                 f"edge_attr['distance'] must be an integer tensor [E], got dtype {dist.dtype} "
                 f"and shape {list(dist.shape)}"
             )
+        return self._check_range(dist).long()
+
+    def _check_range(self, dist: Tensor) -> Tensor:
+        """``dist`` itself, after checking it indexes the table (-1 only with the token).
+
+        Raises:
+            ValueError: a distance outside -1 / 0 .. max_distance + 1.
+        """
         low = GRAPH_TOKEN_DISTANCE if self.token_weight is not None else 0
         if dist.numel() and not torch.compiler.is_compiling():
             lo, hi = int(dist.min()), int(dist.max())
@@ -97,7 +111,7 @@ class SpatialBias(ScoreBias):
                     f"SpatialBias(max_distance={self.max_distance}) (valid: {low}.."
                     f"{self.max_distance + 1}); build it with the same max_distance"
                 )
-        return dist.long()
+        return dist
 
     def forward(self, edges: Edges) -> Tensor:
         dist = self._distance(edges)  # [e]
@@ -106,6 +120,35 @@ class SpatialBias(ScoreBias):
             token = (dist == GRAPH_TOKEN_DISTANCE).unsqueeze(-1)  # [e, 1]
             bias = torch.where(token, self.token_weight, bias)  # [e, H]
         return bias
+
+    def dense_grid(self, edge_attr: object) -> Tensor | None:
+        """b on the padded grid, gathered from the table by the distance grid of a
+        ``GridInput`` (the dense backend scatters the distances there once per graph), else
+        None. Its table gradient is one pass over the grid (``table_gather``).
+
+        Shapes:
+            distance grid [B, 1, L_q, L_k] -> [B, H, L_q, L_k].
+        """
+        if not isinstance(edge_attr, GridInput):
+            return None
+        dist = edge_attr.grid("distance")
+        if dist is None or dist.is_floating_point() or dist.dtype == torch.bool:
+            return None
+        table: Tensor = self.weight  # [M + 2, H]
+        if self.token_weight is not None:
+            table = torch.cat([table, self.token_weight.unsqueeze(0)])  # [M + 3, H]
+        rows, H = table.size(0), table.size(1)
+
+        def index() -> Tensor:  # [B, H, L_q, L_k]: flat index h·rows + d into table.t()
+            d = self._check_range(dist).long()
+            if self.token_weight is not None:
+                d = torch.where(d == GRAPH_TOKEN_DISTANCE, rows - 1, d)
+            heads = torch.arange(H, device=d.device).view(1, H, 1, 1) * rows
+            return d + heads
+
+        token = self.token_weight is not None  # the key holds what the index and its check read
+        idx = edge_attr.derived(("spatial_index", self.max_distance, token, H), index)
+        return table_gather(table.t().reshape(-1), idx)  # [B, H, L_q, L_k]
 
     def extra_repr(self) -> str:
         token = ", graph_token=True" if self.token_weight is not None else ""
@@ -157,7 +200,7 @@ class PathEncodingBias(ScoreBias):
                 f"edge_attr['path_attr'] must be [E, >= max_hops={M}, edge_dim={F}], got "
                 f"{list(feats.shape)}"
             )
-        if length.dim() != 1 or length.is_floating_point():
+        if length.dim() != 1 or length.is_floating_point() or length.dtype == torch.bool:
             raise ValueError(
                 f"edge_attr['path_len'] must be an integer tensor [E], got {length.dtype} "
                 f"{list(length.shape)}"

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 import gatattn as ga
 from gatattn.backends import BACKENDS, Problem, attend, select_backend
 from gatattn.backends.dense import DenseBackend, dense_keys
-from gatattn.interop.masks import AttnMaskBias
+from gatattn.scores import AttnMaskBias
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

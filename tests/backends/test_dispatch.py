@@ -229,3 +229,13 @@ def test_auto_under_compile_never_guards_on_the_edge_count() -> None:
     torch.testing.assert_close(compiled(x, mask), run(x, mask), atol=1e-12, rtol=0)
     p = _problem(layer.score, ga.window_graph(N, 32), torch.zeros(0, 3, 7))
     assert select_backend("auto", p)[0] == "block"  # outside compile: the fast paths stay
+
+
+def test_attend_names_a_graph_on_another_device() -> None:
+    """The functional entry point: a meta graph with CPU queries used to run the tagged dense
+    plan (which reads no edges) and return an answer."""
+    q = torch.randn(5, 3, 7)  # [N, H, D]
+    p = Problem(q, q, q, ga.complete_graph(5, device="meta"), ga.make_score("scaled_dot", 3, 7))
+    for backend in ("auto", "edge", "dense"):
+        with pytest.raises(ValueError, match="attend: the graph is on meta but q is on cpu"):
+            attend(p, backend)

@@ -136,6 +136,9 @@ def test_spatial_bias_in_the_registry() -> None:
         (torch.tensor([0, -1, 1, 0]), r"values in \[-1, 1\], outside the table"),
         (torch.tensor([0.0, 1.0, 1.0, 0.0]), "must be an integer tensor"),
         (torch.zeros(4, 2, dtype=torch.long), "must be an integer tensor"),
+        # bool used to be read as 0/1 hops, silently
+        (torch.tensor([False, True, True, False]), "integer tensor .* got dtype torch.bool"),
+        (torch.tensor([[False], [True], [True], [False]]), "got dtype torch.bool"),
     ],
 )
 def test_spatial_bias_bad_distances(dist: Tensor, match: str) -> None:
@@ -245,6 +248,10 @@ def test_path_encoding_gradcheck() -> None:
             "must be",
         ),
         ({"path_attr": torch.zeros(4, 2, 2), "path_len": torch.zeros(4)}, "must be an integer"),
+        (
+            {"path_attr": torch.zeros(4, 2, 2), "path_len": torch.ones(4, dtype=torch.bool)},
+            r"must be an integer tensor \[E\], got torch.bool",
+        ),
         (
             {"path_attr": torch.zeros(4, 2, 2), "path_len": -torch.ones(4, dtype=torch.long)},
             "negative length -1",

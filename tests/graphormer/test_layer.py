@@ -176,3 +176,15 @@ def test_transform_bad_args() -> None:
         ga.AddShortestPaths(max_hops=1.0)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="needs a graph with >= 1 node"):
         ga.AddShortestPaths()(Data(edge_index=torch.empty(2, 0, dtype=torch.long), num_nodes=0))
+    with pytest.raises(ValueError, match=r"max_distance must be at most 2\*\*63 - 2"):
+        ga.AddShortestPaths(max_distance=2**63 - 1)
+
+
+def test_transform_graph_refuses_negative_batch_ids() -> None:
+    """A negative id in data.batch used to crash inside torch.bincount."""
+    data = Data(edge_index=torch.empty(2, 0, dtype=torch.long), num_nodes=3)
+    data.batch = torch.tensor([-1, 0, 0])
+    with pytest.raises(
+        ValueError, match=r"AddShortestPaths.graph: batch holds a negative graph id \(-1"
+    ):
+        ga.AddShortestPaths.graph(data)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 
 import networkx as nx
 import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import gatattn as ga
 
@@ -144,6 +146,70 @@ def test_large_graph_and_many_sizes() -> None:
     assert res.distance.equal(dist)
 
 
+@st.composite
+def long_graphs(draw: st.DrawFn) -> tuple[torch.Tensor, int, torch.Tensor]:
+    """A batch of 1-3 graphs of 1-60 nodes: a directed or two-way path (long distances, far
+    beyond max_distance) plus a few random edges, some isolated nodes."""
+    sizes = draw(st.lists(st.integers(1, 60), min_size=1, max_size=3))
+    edges, batch, start = [], [], 0
+    for b, n in enumerate(sizes):
+        two_way = draw(st.booleans())
+        chain = draw(st.integers(0, n - 1))  # nodes 0..chain form a path
+        pairs = [(k, k + 1) for k in range(chain)]
+        pairs += draw(st.lists(st.tuples(st.integers(0, n - 1), st.integers(0, n - 1)), max_size=3))
+        for j, i in pairs:
+            edges.append((start + j, start + i))
+            if two_way:
+                edges.append((start + i, start + j))
+        batch += [b] * n
+        start += n
+    return torch.tensor(edges, dtype=torch.long).t().reshape(2, -1), start, torch.tensor(batch)
+
+
+@given(long_graphs(), st.integers(0, 5))
+def test_long_distances_equal_networkx(data: tuple, max_distance: int) -> None:
+    """Distances beyond max_distance are clipped, and "no path" stays apart from "far"."""
+    ei, n, batch = data
+    _, dist = ga.shortest_path_distances(ei, n, batch=batch, max_distance=max_distance)
+    assert dist.tolist() == _nx_distance(ei, batch, max_distance)
+    res = ga.shortest_paths(ei, n, batch=batch, max_distance=max_distance, max_hops=1)
+    assert res.distance.equal(dist)
+
+
+def _ops(fn: Callable[[], object]) -> int:
+    """How many aten operators ``fn`` dispatches."""
+
+    class Count(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+            Count.n += 1
+            return func(*args, **(kwargs or {}))
+
+    with Count():
+        fn()
+    return Count.n
+
+
+@pytest.mark.parametrize("two_way", [False, True])
+def test_search_stops_at_max_distance(two_way: bool) -> None:
+    """A chain of P nodes with max_distance=3 takes O(max_distance + log P) search steps, not
+    O(P): doubling the chain adds a constant number of operators (a few, not P more levels)."""
+
+    def chain(P: int) -> Callable[[], object]:
+        ei = torch.stack([torch.arange(P - 1), torch.arange(1, P)])  # [2, P - 1]
+        if two_way:
+            ei = torch.cat([ei, ei.flip(0)], 1)
+        return lambda: ga.shortest_path_distances(ei, P, max_distance=3)
+
+    small, large = _ops(chain(100)), _ops(chain(200))
+    assert large - small <= 30, (small, large)
+    _, dist = chain(200)()  # type: ignore[misc]
+    d = dist.view(200, 200)
+    assert d[199, 0] == 3 and d[3, 0] == 3 and d[2, 0] == 2
+    assert d[0, 199] == (3 if two_way else 4)  # far (clipped), or no path (max_distance + 1)
+
+
 def test_path_inputs() -> None:
     ei = torch.tensor([[0, 1, 2], [1, 2, 3]])
     feats = torch.arange(3.0).unsqueeze(1) + 1  # edge k has feature k + 1
@@ -164,6 +230,18 @@ EI = torch.tensor([[0, 1], [1, 2]])
 def test_bad_max_distance(bad: object) -> None:
     with pytest.raises(ValueError, match="max_distance must be an int >= 0"):
         ga.shortest_path_distances(EI, 3, max_distance=bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("bad", [2**63 - 1, 2**64])
+def test_max_distance_beyond_int64(bad: int) -> None:
+    """ "No path" is coded max_distance + 1 in a LongTensor: it must fit."""
+    with pytest.raises(ValueError, match=rf"max_distance must be at most 2\*\*63 - 2.*{bad}"):
+        ga.shortest_path_distances(EI, 3, max_distance=bad)
+
+
+def test_largest_max_distance() -> None:
+    _, dist = ga.shortest_path_distances(EI, 3, max_distance=2**63 - 2)
+    assert dist.view(3, 3).tolist() == [[0, 2**63 - 1, 2**63 - 1], [1, 0, 2**63 - 1], [2, 1, 0]]
 
 
 @pytest.mark.parametrize("bad", [-2, 1.5])

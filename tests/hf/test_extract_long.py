@@ -127,3 +127,33 @@ def test_grouped_query_llama_records_each_heads_kv_group(window: int | None) -> 
         torch.testing.assert_close(s.weights, ref.weights, rtol=0, atol=1e-13)
         assert s.num_kv_heads == 2 and torch.equal(s.kv_head, s.head // 2)
         assert s.metadata()["kv_head_of"] == "0 0 1 1"
+
+
+@pytest.mark.parametrize("family", ["bloom", "t5"])
+def test_per_edge_biases_are_placed_at_their_edges(family: str) -> None:
+    """BLOOM's ALiBi (a float mask) and T5's position bias reach the attention as per-edge
+    biases, read by edge id: the blocks place them at their edges, and the sparse graph equals
+    the whole extraction (padding on one row)."""
+    torch.manual_seed(0)
+    if family == "bloom":
+        config = transformers.BloomConfig(
+            vocab_size=60, hidden_size=24, n_layer=2, n_head=4, attn_implementation="eager"
+        )
+        model = transformers.BloomModel(config)
+    else:
+        config = transformers.T5Config(
+            vocab_size=60, d_model=24, d_kv=6, d_ff=28, num_layers=2, num_heads=4,
+            relative_attention_num_buckets=8, attn_implementation="eager",
+        )  # fmt: skip
+        model = transformers.T5EncoderModel(config)
+    conv = ga.convert(model.double().eval())
+    ids = torch.randint(0, 60, (2, 7), generator=torch.Generator().manual_seed(1))
+    mask = torch.tensor([[1] * 7, [1] * 5 + [0, 0]])
+    full = ga.hf.attention_graphs(conv, input_ids=ids, attention_mask=mask)
+    sp = ga.hf.attention_graphs(conv, input_ids=ids, attention_mask=mask, top_k=3)
+    assert len(sp.sparse) == len(full.attentions) == 2
+    for s, att in zip(sp.sparse, full.attentions, strict=True):
+        ref = sparsify(att, top_k=3)
+        assert torch.equal(s.edge_index, ref.edge_index) and torch.equal(s.head, ref.head)
+        torch.testing.assert_close(s.weights, ref.weights, rtol=0, atol=1e-13)
+        torch.testing.assert_close(s.scores, ref.scores, rtol=0, atol=1e-13)

@@ -84,6 +84,21 @@ SPECS: dict[str, tuple[str, str, str, dict[str, Any]]] = {
         {**DEC, "head_dim": 10, "sliding_window": 3, "layer_types": LOCAL},
     ),
     "phi3": ("decoder", "Phi3ForCausalLM", "Phi3Config", DEC),
+    "gpt-oss": (
+        "decoder",
+        "GptOssForCausalLM",
+        "GptOssConfig",
+        {
+            **DEC,
+            "head_dim": 10,
+            "sliding_window": 3,
+            "layer_types": LOCAL,
+            "num_local_experts": 2,
+            "num_experts_per_tok": 1,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0},
+            "experts_implementation": "eager",  # grouped_mm takes no fp64
+        },
+    ),
     "gpt-neox": (
         "decoder",
         "GPTNeoXForCausalLM",
@@ -231,7 +246,12 @@ def build(family: str, dtype: torch.dtype = torch.float64) -> Any:
     _, model, config, kwargs = SPECS[family]
     cfg = getattr(transformers, config)(**kwargs, attn_implementation="eager")
     torch.manual_seed(0)
-    return getattr(transformers, model)(cfg).to(dtype).eval()
+    built = getattr(transformers, model)(cfg).to(dtype).eval()
+    with torch.no_grad():  # gpt-oss's sinks start near 0 (std 0.02): make them count
+        for name, param in built.named_parameters():
+            if name.endswith(".sinks"):
+                param.normal_(0.0, 2.0)
+    return built
 
 
 def batch(family: str, left: bool) -> tuple[dict[str, Any], torch.Tensor]:
@@ -333,6 +353,7 @@ def _edges(g: ga.TokenGraph) -> set[tuple[int, int]]:
     ("family", "kinds"),
     [
         ("gemma3", ("window", "causal")),
+        ("gpt-oss", ("window", "causal")),
         ("qwen2", ("causal", "window")),
         ("mistral", ("window", "window")),
         ("modernbert", ("complete", "local")),
@@ -389,8 +410,10 @@ def test_errors() -> None:
     module = conv.model.layers[0].self_attn
     q = torch.randn(2, H, 3, 10, dtype=torch.float64)  # [B, H, L, D]
     args = {"module": module, "query": q, "key": q, "value": q, "attention_mask": None}
-    with pytest.raises(UnsupportedModelError, match=r"LlamaAttention passes \['s_aux'\]"):
-        graph_attention(**args, s_aux=torch.zeros(H))
+    with pytest.raises(
+        UnsupportedModelError, match=r"LlamaAttention passes attention sinks of shape \[5\]"
+    ):
+        graph_attention(**args, s_aux=torch.zeros(H + 1))
     with pytest.raises(UnsupportedModelError, match="3 key/value heads for 4 query heads"):
         graph_attention(**{**args, "key": q[:, :3], "value": q[:, :3]})
     with pytest.raises(UnsupportedModelError, match="sliding_window=0"):
@@ -447,3 +470,41 @@ def test_float_mask_with_a_bias_is_a_graph_plus_a_bias() -> None:
     ref = torch.softmax(q @ k.transpose(-1, -2) * 0.3 + mask, -1)  # [B, H, L, L]
     assert weights is not None and (weights - ref).abs().max() <= 1e-12
     assert (out - (ref @ v).transpose(1, 2)).abs().max() <= 1e-12
+
+
+def test_sparse_extraction_refuses_attention_sinks() -> None:
+    """gpt-oss converts, but top-k extraction computes its weights without the sink: refused."""
+    conv = ga.convert(build("gpt-oss"))
+    inputs, _ = batch("gpt-oss", False)
+    with pytest.raises(UnsupportedModelError, match="GptOssAttention has attention sinks"):
+        ga.hf.attention_graphs(conv, **inputs, top_k=2)
+    assert len(ga.hf.attention_graphs(conv, **inputs).attentions) == 2  # whole layers: fine
+
+
+def test_alternating_layers_build_one_graph_per_kind(monkeypatch: pytest.MonkeyPatch) -> None:
+    """4 layers, local and global alternating: one graph per layer kind and forward (the
+    per-model cache keeps both), on the prompt and on each cached decoding step."""
+    import gatattn.hf.attention as attention
+
+    _, model, config, kwargs = SPECS["gpt-oss"]
+    cfg = getattr(transformers, config)(
+        **{**kwargs, "num_hidden_layers": 4, "layer_types": LOCAL * 2},
+        attn_implementation="eager",
+    )
+    torch.manual_seed(0)
+    conv = ga.convert(getattr(transformers, model)(cfg).double().eval())
+    built: list[tuple[int, int, int]] = []
+    real = attention.mask_graph
+
+    def counting(*args: Any, **kw: Any) -> Any:
+        built.append(args[2])  # (B, L_q, L_k)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(attention, "mask_graph", counting)
+    inputs, _ = batch("gpt-oss", left=True)
+    with torch.no_grad():
+        conv(**inputs)
+        assert len(built) == 2, built  # not 4
+        built.clear()
+        conv.generate(**inputs, max_new_tokens=3, min_new_tokens=3, do_sample=False)
+    assert len(built) == 2 * 3, built  # the prompt and 2 cached steps, 2 kinds each

@@ -97,3 +97,49 @@ def test_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(html_module, "MAX_VALUES", 10)
     with pytest.raises(ValueError, match="too many for one HTML file"):
         ga.plot.attention_html(atts, tokens)
+
+
+@pytest.mark.parametrize("dense", [False, True])
+def test_too_large_input_is_refused_before_its_data_is_built(
+    monkeypatch: pytest.MonkeyPatch, dense: bool
+) -> None:
+    """The limit used to be checked after every layer's lists were built (4-11 s to say no on a
+    large input); now the count comes first, from tensor ops, and nothing is built."""
+    atts = _layers()
+    layers = [torch.full((1, 3, 5, 5), 0.2)] if dense else atts
+    monkeypatch.setattr(html_module, "MAX_VALUES", 10)
+
+    def never(*args: object) -> None:
+        raise AssertionError("built the data of an input that is refused for its size")
+
+    monkeypatch.setattr(html_module, "_from_attention", never)
+    monkeypatch.setattr(html_module, "_from_dense", never)
+    with pytest.raises(ValueError, match=r"\d+ values are too many for one HTML file"):
+        ga.plot.attention_html(layers, list("abcde"))  # type: ignore[arg-type]
+
+
+def test_count_before_building_equals_the_built_count() -> None:
+    """The early count is exact: an input right at the limit passes, one value less fails."""
+    atts = _layers()
+    data = _payload(ga.plot.attention_html(atts, list("abcde")))
+    total = sum(len(layer["src"]) for layer in data["layers"]) * data["heads"] * 2
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(html_module, "MAX_VALUES", total)
+        ga.plot.attention_html(atts, list("abcde"))
+        mp.setattr(html_module, "MAX_VALUES", total - 1)
+        with pytest.raises(ValueError, match=f"{total} values are too many"):
+            ga.plot.attention_html(atts, list("abcde"))
+
+
+def test_title_with_a_lone_surrogate_is_written(tmp_path: Path) -> None:
+    """A lone surrogate (not encodable in UTF-8) in the title used to fail the write with a
+    UnicodeEncodeError that did not name the title; it shows as U+FFFD now. Tokens with one are
+    escaped in the JSON data and round-trip."""
+    doc = ga.plot.attention_html(
+        _layers(), ["a\ud800", "b", "c", "d", "e"], title="x\udc80y", path=tmp_path / "v.html"
+    )
+    assert "<title>x\ufffdy</title>" in doc
+    assert (tmp_path / "v.html").read_text(encoding="utf-8") == doc
+    assert _payload(doc)["tokens"][0] == "a\ud800"
+    with pytest.raises(TypeError, match="title must be a str, got int: 3"):
+        ga.plot.attention_html(_layers(), list("abcde"), title=3)  # type: ignore[arg-type]

@@ -14,7 +14,12 @@ import torch
 from torch import Tensor, nn
 
 import gatattn as ga
-from gatattn.interop import DtypeAssertionError, ShapeAssertionError, ShapeRuntimeError
+from gatattn.interop import (
+    DeviceRuntimeError,
+    DtypeAssertionError,
+    ShapeAssertionError,
+    ShapeRuntimeError,
+)
 
 B, L, S, H, C = 2, 5, 7, 3, 12
 Call = Callable[[nn.Module], object]
@@ -211,6 +216,29 @@ def test_other_bad_inputs() -> None:
     nested = torch.nested.nested_tensor([torch.randn(4, C), torch.randn(6, C)], layout=torch.jagged)
     with pytest.raises(ShapeAssertionError, match="NestedTensor outside of its fast path"):
         ga.GraphMultiheadAttention(C, H, batch_first=True)(nested, nested, nested)
+
+
+def test_inputs_masks_and_graphs_on_another_device_are_named() -> None:
+    """A mask or graph on another device (here meta) used to fail deep inside with
+    "Tensor.item() cannot be called on meta tensors"."""
+    twin = ga.GraphMultiheadAttention(C, H)
+    x = torch.randn(L, B, C)
+    meta = {
+        "key_padding_mask": torch.zeros(B, L, dtype=torch.bool, device="meta"),
+        "attn_mask": torch.zeros(L, L, dtype=torch.bool, device="meta"),
+    }
+    for name, mask in meta.items():
+        with pytest.raises(DeviceRuntimeError, match=f"{name} is on meta but query is on cpu"):
+            twin(x, x, x, **{name: mask})
+    with pytest.raises(RuntimeError, match="key is on meta but query is on cpu"):
+        twin(x, x.to("meta"), x)
+    graph = ga.complete_graph(L, device="meta")
+    match = "GraphMultiheadAttention: the graph is on meta but the features are on cpu"
+    with pytest.raises(ValueError, match=match):
+        twin.graph_forward(torch.randn(L, C), graph)
+    layer = ga.GraphTransformerEncoderLayer(C, H, 17)
+    with pytest.raises(ValueError, match=match):
+        layer(torch.randn(L, C), graph=graph)
 
 
 def test_mismatched_mask_dtypes_warn_like_torch() -> None:

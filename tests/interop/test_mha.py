@@ -321,8 +321,8 @@ def test_bool_masks_need_no_bias_but_float_and_per_head_masks_do() -> None:
             attn_mask=masks.get("attn_mask"), **kw,  # type: ignore[arg-type]
         )  # fmt: skip
         assert (bias is not None) == has_bias
-        if bias is not None:
-            assert bias.shape[0] == graph.num_edges
+        if bias is not None:  # a grid, and per edge [E, 1 | H] when read
+            assert bias["attn_mask"].shape[0] == graph.num_edges
 
 
 # ---------------------------------------------------------------------- bad input
@@ -535,8 +535,86 @@ def test_every_mask_kind_runs_on_the_dense_backend(kind: str, need_weights: bool
     )  # fmt: skip
     q, k = torch.zeros(B * L, H, C // H), torch.zeros(B * src, H, C // H)
     score = ScaledDot() if bias is None else ScaledDot() + AttnMaskBias()
-    p = Problem(q, k, k, graph, score, None if bias is None else {"attn_mask": bias})
+    p = Problem(q, k, k, graph, score, bias)
     name, why = select_backend("auto", p)
     assert name == "dense", why
     if kind in ("kpm_bool", "kpm_float", "attn_bool", "attn_bool+kpm_bool") and not need_weights:
         assert bias is None and graph.structure == "masked"
+
+
+def _empty_case_masks(b: int, lq: int, ls: int) -> dict[str, dict[str, Tensor]]:
+    return {
+        "none": {},
+        "kpm": {"key_padding_mask": torch.zeros(b, ls, dtype=torch.bool)},
+        "bool": {"attn_mask": torch.zeros(lq, ls, dtype=torch.bool)},
+        "float": {"attn_mask": torch.zeros(lq, ls, dtype=torch.float64)},
+        "per_head": {"attn_mask": torch.zeros(b * H, lq, ls, dtype=torch.bool)},
+    }
+
+
+@pytest.mark.parametrize(
+    ("lq", "ls", "b"), [(0, S, B), (L, 0, B), (L, S, 0), (0, 0, B), (0, S, 0), (0, 0, 0)]
+)
+@pytest.mark.parametrize("batch_first", [False, True])
+@pytest.mark.parametrize("mask", ["none", "kpm", "bool", "float", "per_head"])
+@pytest.mark.parametrize("need_weights", [False, True])
+def test_empty_inputs_equal_torch(
+    lq: int, ls: int, b: int, batch_first: bool, mask: str, need_weights: bool
+) -> None:
+    """L = 0, S = 0 and B = 0 used to fail with "cannot reshape tensor of 0 elements"; torch
+    accepts them. Outputs (out_proj's bias where no key exists), weights, their shapes, and the
+    parameter gradients equal torch's."""
+    torch.manual_seed(0)
+    mha = nn.MultiheadAttention(C, H, batch_first=batch_first).double()
+    with torch.no_grad():
+        mha.in_proj_bias.normal_()
+        mha.out_proj.bias.normal_()  # a query without keys outputs this bias
+    twin = ga.GraphMultiheadAttention.from_torch(mha)
+    q = torch.randn(lq, b, C, dtype=torch.float64)
+    k = torch.randn(ls, b, C, dtype=torch.float64)
+    if batch_first:
+        q, k = q.transpose(0, 1), k.transpose(0, 1)
+    kwargs = {**_empty_case_masks(b, lq, ls)[mask], "need_weights": need_weights}
+    try:
+        want = mha(q, k, k, **kwargs)
+    except RuntimeError:  # torch's own reshape fails on some empty masks: they mask nothing,
+        want = mha(q, k, k, need_weights=need_weights)  # so its unmasked call is the answer
+    got = twin(q, k, k, **kwargs)
+    assert got[0].shape == want[0].shape
+    torch.testing.assert_close(got[0], want[0], atol=1e-12, rtol=0)
+    if need_weights:
+        assert got[1] is not None and want[1] is not None and got[1].shape == want[1].shape
+        torch.testing.assert_close(got[1], want[1], atol=1e-12, rtol=0)
+    else:
+        assert got[1] is None and want[1] is None
+    want[0].sum().backward()
+    got[0].sum().backward()
+    for p_twin, p_torch in zip(twin.parameters(), mha.parameters()):
+        assert p_twin.grad is not None and p_torch.grad is not None
+        torch.testing.assert_close(p_twin.grad, p_torch.grad, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("need_weights", [True, False])
+@pytest.mark.parametrize("mask", ["none", "kpm"])
+def test_double_backward_equals_torch(need_weights: bool, mask: str) -> None:
+    """A gradient penalty (the gradient of ‖∂out/∂x‖²) equals torch's own module's, for the
+    input and every parameter. It used to fail on the default (SDPA) path with "derivative for
+    aten::_scaled_dot_product_flash_attention_for_cpu_backward is not implemented"."""
+    torch.manual_seed(0)
+    mha = nn.MultiheadAttention(C, H).double()
+    twin = ga.GraphMultiheadAttention.from_torch(mha)
+    kpm = kpm_bool(B, L) if mask == "kpm" else None
+
+    def penalty(model: nn.Module) -> list[Tensor]:
+        x = torch.randn(L, B, C, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+        x.requires_grad_()
+        # torch itself has no double backward with need_weights=False (its fused SDPA): its
+        # need_weights=True path (the math formula) is the reference, the weights unused
+        wanted = need_weights or model is mha
+        out, w = model(x, x, x, key_padding_mask=kpm, need_weights=wanted)
+        total = out.sin().sum() + (w.pow(2).sum() if need_weights else 0)
+        (gx,) = torch.autograd.grad(total, x, create_graph=True)
+        return list(torch.autograd.grad(gx.pow(2).sum(), [x, *model.parameters()]))
+
+    for a, b in zip(penalty(twin), penalty(mha)):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=0)

@@ -73,6 +73,42 @@ def test_stable_for_large_logits_in_every_dtype(dtype: torch.dtype) -> None:
 def test_mismatched_lengths_raise() -> None:
     with pytest.raises(ValueError, match="scores has 3 rows but index has 2 edges"):
         neighbourhood_softmax(torch.zeros(3, 1), torch.tensor([0, 1]), 2)
+    with pytest.raises(
+        ValueError, match=r"index has 2 edges \(shape \[1, 2\]\); index must be \[E\]"
+    ):
+        neighbourhood_softmax(torch.zeros(2, 1), torch.tensor([[0, 1]]), 2)
+
+
+@pytest.mark.parametrize(
+    ("index", "match"),
+    [
+        ([0, 1, 5], r"index holds target 5 \(edge 2\), outside \[0, num_nodes=3\)"),
+        ([0, 3, 1], r"index holds target 3 \(edge 1\), outside \[0, num_nodes=3\)"),
+        ([0, -1, 2], r"index holds target -1 \(edge 1\), outside \[0, num_nodes=3\)"),
+    ],
+)
+def test_index_out_of_range_raises(index: list[int], match: str) -> None:
+    """An index >= num_nodes (or negative) used to crash inside PyG's scatter."""
+    with pytest.raises(ValueError, match=match):
+        neighbourhood_softmax(torch.zeros(3, 2), torch.tensor(index), 3)
+
+
+def test_index_on_another_device_raises() -> None:
+    with pytest.raises(ValueError, match="index is on meta but scores are on cpu"):
+        neighbourhood_softmax(torch.zeros(2, 1), torch.tensor([0, 1], device="meta"), 2)
+
+
+def test_bad_index_dtype_and_num_nodes_raise() -> None:
+    with pytest.raises(TypeError, match="index must be a LongTensor .* got torch.int32"):
+        neighbourhood_softmax(torch.zeros(2, 1), torch.tensor([0, 1], dtype=torch.int32), 2)
+    with pytest.raises(TypeError, match="index must be a LongTensor .* got list"):
+        neighbourhood_softmax(torch.zeros(2, 1), [0, 1], 2)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="num_nodes must be an int >= 0, got 2.0"):
+        neighbourhood_softmax(torch.zeros(2, 1), torch.tensor([0, 1]), 2.0)  # type: ignore[arg-type]
+    assert neighbourhood_softmax(torch.zeros(0, 2), torch.zeros(0, dtype=torch.long), 0).shape == (
+        0,
+        2,
+    )
 
 
 @given(

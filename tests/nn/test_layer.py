@@ -210,6 +210,10 @@ def test_hostile_forward_inputs_get_named_errors() -> None:
         layer(x, g, batch=torch.zeros(N))
     with pytest.raises(TypeError, match=r"batch must be a LongTensor .* got dtype torch.bool"):
         layer(x, g, batch=torch.zeros(N, dtype=torch.bool))
+    with pytest.raises(  # used to crash inside torch.bincount
+        ValueError, match=r"GraphAttention: batch holds a negative graph id \(-2, first at node 3\)"
+    ):
+        layer(x, g, batch=torch.tensor([0, 0, 0, -2, 1]))
 
 
 def test_autocast_casts_half_and_fp32_inputs_but_not_fp64() -> None:
@@ -221,3 +225,37 @@ def test_autocast_casts_half_and_fp32_inputs_but_not_fp64() -> None:
         assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
         with pytest.raises(TypeError, match="x has dtype torch.float64 but the layer's"):
             layer(torch.randn(N, C, dtype=torch.float64), g)
+
+
+@pytest.mark.parametrize(
+    "graph",
+    [
+        ga.complete_graph(N, device="meta"),  # tagged: the dense backend never read its edges
+        ga.window_graph(N, 1).to("meta"),
+        torch.zeros(2, 4, dtype=torch.long, device="meta"),  # a raw edge_index
+    ],
+    ids=["complete", "window", "edge_index"],
+)
+def test_graph_on_another_device_is_named(graph: ga.TokenGraph | torch.Tensor) -> None:
+    """A meta complete graph with CPU features used to give an answer (the tagged dense plan
+    reads no edges); a meta edge_index failed deep inside. Both devices are named now."""
+    from gatattn.reference import dense_reference
+
+    layer, x = ga.GraphAttention(C, H), torch.randn(N, C)
+    match = r"GraphAttention: the graph is on meta but the features are on cpu; .*graph.to\('cpu'\)"
+    with pytest.raises(ValueError, match=match):
+        layer(x, graph)
+    with pytest.raises(ValueError, match=match):
+        layer.explain_backend(x, graph)
+    with pytest.raises(ValueError, match="dense_reference: the graph is on meta but the features"):
+        dense_reference(layer, x, graph)
+
+
+def test_edge_inputs_on_another_device_are_named() -> None:
+    g, dist = ga.shortest_path_distances(torch.tensor([[0, 1], [1, 2]]), 3)
+    layer = ga.GraphAttention(C, H, score=ga.make_score("scaled_dot", H, D) + ga.SpatialBias(H))
+    x = torch.randn(3, C)
+    with pytest.raises(ValueError, match="edge_attr is on meta but the features are on cpu"):
+        layer(x, g, edge_attr=dist.to("meta"))
+    with pytest.raises(ValueError, match=r"edge_attr\['distance'\] is on meta but the features"):
+        layer(x, g, edge_attr={"distance": dist.to("meta")})

@@ -470,6 +470,17 @@ def test_spatial_batch_must_be_a_long_tensor() -> None:
         ga.knn_graph(torch.rand(4, 2), 1, batch=torch.tensor([0.0, 0.0, 1.0, 1.0]))
 
 
+@pytest.mark.parametrize("build", [ga.knn_graph, ga.radius_graph])
+def test_spatial_batch_with_a_negative_id(build) -> None:
+    """A negative graph id used to crash inside torch.bincount."""
+    batch = torch.tensor([0, 0, -1, 1])
+    name = build.__name__
+    with pytest.raises(
+        ValueError, match=rf"{name}: batch holds a negative graph id \(-1, first at node 2\)"
+    ):
+        build(torch.rand(4, 2), 1, batch=batch)
+
+
 def test_builders_accept_numpy_integers() -> None:
     """``bipartite_graph(np.int64(3), 4)`` used to fail with "not iterable"; numpy integers
     are integers (numbers.Integral) everywhere a builder takes a size."""

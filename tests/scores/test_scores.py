@@ -259,3 +259,37 @@ def test_bias_argument_errors() -> None:
         ga.RelativePositionBias(H, num_buckets=2)
     with pytest.raises(ValueError, match="temperatures must be > 0, got -1.0"):
         ga.scores.Cosine(H, temperature=-1.0)
+
+
+_OTHER_SIZES = [
+    (lambda: ga.make_score("gat", H + 1, D), "Additive", "num_heads", H + 1, H),
+    (lambda: ga.make_score("gat", H, D + 1), "Additive", "head_dim", D + 1, D),
+    (lambda: ga.make_score("gatv2", H + 1, D), "GATv2", "num_heads", H + 1, H),
+    (lambda: ga.make_score("cosine", H + 2, D), "Cosine", "num_heads", H + 2, H),
+    (lambda: ga.make_score("bilinear", H, D - 1), "Bilinear", "head_dim", D - 1, D),
+    (lambda: ga.make_score("scaled_dot", H, D) + ga.SpatialBias(H + 1), "SpatialBias",
+     "num_heads", H + 1, H),
+    (lambda: ga.make_score("scaled_dot", H, D) + ga.ALiBi(H - 1), "ALiBi", "num_heads", H - 1, H),
+    (lambda: ga.make_score("dot", H, D) + ga.RelativePositionBias(H + 1), "RelativePositionBias",
+     "num_heads", H + 1, H),
+    (lambda: ga.make_score("dot", H, D) + ga.EdgeFeatureBias(2, H + 1), "EdgeFeatureBias",
+     "num_heads", H + 1, H),
+    (lambda: ga.make_score("dot", H, D) + ga.PathEncodingBias(2, H + 1), "PathEncodingBias",
+     "num_heads", H + 1, H),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("build", "part", "attr", "got", "want"), _OTHER_SIZES)
+def test_score_built_for_other_sizes_is_refused(
+    build: object, part: str, attr: str, got: int, want: int
+) -> None:
+    """A score or bias built for another head count (or head size) used to fail later with an
+    opaque size mismatch; the layer now names the part and both sizes, at construction and
+    when a score is swapped in afterwards."""
+    match = rf"score part {part} .* was built for {attr}={got}, but the layer has {attr}={want}"
+    with pytest.raises(ValueError, match=match):
+        ga.GraphAttention(C, H, score=build())  # type: ignore[operator]
+    layer = ga.GraphAttention(C, H)
+    layer.score = build()  # type: ignore[operator]
+    with pytest.raises(ValueError, match=match):
+        layer(torch.randn(N, C), ga.complete_graph(N))

@@ -1,0 +1,195 @@
+"""The dense backend's masks: biases read from grids, rows without a key, attention sinks.
+
+    M[b, h, i, j] = Σ_biases b_h(i, j)  on the edges,  −∞ elsewhere      (docs/math.md, eq. 5)
+
+``bias_grid`` sums the biases that read their values from a grid-form edge input
+(``ScoreBias.dense_grid``); ``scattered_inputs`` puts per-edge inputs [E] into that form once
+per graph and input tensor, and ``edge_base`` is the graph's own 0 / −∞ mask that goes with
+it; ``guard_empty_rows`` opens the rows SDPA cannot normalise (their
+output is zeroed afterwards, as the graph formula gives 0); ``sink_mask`` appends the sink
+column of gpt-oss's attention sinks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor
+
+from ..graph import TokenGraph
+from ..scores import ScoreBias
+from ..scores.grid import UNNAMED, GridInput
+
+__all__ = [
+    "bias_grid",
+    "edge_base",
+    "guard_empty_rows",
+    "no_key",
+    "scattered_inputs",
+    "sink_mask",
+]
+
+
+def bias_grid(
+    biases: tuple[ScoreBias, ...],
+    edge_attr: object,
+    shape: tuple[int, int, int, int],
+    dtype: torch.dtype,
+) -> Tensor | None:
+    """Σ_b b(i, j) on the padded grid when every bias reads it from a grid-form edge input
+    (``ScoreBias.dense_grid``), else None. A lone boolean grid stays boolean (SDPA takes it).
+
+    Shapes:
+        -> [B | 1, H | 1, L_q | 1, L_k], bool (True = may attend) or ``dtype``.
+
+    Raises:
+        ValueError: a grid that does not broadcast to ``shape`` = (B, H, L_q, L_k).
+    """
+    grids = []
+    for b in biases:
+        t = b.dense_grid(edge_attr)
+        if t is None:
+            return None
+        fits = t.dim() == 4 and t.size(3) == shape[3]
+        for d in range(3 if fits else 0):  # each dimension broadcasts or matches
+            fits = fits and (t.size(d) == 1 or t.size(d) == shape[d])
+        if not fits:
+            raise ValueError(
+                f"bias {b.name!r} gave a grid of shape {list(t.shape)}, which is not "
+                f"[B | 1, H | 1, L_q | 1, L_k] for (B, H, L_q, L_k) = {shape}"
+            )
+        grids.append(t)
+    if len(grids) == 1 and grids[0].dtype == torch.bool:
+        return grids[0]
+    total = torch.zeros((), dtype=dtype, device=grids[0].device)
+    for t in grids:
+        if t.dtype == torch.bool:
+            t = torch.zeros(t.shape, dtype=dtype, device=t.device).masked_fill(~t, float("-inf"))
+        total = total + t.to(dtype)
+    return total
+
+
+def scattered_inputs(
+    g: TokenGraph, keys: Tensor, edge_attr: object, grid: tuple[int, int, int]
+) -> GridInput | None:
+    """The graph's per-edge inputs of one value per edge ([E] or [E, 1], no gradient) on the
+    padded grid, 0 off the edges, kept per graph and input tensor (the same GridInput while
+    the tensors are the same objects, unchanged: across layers and steps). None when there
+    are none (other inputs are left out: a bias reading them has no grid form).
+
+    Shapes:
+        keys [E] (``dense_keys``), grid (B, L_q, L_k) -> each input [B, 1, L_q, L_k].
+    """
+    if edge_attr is None or isinstance(edge_attr, GridInput) or torch.compiler.is_compiling():
+        return None
+    given = dict(edge_attr) if isinstance(edge_attr, Mapping) else {UNNAMED: edge_attr}
+    named: dict[str, Tensor] = {n: t for n, t in given.items() if isinstance(t, Tensor)}
+    E = keys.numel()
+    flat = {
+        n: t.reshape(E)
+        for n, t in named.items()
+        if not t.requires_grad
+        and t.numel() == E
+        and (t.dim() == 1 or (t.dim() == 2 and t.size(1) == 1))
+    }
+    if not flat:
+        return None
+    memo: dict[str, object] = g.derived("dense_scattered_inputs", dict, keys.device)
+    seen = [(n, t, t._version) for n, t in named.items() if n in flat]
+    last = memo.get("last")
+    if isinstance(last, tuple) and len(last[0]) == len(seen):
+        if all(a[0] == b[0] and a[1] is b[1] and a[2] == b[2] for a, b in zip(last[0], seen)):
+            return last[1]  # type: ignore[no-any-return]
+    B, Lq, Lk = grid
+    grids = {}
+    for n, t in flat.items():
+        cells = t.new_zeros(B * Lq * Lk).index_copy(0, keys, t).view(B, 1, Lq, Lk)
+        grids[n] = (cells, lambda t=named[n]: t)  # per edge: the tensor itself
+    made = GridInput(grids)
+    memo["last"] = (seen, made)
+    return made
+
+
+def edge_base(g: TokenGraph, keys: Tensor, grid: tuple[int, int, int]) -> tuple[Tensor, Tensor]:
+    """The graph's own additive mask and its rows without a key, once per graph:
+
+        base[b, 0, i, j] = 0 if (j → i) is an edge or i is padding, −∞ otherwise
+
+    Padding rows (i past its sequence's length) are left open, so SDPA can normalise them
+    (their output is never read); ``rows`` are the real targets without an edge.
+
+    Shapes:
+        keys [E], grid (B, L_q, L_k) -> base [B, 1, L_q, L_k], rows [B, 1, L_q, 1] bool.
+    """
+    B, Lq, Lk = grid
+
+    def build() -> tuple[Tensor, Tensor]:
+        dev = keys.device
+        allowed = torch.zeros(B * Lq * Lk, dtype=torch.bool, device=dev).index_fill(0, keys, True)
+        allowed = allowed.view(B, 1, Lq, Lk)
+        lens = torch.tensor(g.sequence_lengths("dst"), device=dev)  # [B]
+        pad = (torch.arange(Lq, device=dev) >= lens[:, None]).view(B, 1, Lq, 1)
+        base = torch.zeros(allowed.shape, device=dev).masked_fill(~(allowed | pad), float("-inf"))
+        return base, no_key(allowed) & ~pad
+
+    return g.derived(("dense_edge_base", Lq, Lk), build, keys.device)
+
+
+def no_key(mask: Tensor) -> Tensor:
+    """Rows of a bool (True = may attend) or additive mask that allow no key, by a max over the
+    keys (on CPU about 100x faster than a bool ``any`` or an ``isneginf(...).all``).
+
+    Shapes:
+        mask [.., L_q, L_k] -> [.., L_q, 1] bool.
+    """
+    if mask.dtype == torch.bool:
+        return mask.view(torch.uint8).amax(-1, keepdim=True) == 0
+    return mask.amax(-1, keepdim=True) == float("-inf")
+
+
+def guard_empty_rows(mask: Tensor, rows: Tensor | None = None) -> tuple[Tensor | None, Tensor]:
+    """Rows of ``mask`` that allow no key -> (rows [.., L_q, 1] or None, a mask SDPA can run).
+
+    SDPA returns NaN on such rows (and NaN gradients); the graph formula gives 0. The rows are
+    opened to every key (any finite row would do) and their output is zeroed afterwards, which
+    also zeroes their gradient. ``rows`` gives them when known (from the graph's in-degrees);
+    otherwise they are found by a pass over the mask.
+    """
+    if rows is None:
+        rows = no_key(mask)  # [.., L_q, 1]
+    if not torch.compiler.is_compiling() and not bool(rows.any()):
+        return None, mask
+    if mask.dtype == torch.bool:
+        return rows, mask | rows
+    return rows, mask.masked_fill(rows, 0.0)
+
+
+def sink_mask(
+    mask: Tensor | None,
+    causal: bool,
+    sinks: Tensor,
+    shape: tuple[int, int, int],
+    dtype: torch.dtype,
+) -> Tensor:
+    """The additive mask with one more key column, the sink: [B | 1, H, L_q, L_k + 1].
+
+    Column L_k holds s_h for every query (its key and value are 0, so its logit is the mask
+    value alone): softmax over the row is exp(α_ij) / (exp(s_h) + Σ_k exp(α_ik)).
+    """
+    H, Lq, Lk = shape
+    if mask is None:
+        base = torch.zeros(1, 1, Lq, Lk, dtype=dtype, device=sinks.device)  # [1, 1, L_q, L_k]
+        if causal:
+            allowed = torch.ones(Lq, Lk, dtype=torch.bool, device=sinks.device).tril()
+            base = base.masked_fill(~allowed, float("-inf"))
+    elif mask.dtype == torch.bool:
+        base = torch.zeros(mask.shape, dtype=dtype, device=mask.device)
+        base = base.masked_fill(~mask, float("-inf"))
+    else:
+        base = mask.to(dtype)
+    if base.dim() == 3:  # [H, L_q, L_k] (position biases of a tagged graph)
+        base = base.unsqueeze(0)
+    rows = base.size(0)
+    col = sinks.to(dtype).view(1, H, 1, 1).expand(rows, H, Lq, 1)  # [B | 1, H, L_q, 1]
+    return torch.cat([base.expand(rows, H, Lq, Lk), col], -1)  # [B | 1, H, L_q, L_k + 1]
