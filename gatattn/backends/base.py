@@ -25,7 +25,7 @@ from torch import Tensor
 from ..graph import TokenGraph
 from ..scores import ScoreFunction
 
-__all__ = ["Backend", "BackendOutput", "EdgeInput", "EdgeModulation", "Problem"]
+__all__ = ["Backend", "BackendOutput", "EdgeInput", "EdgeModulation", "Problem", "check_output"]
 
 #: Per-edge inputs of scores and biases: one tensor [E, ...], or several by name
 #: (``{"distance": dist, "edge_attr": feats}``), each with one row per edge.
@@ -173,3 +173,37 @@ class Backend:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"
+
+
+def check_output(name: str, res: object, p: Problem) -> BackendOutput:
+    """What ``run`` returned, checked against its contract: out [N_t, H, D] in v's dtype and
+    device, α and Attn [E, H] or None. A wrong result names the backend (instead of failing
+    later in a reshape, or silently giving the layer too many rows)."""
+    if not isinstance(res, BackendOutput):
+        raise TypeError(
+            f"backend {name!r}: run() must return a BackendOutput(out, scores, weights), "
+            f"got {type(res).__name__}"
+        )
+    want = (p.q.size(0), p.q.size(1), p.v.size(-1))
+    per_edge = (p.graph.num_edges, p.q.size(1))
+    for what, t, shape in (("out [N_t, H, D]", res.out, want),
+                           ("scores [E, H]", res.scores, per_edge),
+                           ("weights [E, H]", res.weights, per_edge)):  # fmt: skip
+        if t is None and shape is per_edge:
+            continue
+        if (
+            not isinstance(t, Tensor)
+            or tuple(t.shape) != shape
+            or t.dtype != p.v.dtype
+            or t.device != p.v.device
+        ):
+            got = (
+                f"{tuple(t.shape)} {t.dtype} on {t.device}"
+                if isinstance(t, Tensor)
+                else type(t).__name__
+            )
+            raise ValueError(
+                f"backend {name!r} returned {what} {got}; expected {shape} "
+                f"{p.v.dtype} on {p.v.device}"
+            )
+    return res

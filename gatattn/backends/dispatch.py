@@ -33,7 +33,7 @@ from torch import Tensor
 
 from ..graph import TokenGraph
 from ..validation import same_device
-from .base import Backend, BackendOutput, Problem
+from .base import Backend, BackendOutput, Problem, check_output
 from .block import MIN_BLOCK_EDGES, BlockBackend
 from .dense import DenseBackend
 from .edge import EdgeBackend, edge_scores_and_weights
@@ -188,15 +188,16 @@ def decide(requested: str, p: Problem, *, every: bool = False) -> Decision:
         return hit[1]
     decision = _decide(requested, p, every)
     decision = decision._replace(reasons=MappingProxyType(dict(decision.reasons)))  # read-only
-    table[id(p.score)] = (weakref.ref(p.score), decision)
+    key = id(p.score)  # the entry leaves with its score: no dead entries pile up in a graph
+    table[key] = (weakref.ref(p.score, lambda _: table.pop(key, None)), decision)
     return decision
 
 
 def _decide(requested: str, p: Problem, every: bool) -> Decision:
     if requested != "auto":
-        why = BACKENDS[requested].supports(p)
+        why = _reasons(BACKENDS[requested], p, auto=False)
         if why:
-            every_reason = {n: b.supports(p) for n, b in BACKENDS.items()}
+            every_reason = {n: _reasons(b, p, auto=False) for n, b in BACKENDS.items()}
             raise ValueError(
                 f"backend={requested!r} cannot run score {p.score.name!r} on the "
                 f"{_describe(p.graph)}: {'; '.join(why)}\nevery backend, as forced:\n"
@@ -208,7 +209,7 @@ def _decide(requested: str, p: Problem, every: bool) -> Decision:
     for name, backend in BACKENDS.items():
         if chosen is not None and not every:
             break
-        why = backend.auto_reasons(p)
+        why = _reasons(backend, p, auto=True)
         reasons[name] = why
         if chosen is None and not why:
             chosen = name
@@ -223,6 +224,19 @@ def _decide(requested: str, p: Problem, every: bool) -> Decision:
         passed = " | ".join(n + ": " + "; ".join(reasons[n]) for n in before)
         reason += f" (passed over {passed})"
     return Decision(chosen, reason, reasons)
+
+
+def _reasons(backend: Backend, p: Problem, *, auto: bool) -> tuple[str, ...]:
+    """``backend.auto_reasons(p)`` (or ``supports``), checked: a user backend that returns a
+    str, None or anything but a tuple of str is named, not read as one reason per character."""
+    method = "auto_reasons" if auto else "supports"
+    why = getattr(backend, method)(p)
+    if not isinstance(why, (tuple, list)) or not all(isinstance(w, str) for w in why):
+        raise TypeError(
+            f"backend {backend.name!r}: {method}() must return a tuple of str (every reason it "
+            f"cannot run the problem; () when it can), got {why!r}"
+        )
+    return tuple(why)
 
 
 def select_backend(requested: str, p: Problem) -> tuple[str, str]:
@@ -281,6 +295,8 @@ def attend(p: Problem, backend: str = "auto") -> BackendOutput:
     chosen = BACKENDS[name]
     run = as_nodes(p) if sequences and not chosen.sequence_layout else p
     res = chosen.run(expand_kv(run) if grouped and not chosen.grouped_kv else run)
+    if not (sequences and chosen.sequence_layout):  # a per-sequence Problem has no N_t rows
+        res = check_output(name, res, run)
     if p.need_weights and (res.scores is None or res.weights is None):
         nodes = as_nodes(p) if sequences else p
         scores, weights = edge_scores_and_weights(expand_kv(nodes) if grouped else nodes)

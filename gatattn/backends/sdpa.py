@@ -45,6 +45,10 @@ def _call(inputs: list[Tensor | None], options: tuple[bool, float | None, bool])
     )  # [.., L_q, D_v]
 
 
+def _keep(t: Tensor) -> Tensor:
+    return t
+
+
 class _TwiceDifferentiableSDPA(torch.autograd.Function):
     @staticmethod
     def forward(  # type: ignore[override]
@@ -59,7 +63,10 @@ class _TwiceDifferentiableSDPA(torch.autograd.Function):
     ) -> Tensor:
         ctx.options = (is_causal, scale, enable_gqa)
         inner = [_detached(t) for t in (q, k, v, mask)]
-        with torch.enable_grad():  # the fused kernel, its graph kept for the first-order backward
+        # the fused kernel, its graph kept for the first-order backward. That graph saves its
+        # tensors plainly: the hooks of an enclosing activation checkpoint would otherwise see
+        # them unpacked in this Function's own backward pass and recompute the region again
+        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(_keep, _keep):
             ctx.inner = (_call(inner, ctx.options), inner)
         ctx.save_for_backward(q, k, v, mask)
         return ctx.inner[0].detach()

@@ -22,6 +22,7 @@ scores such as ALiBi and T5 buckets see the same j − i).
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 from ..graph import TokenGraph
@@ -34,9 +35,10 @@ KINDS = ("window", "causal_window", "block_banded")
 
 
 def _int(value: object, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    """``value`` as an int: Python and numpy integers count (the house rule), bools do not."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return value
+    return int(value)
 
 
 @dataclass(frozen=True)
@@ -82,7 +84,9 @@ class BandedGraph:
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"kind must be one of {list(KINDS)}, got {self.kind!r}")
-        _int(self.length, "length", 1)
+        for field, minimum in (("length", 1), ("window", 0), ("dilation", 1),
+                               ("block_size", 0), ("window_blocks", 0)):  # fmt: skip
+            object.__setattr__(self, field, _int(getattr(self, field), field, minimum))
         if self.kind == "block_banded":
             _int(self.block_size, "block_size", 1)
             if _int(self.window_blocks, "window_blocks", 1) % 2 == 0:
@@ -110,8 +114,12 @@ class BandedGraph:
             ValueError: not 0 <= start < stop <= L.
         """
         L = self.length
-        if not (isinstance(start, int) and isinstance(stop, int) and 0 <= start < stop <= L):
+        ints = all(
+            isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in (start, stop)
+        )
+        if not (ints and 0 <= start < stop <= L):
             raise ValueError(f"need 0 <= start < stop <= length={L}, got [{start}, {stop})")
+        start, stop = int(start), int(stop)
         if self.kind == "block_banded":
             s, k = self.block_size, self.window_blocks // 2
             first = max(0, (start // s - k) * s)  # first source: k blocks before start's block

@@ -16,6 +16,7 @@ exchange's backward sends the halo gradients to their owners (halo.py).
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -41,8 +42,9 @@ def shard_sizes(length: int, world_size: int) -> list[int]:
             positive int.
     """
     for name, v in (("length", length), ("world_size", world_size)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
             raise ValueError(f"{name} must be a positive int, got {v!r}")
+    length, world_size = int(length), int(world_size)
     if length < world_size:
         raise ValueError(f"cannot split length={length} rows over {world_size} ranks")
     q, extra = divmod(length, world_size)
@@ -81,9 +83,10 @@ def plan_shards(graph: BandedGraph, sizes: Sequence[int]) -> list[ShardPlan]:
             past the neighbouring rank (the window is wider than a shard).
     """
     sizes = list(sizes)
-    for r, n in enumerate(sizes):
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+    for r, n in enumerate(sizes):  # Python or numpy integers (the house rule), not bools
+        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
             raise ValueError(f"sizes[{r}] must be a positive int (rows of rank {r}), got {n!r}")
+    sizes = [int(n) for n in sizes]
     if sum(sizes) != graph.length:
         raise ValueError(
             f"the shard sizes {sizes} sum to {sum(sizes)}, not to the graph's length {graph.length}"
@@ -168,6 +171,7 @@ class ShardedSequence:
                 f"(world size {self.world_size})"
             )
         self.plans = plan_shards(graph, self.sizes)
+        self.sizes = [plan.stop - plan.start for plan in self.plans]  # Python ints
         self.start, self.stop = self.plans[self.rank].start, self.plans[self.rank].stop
         self.halo = self.plans[self.rank].halo
         r, P = self.rank, self.world_size

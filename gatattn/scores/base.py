@@ -24,9 +24,10 @@ runs, so a rotary score runs wherever w' runs (SDPA for s·<q_i, k_j>).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from torch import Tensor, nn
 
@@ -165,7 +166,35 @@ def check_score_sizes(score: ScoreFunction, num_heads: int, head_dim: int) -> No
                 )
 
 
-class ScoreFunction(nn.Module):
+def _ignored_backends(owner: str) -> None:
+    """Warn that a score or bias lists backends (the old API): nothing reads that list, so the
+    score would silently run on the edge backend alone (docs/scores.md, "What a score declares")."""
+    warnings.warn(
+        f"{owner} sets `backends`, which gatattn no longer reads: a score declares what its "
+        "formula is (sdpa_scale(D), has_dense, pairwise_dense; a bias its kind) and each "
+        "backend decides from that (docs/scores.md, 'What a score declares'). Without those "
+        "declarations it runs on the edge backend only",
+        UserWarning,
+        stacklevel=3,
+    )
+
+
+class _Declares(nn.Module):
+    """Shared by ScoreFunction and ScoreBias: a ``backends`` list is refused loudly (a class
+    attribute when the class is made, an instance attribute when it is set)."""
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if "backends" in vars(cls):
+            _ignored_backends(f"{cls.__qualname__}")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "backends":
+            _ignored_backends(f"{type(self).__qualname__} (an instance)")
+        super().__setattr__(name, value)
+
+
+class ScoreFunction(_Declares):
     """Base type of w(i, j). Subclasses implement ``forward`` (and ``dense`` when they have one).
 
     .. math:: \\alpha_{ij} = w(q_i, k_j, \\text{edge } j \\to i)
@@ -259,7 +288,7 @@ class ScoreFunction(nn.Module):
         return Biased(self, bias)
 
 
-class ScoreBias(nn.Module):
+class ScoreBias(_Declares):
     """Base type of an additive bias b(i, j) [E, H] that does not look at q or k.
 
     .. math:: \\alpha_{ij} = w(i, j) + b(i, j)
