@@ -63,6 +63,13 @@ BACKENDS: dict[str, Backend] = {
 
 log = logging.getLogger("gatattn.dispatch")
 
+#: The backends that ``auto`` picks from inside ``torch.compile``: there a graph built from a
+#: mask has a data-dependent edge count, which the others' checks (tile density, duplicate
+#: edges, "no edges") would guard on, breaking a ``fullgraph=True`` trace.
+TRACED = ("dense", "edge")
+#: The reason given against every other backend inside ``torch.compile``.
+NOT_TRACED = "under torch.compile, auto picks only the dense and edge backends"
+
 
 def backend_names() -> tuple[str, ...]:
     """The names ``backend=`` accepts: "auto" and every registered backend, in priority order."""
@@ -206,10 +213,11 @@ def _decide(requested: str, p: Problem, every: bool) -> Decision:
         return Decision(requested, f"forced by backend={requested!r}", {requested: ()})
     reasons: dict[str, tuple[str, ...]] = {}
     chosen: str | None = None
+    compiling = torch.compiler.is_compiling()
     for name, backend in BACKENDS.items():
         if chosen is not None and not every:
             break
-        why = _reasons(backend, p, auto=True)
+        why = (NOT_TRACED,) if compiling and name not in TRACED else _reasons(backend, p, auto=True)
         reasons[name] = why
         if chosen is None and not why:
             chosen = name

@@ -202,7 +202,10 @@ def _wants_weights(module: nn.Module, kwargs: dict[str, Any]) -> bool:
     collector = _collector() if _COLLECTOR is None else _COLLECTOR
     if collector is False:  # another transformers layout: always return the weights
         return True
-    wanted = collector.get()
+    # inside torch.compile, a collector that nothing in the trace set (BLOOM records its maps
+    # itself) is read through ContextVar.get, which breaks a fullgraph trace: nothing collects
+    unset = torch.compiler.is_compiling() and not getattr(collector, "compiling", True)
+    wanted = None if unset else collector.get()
     if wanted and ("attentions" in wanted or "cross_attentions" in wanted):
         return True
     return bool(getattr(getattr(module, "config", None), "output_attentions", False))

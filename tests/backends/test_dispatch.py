@@ -209,6 +209,28 @@ def test_density_estimate_is_deterministic_and_leaves_the_global_rng_alone() -> 
     assert guess >= 0.5 * exact
 
 
+# torch-internal: dynamo instantiates autograd.Function classes while tracing them
+@pytest.mark.filterwarnings(
+    "ignore:<class 'torch.autograd.function.Function'> should not be instantiated:DeprecationWarning"
+)
+def test_auto_under_compile_never_guards_on_the_edge_count() -> None:
+    """A graph read from a mask inside torch.compile has a data-dependent edge count; a
+    softcapped score (no SDPA form) must then go to the edge backend without the fast
+    backends' size checks, so that fullgraph=True traces (transformers' compiled generation of
+    Gemma 2 found this), and equal the eager layer."""
+    layer = ga.GraphAttention(21, 3, score="softcap").double()
+    x = torch.randn(11, 21, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    mask = torch.rand(11, 11, generator=torch.Generator().manual_seed(1)) < 0.4  # [N, N]
+
+    def run(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return layer(x, ga.from_mask(mask))
+
+    compiled = torch.compile(run, fullgraph=True, dynamic=False, backend="eager")
+    torch.testing.assert_close(compiled(x, mask), run(x, mask), atol=1e-12, rtol=0)
+    p = _problem(layer.score, ga.window_graph(N, 32), torch.zeros(0, 3, 7))
+    assert select_backend("auto", p)[0] == "block"  # outside compile: the fast paths stay
+
+
 def test_attend_names_a_graph_on_another_device() -> None:
     """The functional entry point: a meta graph with CPU queries used to run the tagged dense
     plan (which reads no edges) and return an answer."""
