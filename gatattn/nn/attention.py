@@ -238,12 +238,24 @@ class GraphAttention(MessagePassing):
             sinks=self.sinks,
         )
 
-    def explain_backend(self, x: Tensor, graph: TokenGraph | Tensor) -> str:
-        """Which backend ``forward(x, graph)`` would run, and why (docs/backends.md).
+    def explain_backend(
+        self,
+        x: Tensor,
+        graph: TokenGraph | Tensor,
+        *,
+        x_src: Sources = None,
+        batch: Tensor | None = None,
+        pos: Tensor | None = None,
+        pos_src: Tensor | None = None,
+    ) -> str:
+        """Which backend ``forward(x, graph, ...)`` would run, and why (docs/backends.md).
 
         Args:
-            x: query node features [N_t, C] (self-attention), as passed to forward.
+            x: query node features [N_t, C], as passed to forward.
             graph: a TokenGraph or an edge_index [2, E].
+            x_src: key/value features for cross-attention, as passed to forward (None:
+                self-attention).
+            batch, pos, pos_src: as passed to forward (the decision depends on them).
 
         Returns:
             ``"<backend>: <reason>"``, e.g. ``"dense: complete graph: SDPA without reading the
@@ -255,8 +267,12 @@ class GraphAttention(MessagePassing):
                 backend's).
         """
         check.check_features(x, "x", self.embed_dim, "embed_dim")
+        xk, _ = check.split_sources(x, x_src, (self.embed_dim, self.kdim, self.vdim))
         check.check_graph_device(graph, x)
-        g = as_token_graph(graph, num_src=x.size(0), num_dst=x.size(0))
+        g = as_token_graph(graph, num_src=xk.size(0), num_dst=x.size(0))
+        if batch is not None:
+            g = check.with_batch(g, batch)
+        positions = check.check_positions(pos, pos_src, x.size(0), xk.size(0), x_src is None)
         q = x.new_empty(0, self.num_heads, self.head_dim)  # [0, H, D]: device, dtype and D only
         mod = None
         if self.edge_proj is not None:  # only its presence matters to the backends' checks
@@ -271,6 +287,7 @@ class GraphAttention(MessagePassing):
             modulation=mod,
             dropout=self.dropout,
             training=self.training,
+            positions=positions,
             sinks=self.sinks,
         )
         return explain(self.backend, p)

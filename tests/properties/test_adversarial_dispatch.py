@@ -591,3 +591,32 @@ def test_flex_mask_benchmark_table_arithmetic() -> None:
             gib = float(before.split(" GiB")[0])
             assert abs(gib * 2**30 / n**2 - 11.0) < 0.1  # "11.0 bytes per mask entry each"
             assert round(gib * 1024 / int(after)) == int(ratio[:-1])
+
+
+EXPLAINED = {
+    "self": (lambda: ga.complete_graph(lengths=[5, 7]), {}),
+    "cross": (lambda: ga.bipartite_graph(12, 9), {"x_src": torch.randn(9, C)}),
+    "cross_batch": (lambda: ga.bipartite_graph([5, 7], [4, 5]), {"x_src": torch.randn(9, C)}),
+    "positions": (lambda: ga.complete_graph(lengths=[5, 7]), {"pos": torch.arange(12) * 3}),
+    "batch": (lambda: ga.complete_graph(12), {"batch": torch.tensor([0] * 5 + [1] * 7)}),
+}
+
+
+@pytest.mark.parametrize("score", ["scaled_dot", "scaled_dot+alibi", "rotary"])
+@pytest.mark.parametrize("case", list(EXPLAINED))
+def test_explain_backend_names_the_backend_forward_runs(
+    case: str, score: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """explain_backend takes forward's x_src, batch, pos and pos_src (the decision depends on
+    them): cross-attention could not be explained before."""
+    make, kw = EXPLAINED[case]
+    if score == "rotary" and "x_src" in kw:
+        kw = {**kw, "pos": torch.arange(12), "pos_src": torch.arange(9)}
+    layer = ga.GraphAttention(
+        C, H, score=score if score != "rotary" else ga.Rotary(D, rotary_dim=D - 1)
+    )
+    explained = layer.explain_backend(torch.randn(12, C), make(), **kw).split(":")[0]
+    with caplog.at_level("DEBUG", logger="gatattn.dispatch"):
+        layer(torch.randn(12, C), make(), **kw)
+    ran = [r.getMessage().split()[1] for r in caplog.records if r.name == "gatattn.dispatch"]
+    assert ran == [explained]
