@@ -255,7 +255,9 @@ class GraphAttention(MessagePassing):
             graph: a TokenGraph or an edge_index [2, E].
             x_src: key/value features for cross-attention, as passed to forward (None:
                 self-attention).
-            batch, pos, pos_src: as passed to forward (the decision depends on them).
+            batch: graph id per node [N], as passed to forward (the decision depends on it).
+            pos: query positions, as passed to forward.
+            pos_src: key positions, as passed to forward.
 
         Returns:
             ``"<backend>: <reason>"``, e.g. ``"dense: complete graph: SDPA without reading the

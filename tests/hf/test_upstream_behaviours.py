@@ -1,4 +1,4 @@
-"""Behaviours that transformers' own model tests (tests/models/<family>/test_modeling_<family>.py,
+"""Behaviours that transformers' own model tests (transformers/tests/models/<family>/test_modeling_<family>.py,
 run unedited on converted models: docs/hf.md, "transformers' own tests") found gatattn
 failing, each checked here in our own words on a tiny random model."""
 
