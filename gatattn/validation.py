@@ -15,6 +15,7 @@ from torch import Tensor
 
 __all__ = [
     "check_batch_ids",
+    "check_heads",
     "check_lengths",
     "check_node_count",
     "is_int",
@@ -209,3 +210,23 @@ def _layout(lengths: tuple[int, ...], device: torch.device) -> tuple[Tensor, Ten
     seq = torch.arange(len(lengths), device=device).repeat_interleave(lens)  # [N]
     starts = torch.cumsum(lens, 0) - lens  # [B]
     return seq, torch.arange(int(lens.sum()), device=device) - starts.repeat_interleave(lens)
+
+
+def check_heads(heads: Sequence[int] | None, num_heads: int) -> tuple[int, ...] | None:
+    """Distinct head indices in 0..num_heads-1, sorted (None: every head).
+
+    Raises:
+        ValueError: an empty list, a repeated, negative, too large or non-int index.
+    """
+    if heads is None:
+        return None
+    chosen: list[object] = list(heads)
+    bad = [
+        h for h in chosen if isinstance(h, bool) or not isinstance(h, int) or not 0 <= h < num_heads
+    ]
+    if not chosen or bad or len(set(chosen)) != len(chosen):
+        raise ValueError(
+            f"heads must be distinct head indices in 0..{num_heads - 1} (the model has "
+            f"{num_heads} heads), got {list(heads)!r}"
+        )
+    return tuple(sorted(int(h) for h in heads))

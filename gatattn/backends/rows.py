@@ -36,6 +36,7 @@ from torch import Tensor
 from ..graph import TokenGraph
 from ..kernels import CHUNK_ELEMENTS, neighbourhood_softmax
 from ..scores import POSITION, DenseContext, Edges, ScoreBias, ScoreFunction, check_scores
+from ..validation import check_heads
 from .base import EdgeInput
 from .row_layout import RowLayout, row_blocks
 
@@ -67,21 +68,6 @@ class RowBlock(NamedTuple):
     scores: Tensor
     weights: Tensor
     edge: Tensor | None
-
-
-def _check_heads(heads: Sequence[int] | None, num_heads: int) -> tuple[int, ...] | None:
-    if heads is None:
-        return None
-    chosen: list[object] = list(heads)
-    bad = [
-        h for h in chosen if isinstance(h, bool) or not isinstance(h, int) or not 0 <= h < num_heads
-    ]
-    if not chosen or bad or len(set(chosen)) != len(chosen):
-        raise ValueError(
-            f"heads must be distinct head indices in 0..{num_heads - 1} (the model has "
-            f"{num_heads} heads), got {list(heads)!r}"
-        )
-    return tuple(sorted(int(h) for h in heads))
 
 
 def _is_position(bias: ScoreBias) -> bool:
@@ -123,7 +109,7 @@ class AttentionRows:
             )
         if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
             raise ValueError(f"budget must be a positive int, got {budget!r}")
-        self.heads = _check_heads(heads, H)
+        self.heads = check_heads(heads, H)
         after = score.after_transform()
         if after is not None:  # rotary: φ(q), ψ(k) once per node (O(N)), then w'
             pos = positions or (graph.positions("dst"), graph.positions("src"))

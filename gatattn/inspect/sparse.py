@@ -29,6 +29,7 @@ from torch import Tensor
 
 from ..graph import TokenGraph
 from ..result import Attention
+from ..validation import check_heads
 
 __all__ = [
     "ROW_BUDGET",
@@ -149,18 +150,7 @@ def check_sparsify(
         ok = isinstance(threshold, (int, float)) and not isinstance(threshold, bool)
         if not ok or not (0.0 <= float(threshold) <= 1.0):  # type: ignore[arg-type]
             raise ValueError(f"threshold must be a number in [0, 1] (or None), got {threshold!r}")
-    if heads is None:
-        return None
-    chosen: list[object] = list(heads)
-    bad = [
-        h for h in chosen if isinstance(h, bool) or not isinstance(h, int) or not 0 <= h < num_heads
-    ]
-    if not chosen or bad or len(set(chosen)) != len(chosen):
-        raise ValueError(
-            f"heads must be distinct head indices in 0..{num_heads - 1} (the model has "
-            f"{num_heads} heads), got {list(heads)!r}"
-        )
-    return tuple(sorted(int(h) for h in heads))
+    return check_heads(heads, num_heads)
 
 
 def iter_row_chunks(degree: Tensor, width: int, budget: int = ROW_BUDGET) -> Iterator[range]:

@@ -69,17 +69,19 @@ def additive_mask(
         key_padding_mask: [B, S] or None; True (or -inf) marks padding keys.
         attn_mask: [L, S] shared, [B·H, L, S] per sequence and head, or None.
     """
-    merged = torch.zeros((), dtype=dtype, device=_device(key_padding_mask, attn_mask))
-    if attn_mask is not None:
-        am = as_additive(attn_mask, dtype)
-        if am.dim() == 2:
-            merged = am.view(1, 1, tgt_len, src_len)  # [1, 1, L, S]
-        else:
-            merged = am.view(batch, num_heads, tgt_len, src_len)  # [B, H, L, S]
-    if key_padding_mask is not None:
-        kpm = as_additive(key_padding_mask, dtype).view(batch, 1, 1, src_len)  # [B, 1, 1, S]
-        merged = merged + kpm
-    return merged.expand(batch, -1, tgt_len, src_len)  # [B, 1 | H, L, S]
+    if attn_mask is None and key_padding_mask is None:
+        return torch.zeros((), dtype=dtype).expand(batch, 1, tgt_len, src_len)
+    # derived from the grid, so the two never disagree: a boolean grid (True = may attend)
+    # becomes 0 / -inf, a float grid is already M
+    grid = mask_grid(
+        batch, num_heads, tgt_len, src_len,
+        key_padding_mask=key_padding_mask, attn_mask=attn_mask, dtype=dtype,
+    )  # fmt: skip
+    if grid.dtype == torch.bool:
+        grid = torch.zeros(grid.shape, dtype=dtype, device=grid.device).masked_fill_(
+            ~grid, float("-inf")
+        )
+    return grid.expand(batch, -1, tgt_len, src_len)  # [B, 1 | H, L, S]
 
 
 def mask_grid(
@@ -119,13 +121,6 @@ def mask_grid(
         grid = kpm if grid is None else (grid + kpm if floats else grid | kpm)
     assert grid is not None
     return grid if floats else ~grid  # [1 | B, 1 | H, L | 1, S]
-
-
-def _device(*masks: Tensor | None) -> torch.device | None:
-    for m in masks:
-        if m is not None:
-            return m.device
-    return None
 
 
 def as_bool(mask: Tensor | None) -> Tensor | None:
