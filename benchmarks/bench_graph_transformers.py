@@ -21,15 +21,23 @@ Case S2, ``ga.shortest_path_distances`` on 1,000 random trees with chords of 20-
 (one batched call) against ``networkx.all_pairs_shortest_path_length`` per graph and SciPy's
 ``scipy.sparse.csgraph.shortest_path`` (BFS, unweighted) per graph, on the same graphs.
 
+Case P6 (issue 23), one attention layer, fwd+bwd, on 128 molecule-like graphs (``molecules``:
+3,194 nodes, 6,976 directed edges; C=64, H=8), all on the graphs' own edges: ``ga.GraphAttention``
+called with the raw edge_index tensor (as a PyG user calls a conv: the same tensor, a fresh call
+each time) and with a ``ga.TokenGraph`` built once, against PyG's TransformerConv and GATConv of
+the same width and heads.
+
 Times are medians of interleaved rounds (every method once per round), in ms.
 
     python benchmarks/bench_graph_transformers.py            # every case
     python benchmarks/bench_graph_transformers.py --quick    # small sizes, a smoke run
+    python benchmarks/bench_graph_transformers.py --cases P6 --rounds 21 --threads 2
 """
 
 from __future__ import annotations
 
 import argparse
+import random
 import statistics
 import time
 from collections.abc import Callable
@@ -54,6 +62,48 @@ def trees_with_chords(
         chords = torch.randint(0, n, (2, max(1, n // 5)), generator=gen)
         e = torch.cat([torch.stack([parent, child]), chords], 1)
         e = e[:, e[0] != e[1]]
+        edges.append(torch.cat([e, e.flip(0)], 1) + start)
+        sizes.append(n)
+        start += n
+    batch = torch.arange(num_graphs).repeat_interleave(torch.tensor(sizes))
+    return torch.cat(edges, 1), batch, sizes
+
+
+def molecules(
+    num_graphs: int, low: int = 15, high: int = 35, seed: int = 20
+) -> tuple[Tensor, Tensor, list[int]]:
+    """Molecule-like graphs: random trees of ``low``-``high`` atoms with at most 4 bonds per
+    atom, each atom bonded to one of the 6 atoms before it (chains with branches), plus about
+    n/7.5 ring closures of 5 or 6 atoms; no duplicate bonds, both directions stored. With the
+    defaults, 128 graphs have 3,194 nodes and 6,976 edges (ZINC-like: about 25 atoms and 2.2
+    directed edges per atom). Returns (edge_index [2, E], batch [N], sizes)."""
+    rng = random.Random(seed)
+    edges, sizes, start = [], [], 0
+    for _ in range(num_graphs):
+        n = rng.randint(low, high)
+        deg, parent = [0] * n, [-1] * n
+        bonds = []
+        for c in range(1, n):
+            recent = [p for p in range(max(0, c - 6), c) if deg[p] < 4]
+            light = [p for p in recent if deg[p] < 3]
+            p = rng.choice(light if light and rng.random() < 0.85 else recent)
+            bonds.append((p, c))
+            deg[p] += 1
+            deg[c] += 1
+            parent[c] = p
+        made = tries = 0
+        while made < round(n / 7.5) and tries < 50 * n:
+            tries += 1
+            u = a = rng.randrange(n)
+            for _ in range(rng.choice((4, 5))):  # a ring of 5 or 6 atoms
+                a = parent[a] if a >= 0 else -1
+            if a < 0 or deg[u] >= 4 or deg[a] >= 4 or (a, u) in bonds:
+                continue
+            bonds.append((a, u))
+            deg[u] += 1
+            deg[a] += 1
+            made += 1
+        e = torch.tensor(bonds).t()  # [2, bonds]
         edges.append(torch.cat([e, e.flip(0)], 1) + start)
         sizes.append(n)
         start += n
@@ -204,6 +254,35 @@ def case_s2(num_graphs: int, rounds: int) -> dict[str, float]:
     return median_ms(methods, rounds)
 
 
+def case_p6(num_graphs: int, channels: int, heads: int, rounds: int) -> dict[str, float]:
+    """One attention layer on molecule-size graphs' own edges, fwd+bwd, ms."""
+    from torch_geometric.nn import GATConv, TransformerConv
+
+    ei, batch, _ = molecules(num_graphs)
+    N, C, H = batch.numel(), channels, heads
+    x = torch.randn(N, C, requires_grad=True)
+    layer = ga.GraphAttention(C, H)
+    g = ga.TokenGraph(ei, N)  # built once, reused every call
+    gat = GATConv(C, C // H, heads=H)
+    tconv = TransformerConv(C, C // H, heads=H)
+    print(f"P6: {num_graphs} molecule-like graphs, N={N}, E={ei.size(1)}")
+    print(f"    {layer.explain_backend(x, ei).splitlines()[0]}")
+
+    def step(f: Callable[[], Tensor]) -> Callable[[], None]:
+        def run() -> None:
+            f().sum().backward()
+
+        return run
+
+    methods = {
+        "gatattn, edge_index (each call)": step(lambda: layer(x, ei)),
+        "gatattn, TokenGraph (built once)": step(lambda: layer(x, g)),
+        "TransformerConv": step(lambda: tconv(x, ei)),
+        "GATConv": step(lambda: gat(x, ei)),
+    }
+    return median_ms(methods, rounds)
+
+
 def _table(title: str, times: dict[str, float], base: str) -> None:
     print(f"\n| {title} | ms | ÷ {base} |\n|---|---:|---:|")
     for name, ms in times.items():
@@ -213,7 +292,7 @@ def _table(title: str, times: dict[str, float], base: str) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
-    parser.add_argument("--cases", default="S1,G1,S2", help="comma-separated: S1, G1, S2")
+    parser.add_argument("--cases", default="S1,G1,S2,P6", help="comma-separated: S1, G1, S2, P6")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--channels", type=int, default=64)
@@ -232,6 +311,10 @@ def main(argv: list[str] | None = None) -> None:
     if "S2" in cases:
         t = case_s2(50 if args.quick else 1000, args.rounds)
         _table("S2 all-pairs hop distances", t, "networkx all_pairs_shortest_path_length")
+    if "P6" in cases:
+        t = case_p6(16 if args.quick else 128, args.channels, args.heads, args.rounds)
+        _table("P6 layer fwd+bwd, input edges", t, "TransformerConv")
+        _table("P6 layer fwd+bwd, input edges", t, "GATConv")
 
 
 if __name__ == "__main__":
