@@ -15,6 +15,7 @@ derived-data cache, the verified trust in the tag) lives in ``gatattn.graph_stat
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -272,7 +273,12 @@ def _rebuild(
 def as_token_graph(
     graph: TokenGraph | Tensor, num_src: int, num_dst: int, *, name: str = "graph"
 ) -> TokenGraph:
-    """Accept a TokenGraph or a raw edge_index [2, E] and check it against the node counts."""
+    """Accept a TokenGraph or a raw edge_index [2, E] and check it against the node counts.
+
+    A raw edge_index is turned into a TokenGraph once and then reused while the tensor holds
+    the same edges (``_RawGraphs``): the graph's cache (CSR, layouts, dispatch's decision)
+    then serves every later call, as it does for a TokenGraph built once.
+    """
     if isinstance(graph, TokenGraph):
         if (graph.num_src, graph.num_dst) != (num_src, num_dst):
             raise ValueError(
@@ -281,8 +287,99 @@ def as_token_graph(
             )
         return graph
     if isinstance(graph, Tensor):
-        return TokenGraph(graph, num_src, num_dst)
+        return RAW_GRAPHS.get(graph, num_src, num_dst)
     raise TypeError(
         f"{name} must be a gatattn.TokenGraph or an edge_index LongTensor [2, E], "
         f"got {type(graph).__name__}"
     )
+
+
+class _RawGraphs:
+    """The TokenGraphs made from raw edge_index tensors, one per (tensor, N_s, N_t).
+
+    PyG users pass the same edge_index tensor on every call. A new TokenGraph per call would
+    validate it, and every backend would redo its per-graph work (dispatch's tile-density
+    estimate, CSR...), each call. Here the graph is made once per tensor and node counts, and
+    reused only when it is provably the same graph:
+
+    * the entry is found by the tensor's identity (``id``, held by a weak reference, so the
+      entry leaves with the tensor and a reused id never matches);
+    * the graph holds its own copy of the edges, and on every call the tensor's current
+      values are compared with that copy (``torch.equal``, O(E)): a write of any kind (in
+      place, through ``.data``, NumPy or DLPack, which no version counter sees) gives a new,
+      validated graph, never a stale one;
+    * shape, dtype, device and node counts are part of the match.
+
+    Not used under ``torch.compile`` (a new graph per call, as before), for tensor subclasses
+    or meta tensors. At most ``MAX_ENTRIES`` graphs with ``MAX_EDGES`` edges in all are kept
+    (least recently used first out); a larger graph gets a new TokenGraph per call (its
+    per-call costs are small beside its attention).
+    """
+
+    MAX_ENTRIES = 32
+    MAX_EDGES = 1 << 22
+
+    def __init__(self) -> None:
+        self._entries: dict[tuple[int, int, int], tuple[weakref.ref[Tensor], TokenGraph]] = {}
+
+    def get(self, edge_index: Tensor, num_src: int, num_dst: int) -> TokenGraph:
+        """The TokenGraph of ``edge_index`` with these node counts (validated when made).
+
+        Raises:
+            TypeError, ValueError: as ``TokenGraph`` for a bad edge_index or node count.
+        """
+        if (
+            type(edge_index) is not Tensor
+            or edge_index.dim() != 2
+            or edge_index.size(-1) > self.MAX_EDGES
+            or edge_index.device.type == "meta"
+            or edge_index.layout != torch.strided
+            or torch.compiler.is_compiling()
+        ):
+            return TokenGraph(edge_index, num_src, num_dst)
+        key = (id(edge_index), num_src, num_dst)
+        hit = self._entries.get(key)
+        if hit is not None and hit[0]() is edge_index and _same_edges(hit[1], edge_index):
+            self._entries[key] = self._entries.pop(key)  # most recently used last
+            return hit[1]
+        # validate the tensor itself, then keep a copy that no other code holds
+        TokenGraph(edge_index, num_src, num_dst)
+        graph = TokenGraph(edge_index.clone(), num_src, num_dst, validate=False)
+        entries = self._entries
+
+        def drop(_: object, key: tuple[int, int, int] = key) -> None:
+            entry = entries.get(key)
+            if entry is not None and entry[0]() is None:
+                entries.pop(key, None)
+
+        self._entries.pop(key, None)
+        self._entries[key] = (weakref.ref(edge_index, drop), graph)
+        while len(self._entries) > self.MAX_ENTRIES or self._edges() > self.MAX_EDGES:
+            self._entries.pop(next(iter(self._entries)))
+        return graph
+
+    def _edges(self) -> int:
+        return sum(g.num_edges for _, g in self._entries.values())
+
+    def clear(self) -> None:
+        """Forget every graph (they are rebuilt on use)."""
+        self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+def _same_edges(graph: TokenGraph, edge_index: Tensor) -> bool:
+    """True when ``edge_index`` holds exactly the edges of ``graph`` (same shape, dtype and
+    device, equal values): O(E), one comparison."""
+    mine = graph.edge_index
+    return (
+        mine.shape == edge_index.shape
+        and mine.dtype == edge_index.dtype
+        and mine.device == edge_index.device
+        and torch.equal(mine, edge_index)
+    )
+
+
+#: The raw edge_index -> TokenGraph cache of ``as_token_graph`` (``_RawGraphs``).
+RAW_GRAPHS = _RawGraphs()
