@@ -21,7 +21,9 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch_geometric.utils import scatter
 
+from ..graph import TokenGraph
 from ..kernels import chunked_edge_map, edge_aggregate
+from ..kernels.grouping import register
 from ..kernels.softmax import softmax_by_target
 from ..scores import Edges, check_scores
 from .base import Backend, BackendOutput, EdgeModulation, Problem
@@ -31,8 +33,23 @@ __all__ = ["EdgeBackend", "edge_scores_and_weights"]
 _HALF = (torch.float16, torch.bfloat16)
 
 
+def edge_rows(graph: TokenGraph) -> tuple[Tensor, Tensor]:
+    """(src [E], dst [E]) of ``graph``: in eager mode the same two tensors on every call,
+    kept in the graph's cache and registered with the kernels (``kernels.grouping``), so
+    that their sums run grouped by target or source; fresh views under torch.compile."""
+    if torch.compiler.is_compiling():
+        return graph.edge_index[0], graph.edge_index[1]
+
+    def rows() -> tuple[Tensor, Tensor]:
+        src, dst = graph.edge_index[0], graph.edge_index[1]  # [E], [E]
+        register(src, dst, graph.num_src, graph.num_dst)
+        return src, dst
+
+    return graph.derived("edge_rows", rows)
+
+
 def _edges(p: Problem) -> Edges:
-    src, dst = p.graph.edge_index[0], p.graph.edge_index[1]
+    src, dst = edge_rows(p.graph)
     return Edges(src, dst, p.graph, p.edge_attr, p.positions)
 
 
@@ -62,7 +79,7 @@ def _wide_scores_and_weights(p: Problem) -> tuple[Tensor, Tensor]:
             f"score function {p.score.name!r} returned shape {tuple(alpha.shape)}; expected "
             f"(E, H) = ({g.num_edges}, {p.q.size(1)})"
         )
-    weights = softmax_by_target(alpha, g.edge_index[1], g.num_dst, p.sinks)  # [E, H]
+    weights = softmax_by_target(alpha, edge_rows(g)[1], g.num_dst, p.sinks)  # [E, H]
     return alpha, weights
 
 
@@ -91,7 +108,7 @@ class EdgeBackend(Backend):
 
     def run(self, p: Problem) -> BackendOutput:
         g = p.graph
-        src, dst = g.edge_index[0], g.edge_index[1]
+        src, dst = edge_rows(g)
         alpha, weights = _wide_scores_and_weights(p)
         w = F.dropout(weights, p.dropout, p.training) if p.dropout > 0 else weights  # [E, H]
         half = p.v.dtype in _HALF  # accumulate half-precision sums in fp32, as SDPA does

@@ -17,7 +17,10 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
+
+from .grouping import bags
 
 __all__ = ["CHUNK_ELEMENTS", "chunk_bounds", "edge_aggregate", "edge_dot"]
 
@@ -46,8 +49,11 @@ def _dot_into(out: Tensor, a: Tensor, b: Tensor, ia: Tensor, ib: Tensor) -> None
     if _sparse_ok(a, b, ia.numel()):
         _sddmm_into(out, a, b, ia, ib)
         return
+    ones = a.new_ones(a.size(2))  # [D]: the sum over D as a matrix-vector product
     for s, t in chunk_bounds(ia.numel(), a.size(1) * a.size(2)):
-        out[s:t] = (a.index_select(0, ia[s:t]) * b.index_select(0, ib[s:t])).sum(-1)  # [e, H]
+        prod = a.index_select(0, ia[s:t]).mul_(b.index_select(0, ib[s:t]))  # [e, H, D]
+        # (a sum over the last axis of size D runs far below a vector-width loop on CPU)
+        torch.mv(prod.view(-1, a.size(2)), ones, out=out[s:t].view(-1))  # [e·H]
 
 
 #: Fewer edges than this take the gather path: the CSR set-up (a sort, H sparse tensors) costs
@@ -137,6 +143,21 @@ def _scatter_into(out: Tensor, w: Tensor, b: Tensor, i_out: Tensor, i_b: Tensor)
         out.index_add_(0, i_out[s:t], msg)
 
 
+def _bag_sum(w: Tensor, v: Tensor, i_out: Tensor, i_in: Tensor, num_out: int) -> Tensor | None:
+    """out_{i,h} = Σ_{e: i_out(e)=i} w_{e,h} v_{i_in(e),h} as one ``embedding_bag`` over the
+    registered grouping of the edges (``grouping.bags``), or None where there is none.
+    w [E, H] and v [N, H, D] of one dtype, fp32 or fp64, on CPU or CUDA -> [M, H, D]."""
+    if v.dtype not in (torch.float32, torch.float64) or v.device.type not in ("cpu", "cuda"):
+        return None
+    found = bags(i_out, i_in, num_out, w.size(1))
+    if found is None:
+        return None
+    psw = w.reshape(-1).index_select(0, found.order)  # [E·H] weights, listed bag by bag
+    table = v.reshape(-1, v.size(2))  # [N·H, D]: row j·H + h is v_{j,h}
+    out = F.embedding_bag(found.rows, table, found.offsets, mode="sum", per_sample_weights=psw)
+    return out.view(num_out, v.size(1), v.size(2))  # [M, H, D]
+
+
 def _no_autocast(device: torch.device) -> Any:
     """Autocast off inside the kernels: they run in their inputs' dtype (half inputs accumulate
     in fp32 themselves), and autocast would turn the CSR matmuls' fp32 operands into bf16/fp16,
@@ -187,8 +208,10 @@ class _EdgeAggregate(torch.autograd.Function):
     def forward(w: Tensor, v: Tensor, src: Tensor, dst: Tensor, num_dst: int) -> Tensor:  # type: ignore[override]
         with _no_autocast(v.device):
             v32 = _wide(v)
-            out = v32.new_zeros(num_dst, v.size(1), v.size(2))  # [N_t, H, D], fp32 for half
-            _scatter_into(out, w.to(v32.dtype), v32, dst, src)
+            out = _bag_sum(w.to(v32.dtype), v32, dst, src, num_dst)  # [N_t, H, D] or None
+            if out is None:
+                out = v32.new_zeros(num_dst, v.size(1), v.size(2))  # [N_t, H, D], fp32 for half
+                _scatter_into(out, w.to(v32.dtype), v32, dst, src)
         return out.to(v.dtype)
 
     @staticmethod

@@ -101,12 +101,23 @@ def softmax_by_target(
     """``neighbourhood_softmax`` without its input checks, for callers whose ``index`` is a
     validated graph's targets (the edge backend). scores [E, H] -> weights [E, H]."""
     work = scores.float() if scores.dtype in (torch.float16, torch.bfloat16) else scores
-    m = scatter(work.detach(), index, 0, dim_size=num_nodes, reduce="max")  # [N, H]
+    return _softmax(work, index, num_nodes, sinks).to(scores.dtype)
+
+
+def _group_max(work: Tensor, index: Tensor, num_nodes: int) -> Tensor:
+    """max_{e→i} α_e for every target, -inf where i has no edge. [N, H]. (A scatter from a
+    -inf start: about 3x faster on CPU than PyG's max, which excludes the start value.)"""
+    at = index.view(-1, *([1] * (work.dim() - 1))).expand_as(work)  # [E, H]
+    m = work.new_full((num_nodes, *work.shape[1:]), float("-inf"))  # [N, H]
+    return m.scatter_reduce(0, at, work, "amax")
+
+
+def _softmax(work: Tensor, index: Tensor, num_nodes: int, sinks: Tensor | None) -> Tensor:
+    """The stable neighbourhood softmax (eq. 2, with an optional sink) as differentiable ops."""
+    m = _group_max(work.detach(), index, num_nodes)  # [N, H]
     if sinks is not None:  # m_i = max(s_h, max_k α_ik): finite, as s_h is
         sink = sinks.to(work.dtype)  # [H]
-        seen = torch.zeros(num_nodes, dtype=torch.bool, device=index.device)
-        seen = seen.index_fill(0, index, True).view(-1, *([1] * (work.dim() - 1)))  # [N, 1]
-        m = torch.where(seen, torch.maximum(m, sink.detach()), sink.detach())  # [N, H]
+        m = torch.maximum(m, sink.detach())  # [N, H] (-inf, no edge: s_h)
     m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
     e = (work - m.index_select(0, index)).exp()  # [E, H]
     denom = scatter(e, index, 0, dim_size=num_nodes, reduce="sum")  # [N, H]
@@ -114,4 +125,4 @@ def softmax_by_target(
         denom = denom + (sink - m).exp()  # + exp(s_h - m_i): the sink's share
     else:
         denom = denom.clamp_min(1.0)
-    return (e / denom.index_select(0, index)).to(scores.dtype)  # [E, H]
+    return e / denom.index_select(0, index)  # [E, H]
