@@ -21,7 +21,8 @@ torch.compile) takes the gather path, which needs no grouping.
 from __future__ import annotations
 
 import weakref
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -54,7 +55,7 @@ class Bags(NamedTuple):
 class _Entry:
     """One registered pair (index_out, index_in): weak references, versions, bags per H."""
 
-    def __init__(self, out: Tensor, inp: Tensor, size: int, drop: weakref.ref) -> None:
+    def __init__(self, out: Tensor, inp: Tensor, size: int, drop: Callable[[Any], None]) -> None:
         self.out = weakref.ref(out, drop)
         self.inp = weakref.ref(inp, drop)
         self.versions = (out._version, inp._version)
