@@ -209,6 +209,30 @@ def test_density_estimate_is_deterministic_and_leaves_the_global_rng_alone() -> 
     assert guess >= 0.5 * exact
 
 
+@pytest.mark.parametrize(
+    "graph",
+    [
+        lambda: ga.window_graph(1024, 32),  # 4,096 tiles of 16x16: counted with bincount
+        lambda: ga.TokenGraph(torch.randint(0, 3000, (2, 7000), generator=_gen(1)), 3000),
+        lambda: ga.TokenGraph(torch.randint(0, 9, (2, 100), generator=_gen(2)), 9, 9),
+    ],
+)
+def test_density_estimate_counts_tiles_without_a_sort_where_the_grid_is_small(
+    graph: Callable[[], ga.TokenGraph], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Counting the sampled edges per tile with bincount (grids of up to DENSE_TILE_COUNT
+    tiles) gives the estimate that sorting them (``unique``) gives."""
+    from gatattn.backends import block
+
+    fast = block.estimate_density(graph())
+    monkeypatch.setattr(block, "DENSE_TILE_COUNT", 0)  # every grid sorts its sample
+    assert block.estimate_density(graph()) == fast
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
 # torch-internal: dynamo instantiates autograd.Function classes while tracing them
 @pytest.mark.filterwarnings(
     "ignore:<class 'torch.autograd.function.Function'> should not be instantiated:DeprecationWarning"
