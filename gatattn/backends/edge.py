@@ -35,28 +35,34 @@ _HALF = (torch.float16, torch.bfloat16)
 
 def edge_rows(graph: TokenGraph) -> tuple[Tensor, Tensor]:
     """(src [E], dst [E]) of ``graph``: in eager mode the same two tensors on every call,
-    kept in the graph's cache and registered with the kernels (``kernels.grouping``), so
-    that their sums run grouped by target or source; fresh views under torch.compile."""
+    kept in the graph's cache; from the graph's second use on they are registered with the
+    kernels (``kernels.grouping``), so that their sums run grouped by target or source. (A
+    graph used once, such as a new edge_index per batch, never pays for the grouping's
+    sort.) Fresh views under torch.compile. Call it once per attention call: a second call
+    counts as a second use."""
     if torch.compiler.is_compiling():
         return graph.edge_index[0], graph.edge_index[1]
+    made = []
 
     def rows() -> tuple[Tensor, Tensor]:
-        src, dst = graph.edge_index[0], graph.edge_index[1]  # [E], [E]
-        register(src, dst, graph.num_src, graph.num_dst)
-        return src, dst
+        made.append(True)
+        return graph.edge_index[0], graph.edge_index[1]  # [E], [E]
 
-    return graph.derived("edge_rows", rows)
-
-
-def _edges(p: Problem) -> Edges:
-    src, dst = edge_rows(p.graph)
-    return Edges(src, dst, p.graph, p.edge_attr, p.positions)
+    src, dst = graph.derived("edge_rows", rows)
+    if not made:  # seen in an earlier call: group its sums from now on (once)
+        n_src, n_dst = graph.num_src, graph.num_dst
+        graph.derived("edge_rows_grouped", lambda: register(src, dst, n_src, n_dst))
+    return src, dst
 
 
-def _modulated_scores(p: Problem, mod: EdgeModulation) -> Tensor:
+def _edges(p: Problem, rows: tuple[Tensor, Tensor]) -> Edges:
+    return Edges(rows[0], rows[1], p.graph, p.edge_attr, p.positions)
+
+
+def _modulated_scores(p: Problem, mod: EdgeModulation, rows: tuple[Tensor, Tensor]) -> Tensor:
     """α_ij = w(q_i, k_j + W_e e_ij), chunked: no [E, H, D] tensor at once. -> [E, H]."""
     H, D = p.q.size(1), p.q.size(2)
-    edges = _edges(p)
+    edges = _edges(p, rows)
 
     def chunk(s: int, t: int) -> Tensor:
         part = edges.slice(s, t)
@@ -67,19 +73,23 @@ def _modulated_scores(p: Problem, mod: EdgeModulation) -> Tensor:
     return chunked_edge_map(chunk, p.graph.num_edges, H * D)
 
 
-def _wide_scores_and_weights(p: Problem) -> tuple[Tensor, Tensor]:
-    """α and Attn [E, H]; fp32 when the score computes fp16/bf16 inputs in fp32 (edge_dot)."""
+def _wide_scores_and_weights(
+    p: Problem, rows: tuple[Tensor, Tensor] | None = None
+) -> tuple[Tensor, Tensor]:
+    """α and Attn [E, H]; fp32 when the score computes fp16/bf16 inputs in fp32 (edge_dot).
+    ``rows``: the graph's (src, dst) from ``edge_rows`` (made here when None)."""
     g = p.graph
+    rows = edge_rows(g) if rows is None else rows
     if p.modulation is not None:
-        alpha = _modulated_scores(p, p.modulation)
+        alpha = _modulated_scores(p, p.modulation, rows)
     else:
-        alpha = p.score.edge_scores(p.q, p.k, _edges(p))  # [E, H]
+        alpha = p.score.edge_scores(p.q, p.k, _edges(p, rows))  # [E, H]
     if tuple(alpha.shape) != (g.num_edges, p.q.size(1)):
         raise ValueError(
             f"score function {p.score.name!r} returned shape {tuple(alpha.shape)}; expected "
             f"(E, H) = ({g.num_edges}, {p.q.size(1)})"
         )
-    weights = softmax_by_target(alpha, edge_rows(g)[1], g.num_dst, p.sinks)  # [E, H]
+    weights = softmax_by_target(alpha, rows[1], g.num_dst, p.sinks)  # [E, H]
     return alpha, weights
 
 
@@ -109,7 +119,7 @@ class EdgeBackend(Backend):
     def run(self, p: Problem) -> BackendOutput:
         g = p.graph
         src, dst = edge_rows(g)
-        alpha, weights = _wide_scores_and_weights(p)
+        alpha, weights = _wide_scores_and_weights(p, (src, dst))
         w = F.dropout(weights, p.dropout, p.training) if p.dropout > 0 else weights  # [E, H]
         half = p.v.dtype in _HALF  # accumulate half-precision sums in fp32, as SDPA does
         wa, va = (w.float(), p.v.float()) if half else (w, p.v)
