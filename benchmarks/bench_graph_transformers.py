@@ -24,8 +24,9 @@ Case S2, ``ga.shortest_path_distances`` on 1,000 random trees with chords of 20-
 Case P6 (issue 23), one attention layer, fwd+bwd, on 128 molecule-like graphs (``molecules``:
 3,194 nodes, 6,976 directed edges; C=64, H=8), all on the graphs' own edges: ``ga.GraphAttention``
 called with the raw edge_index tensor (as a PyG user calls a conv: the same tensor, a fresh call
-each time) and with a ``ga.TokenGraph`` built once, against PyG's TransformerConv and GATConv of
-the same width and heads.
+each time), with a ``ga.TokenGraph`` built once, and with a new copy of the edge_index on every
+call (as a DataLoader gives a new batch: nothing about the graph is known in advance), against
+PyG's TransformerConv and GATConv of the same width and heads.
 
 Times are medians of interleaved rounds (every method once per round), in ms.
 
@@ -277,6 +278,7 @@ def case_p6(num_graphs: int, channels: int, heads: int, rounds: int) -> dict[str
     methods = {
         "gatattn, edge_index (each call)": step(lambda: layer(x, ei)),
         "gatattn, TokenGraph (built once)": step(lambda: layer(x, g)),
+        "gatattn, a new edge_index tensor each call": step(lambda: layer(x, ei.clone())),
         "TransformerConv": step(lambda: tconv(x, ei)),
         "GATConv": step(lambda: gat(x, ei)),
     }
