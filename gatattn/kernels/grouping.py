@@ -60,7 +60,7 @@ class _Entry:
         self.inp = weakref.ref(inp, drop)
         self.versions = (out._version, inp._version)
         self.size = size
-        self.per_heads: dict[int, Bags] = {}
+        self.per_heads: dict[tuple[int, int], Bags] = {}  # by (H, row stride)
 
     def matches(self, out: Tensor, inp: Tensor, size: int) -> bool:
         return (
@@ -92,7 +92,9 @@ def register(src: Tensor, dst: Tensor, num_src: int, num_dst: int) -> None:
         _REGISTRY[key] = _Entry(out, inp, size, drop)
 
 
-def bags(index_out: Tensor, index_in: Tensor, size: int, heads: int) -> Bags | None:
+def bags(
+    index_out: Tensor, index_in: Tensor, size: int, heads: int, row_stride: int | None = None
+) -> Bags | None:
     """The pairs of the registered (index_out, index_in) listed by (index_out, head) bag, or
     None when the pair is not registered as it is now, or is too large (the caller gathers).
 
@@ -101,6 +103,9 @@ def bags(index_out: Tensor, index_in: Tensor, size: int, heads: int) -> Bags | N
         index_in: the table node of each edge, LongTensor [E].
         size: M, the number of output rows.
         heads: H.
+        row_stride: rows of the table between two nodes (default H: a contiguous [N, H, D]
+            table; a head-split view of a packed projection has more), so that pair (e, h)
+            reads row index_in(e)·row_stride + h.
     """
     if torch.compiler.is_compiling():
         return None
@@ -109,9 +114,17 @@ def bags(index_out: Tensor, index_in: Tensor, size: int, heads: int) -> Bags | N
         return None
     if index_out.numel() * heads > MAX_GROUPED_PAIRS:
         return None
-    found = entry.per_heads.get(heads)
+    stride = heads if row_stride is None else row_stride
+    found = entry.per_heads.get((heads, stride))
     if found is None:
-        found = entry.per_heads[heads] = _list(index_out, index_in, size, heads)
+        base = entry.per_heads.get((heads, heads))
+        if base is None:
+            base = entry.per_heads[(heads, heads)] = _list(index_out, index_in, size, heads)
+        if stride != heads:  # node j's rows start at j·stride instead of j·H
+            rows = base.rows.long()
+            rows = (rows // heads * stride + rows % heads).to(base.rows.dtype)  # [E·H]
+            base = Bags(base.order, rows, base.offsets)
+        found = entry.per_heads[(heads, stride)] = base
     return found
 
 
@@ -123,5 +136,5 @@ def _list(index_out: Tensor, index_in: Tensor, size: int, heads: int) -> Bags:
     rows = (index_in.unsqueeze(1) * heads + h).view(-1).index_select(0, order)  # [E·H]
     counts = torch.bincount(bag, minlength=size * heads)  # [M·H]
     offsets = torch.cumsum(counts, 0) - counts  # [M·H] start of each bag
-    i32 = torch.int32  # E·H <= MAX_GROUPED_PAIRS < 2**31
+    i32 = torch.int32  # E·H <= MAX_GROUPED_PAIRS < 2**31 (and rows: checked by the caller)
     return Bags(order.to(i32), rows.to(i32), offsets.to(i32))

@@ -146,16 +146,29 @@ def _scatter_into(out: Tensor, w: Tensor, b: Tensor, i_out: Tensor, i_b: Tensor)
 def _bag_sum(w: Tensor, v: Tensor, i_out: Tensor, i_in: Tensor, num_out: int) -> Tensor | None:
     """out_{i,h} = Σ_{e: i_out(e)=i} w_{e,h} v_{i_in(e),h} as one ``embedding_bag`` over the
     registered grouping of the edges (``grouping.bags``), or None where there is none.
-    w [E, H] and v [N, H, D] of one dtype, fp32 or fp64, on CPU or CUDA -> [M, H, D]."""
+    w [E, H] and v [N, H, D] of one dtype, fp32 or fp64, on CPU or CUDA -> [M, H, D].
+
+    The table is v's own memory when each head's D values are contiguous and nodes lie a
+    whole number of rows apart (a head-split view of a packed projection): no copy. (It runs
+    inside the kernels' forwards, whose backward is their own: the inputs are detached, so
+    torch takes its forward-only kernel.)"""
+    N, H, D = v.shape
     if v.dtype not in (torch.float32, torch.float64) or v.device.type not in ("cpu", "cuda"):
         return None
-    found = bags(i_out, i_in, num_out, w.size(1))
+    rows_apart = v.stride(0) // D if D and v.stride(0) % D == 0 else 0
+    in_place = N > 0 and v.stride(2) == 1 and v.stride(1) == D and rows_apart >= H
+    if N * max(H, rows_apart if in_place else 0) >= 1 << 31 or D == 0:  # int32 rows
+        return None
+    found = bags(i_out, i_in, num_out, H, rows_apart if in_place else None)
     if found is None:
         return None
-    psw = w.reshape(-1).index_select(0, found.order)  # [E·H] weights, listed bag by bag
-    table = v.reshape(-1, v.size(2))  # [N·H, D]: row j·H + h is v_{j,h}
+    psw = w.detach().reshape(-1).index_select(0, found.order)  # [E·H], listed bag by bag
+    if in_place:  # row j·rows_apart + h is v_{j,h}: a view of v's memory, [R, D]
+        table = v.detach().as_strided(((N - 1) * rows_apart + H, D), (D, 1))
+    else:
+        table = v.detach().reshape(-1, D)  # [N·H, D]: row j·H + h is v_{j,h}
     out = F.embedding_bag(found.rows, table, found.offsets, mode="sum", per_sample_weights=psw)
-    return out.view(num_out, v.size(1), v.size(2))  # [M, H, D]
+    return out.view(num_out, H, D)  # [M, H, D]
 
 
 def _no_autocast(device: torch.device) -> Any:
