@@ -35,24 +35,18 @@ _HALF = (torch.float16, torch.bfloat16)
 
 def edge_rows(graph: TokenGraph) -> tuple[Tensor, Tensor]:
     """(src [E], dst [E]) of ``graph``: in eager mode the same two tensors on every call,
-    kept in the graph's cache; from the graph's second use on they are registered with the
-    kernels (``kernels.grouping``), so that their sums run grouped by target or source. (A
-    graph used once, such as a new edge_index per batch, never pays for the grouping's
-    sort.) Fresh views under torch.compile. Call it once per attention call: a second call
-    counts as a second use."""
+    kept in the graph's cache and registered with the kernels (``kernels.grouping``), so
+    that their sums run grouped by target or source, the same way on every call. Fresh views
+    under torch.compile."""
     if torch.compiler.is_compiling():
         return graph.edge_index[0], graph.edge_index[1]
-    made = []
 
     def rows() -> tuple[Tensor, Tensor]:
-        made.append(True)
-        return graph.edge_index[0], graph.edge_index[1]  # [E], [E]
+        src, dst = graph.edge_index[0], graph.edge_index[1]  # [E], [E]
+        register(src, dst, graph.num_src, graph.num_dst)
+        return src, dst
 
-    src, dst = graph.derived("edge_rows", rows)
-    if not made:  # seen in an earlier call: group its sums from now on (once)
-        n_src, n_dst = graph.num_src, graph.num_dst
-        graph.derived("edge_rows_grouped", lambda: register(src, dst, n_src, n_dst))
-    return src, dst
+    return graph.derived("edge_rows", rows)
 
 
 def _edges(p: Problem, rows: tuple[Tensor, Tensor]) -> Edges:

@@ -129,12 +129,25 @@ def bags(
 
 
 def _list(index_out: Tensor, index_in: Tensor, size: int, heads: int) -> Bags:
-    """Sort the E·H pairs by bag (index_out·H + h), stably (edge order within a bag)."""
-    h = torch.arange(heads, device=index_out.device)  # [H]
-    bag = (index_out.unsqueeze(1) * heads + h).view(-1)  # [E·H] bag of pair (e, h)
-    order = torch.argsort(bag, stable=True)  # [E·H]
-    rows = (index_in.unsqueeze(1) * heads + h).view(-1).index_select(0, order)  # [E·H]
-    counts = torch.bincount(bag, minlength=size * heads)  # [M·H]
-    offsets = torch.cumsum(counts, 0) - counts  # [M·H] start of each bag
+    """List the E·H pairs bag by bag, bag (i, h) holding the edges into i in edge order.
+
+    One stable sort of the E edges by bag row; the pair of sorted edge p (into row i, which
+    has c_i edges from position s_i) and head h goes to position s_i·H + h·c_i + (p - s_i).
+    """
+    E = index_out.numel()
+    perm = torch.argsort(index_out, stable=True)  # [E] edges by output row
+    counts = torch.bincount(index_out, minlength=size)  # [M] c_i
+    starts = torch.cumsum(counts, 0) - counts  # [M] s_i
+    row = index_out.index_select(0, perm)  # [E] row of each sorted edge
+    s, c = starts.index_select(0, row), counts.index_select(0, row)  # [E], [E]
+    h = torch.arange(heads, device=index_out.device).unsqueeze(1)  # [H, 1]
+    p = torch.arange(E, device=index_out.device)  # [E]
+    at = (s * (heads - 1) + p + h * c).view(-1)  # [H·E] (head-major: E is the long axis)
+    order = torch.empty(E * heads, dtype=torch.long, device=index_out.device)
+    order.scatter_(0, at, (perm * heads + h).view(-1))  # index into w.view(-1)
+    rows = torch.empty_like(order)
+    rows.scatter_(0, at, (index_in.index_select(0, perm) * heads + h).view(-1))
+    h = h.view(-1)  # [H]
+    offsets = (starts.unsqueeze(1) * heads + h * counts.unsqueeze(1)).view(-1)  # [M·H]
     i32 = torch.int32  # E·H <= MAX_GROUPED_PAIRS < 2**31 (and rows: checked by the caller)
     return Bags(order.to(i32), rows.to(i32), offsets.to(i32))
