@@ -4,7 +4,9 @@ The literal formulas gather per-edge vectors q_i, k_j, v_j ([E, H, D]) and reduc
 PyTorch that costs O(E·H·D) memory, and autograd keeps the gathered copies until backward
 (this is why PyG's TransformerConv needs 8 GB at N=1024). Here each op walks the edges in chunks
 of at most ``CHUNK_ELEMENTS`` gathered elements, and a custom autograd.Function recomputes the
-gathers chunk by chunk in backward, so memory stays O(E·H + N·H·D).
+gathers chunk by chunk in backward, so memory stays O(E·H + N·H·D). Sums over the edges of a
+graph registered by the edge backend (``grouping``) run as one ``embedding_bag`` instead; large
+graphs in eager fp32/fp64 use CSR matmuls (``SPARSE_MIN_EDGES``).
 
     edge_dot:       s_e   = <a_{dst(e)}, b_{src(e)}>                     [E, H]
     edge_aggregate: out_i = Σ_{e: dst(e)=i} w_e · v_{src(e)}             [N, H, D]  (eq. 3)
