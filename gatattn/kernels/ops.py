@@ -30,8 +30,11 @@ __all__ = ["CHUNK_ELEMENTS", "chunk_bounds", "edge_aggregate", "edge_dot"]
 CHUNK_ELEMENTS = 1 << 22
 
 
-def chunk_bounds(num_edges: int, per_edge: int) -> list[tuple[int, int]]:
-    """Split ``range(num_edges)`` into chunks of at most CHUNK_ELEMENTS // per_edge edges.
+def chunk_bounds(
+    num_edges: int, per_edge: int, elements: int | None = None
+) -> list[tuple[int, int]]:
+    """Split ``range(num_edges)`` into chunks of at most ``elements`` // per_edge edges
+    (default CHUNK_ELEMENTS).
 
     Under torch.compile it is one chunk: the edge count may be symbolic (``dynamic=True``) or
     data-dependent (edges from a mask), so no Python loop can run over it, and inductor fuses
@@ -39,8 +42,15 @@ def chunk_bounds(num_edges: int, per_edge: int) -> list[tuple[int, int]]:
     """
     if torch.compiler.is_compiling():
         return [(0, num_edges)]
-    step = max(1, CHUNK_ELEMENTS // max(1, per_edge))
+    step = max(1, (CHUNK_ELEMENTS if elements is None else elements) // max(1, per_edge))
     return [(s, min(s + step, num_edges)) for s in range(0, num_edges, step)]
+
+
+#: The gathered dot products run in chunks of about this many elements (256 KiB in fp32: the
+#: two gathered chunks and their product stay in a core's cache; about 10 % faster on P6's
+#: graphs than one chunk), and at most DOT_CHUNKS of them.
+DOT_CHUNK_ELEMENTS = 1 << 16
+DOT_CHUNKS = 256
 
 
 def _dot_into(out: Tensor, a: Tensor, b: Tensor, ia: Tensor, ib: Tensor) -> None:
@@ -52,7 +62,9 @@ def _dot_into(out: Tensor, a: Tensor, b: Tensor, ia: Tensor, ib: Tensor) -> None
         _sddmm_into(out, a, b, ia, ib)
         return
     ones = a.new_ones(a.size(2))  # [D]: the sum over D as a matrix-vector product
-    for s, t in chunk_bounds(ia.numel(), a.size(1) * a.size(2)):
+    per_edge = a.size(1) * a.size(2)
+    size = min(CHUNK_ELEMENTS, max(DOT_CHUNK_ELEMENTS, ia.numel() * per_edge // DOT_CHUNKS))
+    for s, t in chunk_bounds(ia.numel(), per_edge, size):
         prod = a.index_select(0, ia[s:t]).mul_(b.index_select(0, ib[s:t]))  # [e, H, D]
         # (a sum over the last axis of size D runs far below a vector-width loop on CPU)
         torch.mv(prod.view(-1, a.size(2)), ones, out=out[s:t].view(-1))  # [e·H]

@@ -180,3 +180,32 @@ def test_autocast_runs_on_the_csr_path(dtype: torch.dtype) -> None:
         err, torch_err = (a - g).abs().max(), (b - g).abs().max()
         assert torch_err > 0  # torch itself rounds: the bound is meaningful
         assert err <= 3 * torch_err, (err, torch_err)
+
+
+@pytest.mark.parametrize("duplicates", [False, True])
+def test_dot_products_in_small_chunks_equal_one_chunk(
+    duplicates: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The gathered dots run in cache-sized chunks (DOT_CHUNK_ELEMENTS, at most DOT_CHUNKS of
+    them): many chunks give the one-chunk values and gradients."""
+    src, dst = _edges(duplicates)
+    monkeypatch.setattr(ops, "DOT_CHUNK_ELEMENTS", 1 << 30)
+    one = _run(src, dst)
+    monkeypatch.setattr(ops, "DOT_CHUNK_ELEMENTS", 3 * H * D)  # 3 edges per chunk
+    calls = []
+    real = ops.chunk_bounds
+
+    def spy(*a: int) -> list[tuple[int, int]]:
+        if len(a) == 3:  # the dots' calls (with a chunk size)
+            calls.append(len(real(*a)))
+        return real(*a)
+
+    monkeypatch.setattr(ops, "chunk_bounds", spy)
+    many = _run(src, dst)
+    assert len(calls) == 2 and min(calls) > 2  # the score dots and the weights' gradient
+    for a, b in zip(many, one):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
+    monkeypatch.setattr(ops, "DOT_CHUNKS", 2)  # at most two chunks, whatever the size asks
+    calls.clear()
+    _run(src, dst)
+    assert calls == [2, 2]
