@@ -113,8 +113,10 @@ class _BandView(torch.autograd.Function):
     def forward(t: Tensor, nr: int, size: int, offset: int, width: int) -> Tensor:  # type: ignore[override]
         n, H, D = t.shape
         before, after = _band_pads(n, nr, size, offset, width)
-        padded = t.new_zeros(before + n + after, H, D)  # contiguous: as_strided reads storage
+        padded = t.new_empty(before + n + after, H, D)  # contiguous: as_strided reads storage
+        padded[:before].zero_()
         padded[before : before + n] = t
+        padded[before + n :].zero_()
         start = padded.storage_offset() + (offset * size + before) * H * D
         shape, stride = (nr, width * size, H, D), (size * H * D, H * D, D, 1)
         return padded.as_strided(shape, stride, start).transpose(1, 2)
@@ -140,10 +142,10 @@ class _BandSum(torch.autograd.Function):
         width = ws // size
         before, after = _band_pads(n, nr, size, offset, width)
         acc = g.new_zeros((before + n + after) // size + 1, size, H, D)  # [tiles, S, H, D]
-        tiles = g.transpose(1, 2).reshape(nr, width, size, H, D)  # [nr, W, S, H, D]
+        tiles = g.unflatten(2, (width, size))  # [nr, H, W, S, D] (a view when g is contiguous)
         first = offset + before // size  # padded tile of slot 0 of row-block 0
         for w in range(width):  # W adds of [nr, S, H, D]: slot w of every row-block at once
-            acc[first + w : first + w + nr] += tiles[:, w]
+            acc[first + w : first + w + nr] += tiles[:, :, w].transpose(1, 2)
         return acc.view(-1, H, D)[before : before + n]  # [N, H, D]
 
     @staticmethod
@@ -207,7 +209,9 @@ def slab_attention(
 
     form = band if table is None else gather
     mask = graph.derived(("block_slab_mask", S, q.dtype), lambda: slab.mask.to(q.dtype))
-    qt = F.pad(q, (0, 0, 0, 0, 0, nr * S - q.size(0))).view(nr, S, H, D).transpose(1, 2)
+    if q.size(0) != nr * S:  # pad the queries to whole row-blocks (else a view of q)
+        q = F.pad(q, (0, 0, 0, 0, 0, nr * S - q.size(0)))
+    qt = q.unflatten(0, (nr, S)).transpose(1, 2)  # [nr, H, S, D]
     out = sdpa(  # F.scaled_dot_product_attention, differentiable twice
         qt, form(k), form(v), attn_mask=mask, dropout_p=dropout, scale=scale
     )  # [nr, H, S, D]
