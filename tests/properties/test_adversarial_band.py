@@ -172,7 +172,33 @@ def test_batches_with_short_sequences(lengths: list[int], kind: str) -> None:
     check_first_order(layer(), g)
 
 
+@pytest.mark.parametrize("lengths", [[300, 1, 1, 200], [1, 1, 500], [130, 3, 129]])
+def test_unequal_batches(lengths: list[int]) -> None:
+    for g in [
+        ga.complete_graph(lengths=lengths),
+        W(lengths=lengths, window=20),
+        W(lengths=lengths, window=20, causal=True, dilation=3),
+    ]:
+        check_first_order(layer(C=6, H=2), g)
+
+
 # ---------------------------------------------------------------- hand-made bands
+@pytest.mark.parametrize(
+    "tag",
+    [
+        {"structure": "window", "params": {"window": 40, "dilation": 1, "causal": False}},
+        {"structure": "causal", "verified": True},
+        {"structure": "complete", "verified": True, "params": {"self_loops": True}},
+    ],
+    ids=["window40", "causal", "complete"],
+)
+def test_the_tag_is_never_read(tag: dict[str, object]) -> None:
+    """docs/backends.md: the block layout comes from edge_index; the structure tag is never
+    read, even a tag that claims to be verified and lies."""
+    g = ga.TokenGraph(band(100, 100, -2, 2), 100, 100, **tag)  # type: ignore[arg-type]
+    check_first_order(layer(), g)
+
+
 @pytest.mark.parametrize(
     ("nt", "ns", "lo", "hi"),
     [
