@@ -43,7 +43,7 @@ from .base import Backend, BackendOutput, Problem
 from .bias_sdpa import biased_sdpa, use_biased_sdpa
 from .dense_mask import (
     bias_grid,
-    edge_base,
+    grid_mask,
     guard_empty_rows,
     no_key,
     scattered_inputs,
@@ -359,13 +359,9 @@ class DenseBackend(Backend):
                 "dense_edgeless", edgeless, dev
             )
         scattered = scattered_inputs(g, keys, p.edge_attr, (B, Lq, Lk))  # once per graph
-        grid = bias_grid(biases, scattered, (B, p.q.size(1), Lq, Lk), p.q.dtype)
-        if grid is not None and grid.dtype != torch.bool:  # every bias from its grid form
-            base, real_rows = edge_base(g, keys, (B, Lq, Lk))
-            finite = not torch.compiler.is_compiling() and bool(
-                grid.detach().amin() > float("-inf")
-            )
-            return grid + base.to(grid.dtype), real_rows if finite else None
+        grid = grid_mask(biases, scattered, g, keys, (B, p.q.size(1), Lq, Lk), p.q.dtype)
+        if grid is not None:  # every bias from its grid form
+            return grid
         edges = Edges(g.edge_index[0], g.edge_index[1], g, p.edge_attr, p.positions)
         vals = sum((b(edges) for b in biases), torch.zeros((), device=dev))
         vals = vals.to(p.q.dtype)
