@@ -41,6 +41,7 @@ from ..graph import TokenGraph
 from ..scores import POSITION, DenseContext, Edges
 from .base import Backend, BackendOutput, Problem
 from .bias_sdpa import biased_sdpa, use_biased_sdpa
+from .dense_buckets import run_buckets
 from .dense_mask import (
     bias_grid,
     grid_mask,
@@ -225,6 +226,11 @@ class DenseBackend(Backend):
         base, _ = p.score.parts()
         H, D = q.size(1), q.size(-1)
         B, Lq, Lk = _grid(g)
+        dropout, scale = p.dropout if p.training else 0.0, base.sdpa_scale(D)
+        if plan == "scatter":  # mixed lengths: one call per length bucket (dense_buckets.py)
+            bucketed = run_buckets(p, scale, dropout)
+            if bucketed is not None:
+                return BackendOutput(bucketed, None, None)
         # [N_t], [N_s] into the padded grid; None: a plain view
         q_index: Tensor | None = None
         k_index: Tensor | None = None
@@ -275,7 +281,6 @@ class DenseBackend(Backend):
             mask = sink_mask(mask, causal, p.sinks, (H, Lq, Lk), q.dtype)
             causal = False
             kp, vp = (F.pad(t, (0, 0, 0, 1)) for t in (kp, vp))  # [B, H_kv, L_k + 1, D]
-        dropout, scale = p.dropout if p.training else 0.0, base.sdpa_scale(D)
         if mask is not None and scale is not None and use_biased_sdpa(q, k, mask, dropout):
             out = biased_sdpa(pad(q, q_index, Lq), kp, vp, mask, scale)  # a learned bias
         else:
