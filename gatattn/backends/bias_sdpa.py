@@ -7,9 +7,11 @@
 A bias with learned parameters (Graphormer's ``SpatialBias``, edge-feature biases) makes SDPA's
 mask need a gradient, and torch then runs its unfused math kernel, which on CPU spends much of
 its time outside the matrix products (a guarded softmax, per-batch copies of transposed
-operands). This Function runs the same formula with every batched product on contiguous
-operands, keeps P as its only [B, H, L_q, L_k] tensor, and returns dM = dS, the softmax
-gradient itself: no extra [B, H, L_q, L_k] copy for the bias's gradient.
+operands). This Function runs the same formula with every batched product in a layout CPU's
+batched kernels run fast (the [L_q, L_k] operand contiguous on the left; with a narrow head,
+D < ``NARROW_HEAD``, the [L_k, D] operand read as the transpose of a contiguous [D, L_k] one),
+keeps P as its only [B, H, L_q, L_k] tensor, and returns dM = dS, the softmax gradient
+itself: no extra [B, H, L_q, L_k] copy for the bias's gradient.
 
 Under ``backward(create_graph=True)`` the output is recomputed by SDPA's math kernel and
 differentiated again, so second derivatives stay exact.
@@ -24,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-__all__ = ["biased_sdpa", "use_biased_sdpa"]
+__all__ = ["NARROW_HEAD", "biased_sdpa", "use_biased_sdpa"]
 
 
 def _t(x: Tensor) -> Tensor:
@@ -85,7 +87,9 @@ class _BiasedSDPA(torch.autograd.Function):
         ds = torch._softmax_backward_data(dp, p, -1, p.dtype)  # [n, L_q, L_k]
         dq = _times_narrow(ds, kt).mul_(s).view(q.shape) if q.requires_grad else None
         # dKᵀ = Qᵀ dS and dVᵀ = dOᵀ P: the [L, L] operand stays on the right, untransposed
-        dk = _t(torch.bmm(q3.transpose(1, 2), ds).mul_(s)).view(k.shape) if k.requires_grad else None
+        dk = (
+            _t(torch.bmm(q3.transpose(1, 2), ds).mul_(s)).view(k.shape) if k.requires_grad else None
+        )
         dv = _t(torch.bmm(do.transpose(1, 2), p)).view(v.shape) if v.requires_grad else None
         dm = _reduce_to(ds.view(B, H, Lq, -1), mask.shape) if mask.requires_grad else None
         return dq, dk, dv, dm, None

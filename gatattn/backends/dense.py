@@ -364,9 +364,9 @@ class DenseBackend(Backend):
                 "dense_edgeless", edgeless, dev
             )
         scattered = scattered_inputs(g, keys, p.edge_attr, (B, Lq, Lk))  # once per graph
-        grid = grid_mask(biases, scattered, g, keys, (B, p.q.size(1), Lq, Lk), p.q.dtype)
-        if grid is not None:  # every bias from its grid form
-            return grid
+        made = grid_mask(biases, scattered, g, keys, (B, p.q.size(1), Lq, Lk), p.q.dtype)
+        if made is not None:  # every bias from its grid form
+            return made
         edges = Edges(g.edge_index[0], g.edge_index[1], g, p.edge_attr, p.positions)
         vals = sum((b(edges) for b in biases), torch.zeros((), device=dev))
         vals = vals.to(p.q.dtype)

@@ -188,8 +188,9 @@ def run_buckets(p: Problem, scale: float | None, dropout: float) -> Tensor | Non
     for i, b in enumerate(plan.buckets):
         tag, grid = ("bucket", plan.overhead, i), (b.count, b.Lq, b.Lk)
         if not biases:  # the edges as a boolean mask
-            closed, rows = closed_cells(g, b.keys, grid, b.lengths, tag)
-            masks.append((g.derived(("dense_open", tag), lambda c=closed: ~c), rows))
+            closed, edgeless = closed_cells(g, b.keys, grid, b.lengths, tag)
+            opened: Tensor = g.derived(("dense_open", tag), closed.logical_not)
+            masks.append((opened, edgeless))
             continue
         attr = scattered_inputs(g, b.keys, p.edge_attr, grid, b.lengths, tag, b.edges)
         made = grid_mask(biases, attr, g, b.keys, (b.count, H, b.Lq, b.Lk), q.dtype, b.lengths, tag)
@@ -203,9 +204,8 @@ def run_buckets(p: Problem, scale: float | None, dropout: float) -> Tensor | Non
     qb = pad(q, plan.q_index, plan.q_rows)  # [Σ n_b · L_q^b, H, D]
     kb, vb = pad(k, plan.k_index, plan.k_rows), pad(v, plan.k_index, plan.k_rows)
     outs = []
-    for b, (mask, rows) in zip(plan.buckets, masks, strict=True):
-        empty, mask = guard_empty_rows(mask, rows)  # [n_b, 1, L_q^b, 1] or None
-        assert mask is not None
+    for b, (bucket_mask, rows) in zip(plan.buckets, masks, strict=True):
+        empty, mask = guard_empty_rows(bucket_mask, rows)  # [n_b, 1, L_q^b, 1] or None
 
         def part(t: Tensor, start: int, L: int, b: Bucket = b) -> Tensor:  # [n_b, h, L, d]
             return t[start : start + b.count * L].view(b.count, L, t.size(1), -1).transpose(1, 2)
