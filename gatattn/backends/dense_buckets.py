@@ -201,16 +201,18 @@ def run_buckets(p: Problem, scale: float | None, dropout: float) -> Tensor | Non
     def pad(t: Tensor, index: Tensor, n: int) -> Tensor:  # [N, h, d] -> [n, h, d]
         return t.new_zeros(n, t.size(1), t.size(2)).index_copy(0, index, t)
 
-    qb = pad(q, plan.q_index, plan.q_rows)  # [Σ n_b · L_q^b, H, D]
-    kb, vb = pad(k, plan.k_index, plan.k_rows), pad(v, plan.k_index, plan.k_rows)
+    # one split per tensor: its backward is one concatenation, not a padded copy per bucket
+    q_sizes = [b.count * b.Lq for b in plan.buckets]
+    k_sizes = [b.count * b.Lk for b in plan.buckets]
+    qs = pad(q, plan.q_index, plan.q_rows).split(q_sizes)  # [n_b · L_q^b, H, D] each
+    ks = pad(k, plan.k_index, plan.k_rows).split(k_sizes)  # [n_b · L_k^b, H_kv, D] each
+    vs = pad(v, plan.k_index, plan.k_rows).split(k_sizes)  # [n_b · L_k^b, H_kv, D_v] each
     outs = []
-    for b, (bucket_mask, rows) in zip(plan.buckets, masks, strict=True):
+    for b, (bucket_mask, rows), *qkv in zip(plan.buckets, masks, qs, ks, vs, strict=True):
         empty, mask = guard_empty_rows(bucket_mask, rows)  # [n_b, 1, L_q^b, 1] or None
-
-        def part(t: Tensor, start: int, L: int, b: Bucket = b) -> Tensor:  # [n_b, h, L, d]
-            return t[start : start + b.count * L].view(b.count, L, t.size(1), -1).transpose(1, 2)
-
-        qq, kk, vv = part(qb, b.q_start, b.Lq), part(kb, b.k_start, b.Lk), part(vb, b.k_start, b.Lk)
+        qq, kk, vv = (  # [n_b, h, L, d]
+            t.view(b.count, -1, t.size(1), t.size(2)).transpose(1, 2) for t in qkv
+        )
         if scale is not None and use_biased_sdpa(qq, kk, mask, dropout):
             out = biased_sdpa(qq, kk, vv, mask, scale)  # a learned bias
         else:
