@@ -43,15 +43,20 @@ def _reduce_to(grad: Tensor, shape: torch.Size) -> Tensor:
 
 
 #: Below this head size the [L_q, L_k] × [L_k, D] products read their right operand as the
-#: transpose of a contiguous [D, L_k] tensor: on CPU about 3x faster for D = 2..7 (the other
-#: layout takes a slow kernel there), no faster from D = 8 on.
+#: transpose of a contiguous [D, L_k] tensor, and Qᵀ dS, dOᵀ P their left one as a transposed
+#: view: on CPU about 3x faster for D = 2..7 (the contiguous layout takes a slow kernel there);
+#: from D = 8 on the contiguous layout is as fast or faster.
 NARROW_HEAD = 8
 
 
-def _times_narrow(a: Tensor, bt: Tensor) -> Tensor:
-    """a @ btᵀ for a [n, L_q, L_k] and bt [n, D, L_k] (a contiguous transposed operand) -> [n, L_q, D]."""
-    b = bt.transpose(1, 2)  # [n, L_k, D], a view
-    return torch.bmm(a, b if bt.size(1) < NARROW_HEAD else b.contiguous())
+def _times(a: Tensor, b3: Tensor) -> Tensor:
+    """a @ b3 for a [n, L_q, L_k] and b3 [n, L_k, D] contiguous -> [n, L_q, D]."""
+    return torch.bmm(a, _t(b3).transpose(1, 2) if b3.size(2) < NARROW_HEAD else b3)
+
+
+def _t_times(a3: Tensor, b: Tensor) -> Tensor:
+    """a3ᵀ @ b for a3 [n, L_q, D] contiguous and b [n, L_q, L_k] -> [n, D, L_k]."""
+    return torch.bmm(a3.transpose(1, 2) if a3.size(2) < NARROW_HEAD else _t(a3), b)
 
 
 class _BiasedSDPA(torch.autograd.Function):
@@ -61,17 +66,16 @@ class _BiasedSDPA(torch.autograd.Function):
     ) -> Tensor:
         B, H, Lq, _ = q.shape
         Lk, Dv, n = k.size(2), v.size(3), B * H
-        q3 = q.reshape(n, Lq, -1).contiguous()  # [n, L_q, D]
-        kt, vt = (_t(t.reshape(n, Lk, -1)) for t in (k, v))  # [n, D, L_k], [n, D_v, L_k]
+        q3, k3, v3 = (t.reshape(n, -1, t.size(-1)).contiguous() for t in (q, k, v))
         m = mask.expand(B, H, Lq, Lk).reshape(n, Lq, Lk)  # [n, L_q, L_k] (a copy if broadcast)
-        p = torch.softmax(torch.baddbmm(m, q3, kt, alpha=scale), -1)  # [n, L_q, L_k]
-        ctx.save_for_backward(q, k, v, mask, q3, kt, vt, p)
+        p = torch.softmax(torch.baddbmm(m, q3, _t(k3), alpha=scale), -1)  # [n, L_q, L_k]
+        ctx.save_for_backward(q, k, v, mask, q3, k3, v3, p)
         ctx.scale = scale
-        return _times_narrow(p, vt).view(B, H, Lq, Dv)  # [B, H, L_q, D_v]
+        return _times(p, v3).view(B, H, Lq, Dv)  # [B, H, L_q, D_v]
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        q, k, v, mask, q3, kt, vt, p = ctx.saved_tensors
+        q, k, v, mask, q3, k3, v3, p = ctx.saved_tensors
         s = ctx.scale
         if torch.is_grad_enabled():  # create_graph=True: a differentiable recomputation
             inputs = [q, k, v, mask]  # the saved inputs: the gradient stays a function of them
@@ -83,14 +87,12 @@ class _BiasedSDPA(torch.autograd.Function):
         B, H, Lq, _ = q.shape
         n = B * H
         do = grad.reshape(n, Lq, -1).contiguous()  # [n, L_q, D_v]
-        dp = torch.bmm(do, vt)  # [n, L_q, L_k]
+        dp = torch.bmm(do, _t(v3))  # [n, L_q, L_k]
         ds = torch._softmax_backward_data(dp, p, -1, p.dtype)  # [n, L_q, L_k]
-        dq = _times_narrow(ds, kt).mul_(s).view(q.shape) if q.requires_grad else None
+        dq = _times(ds, k3).mul_(s).view(q.shape) if q.requires_grad else None
         # dKᵀ = Qᵀ dS and dVᵀ = dOᵀ P: the [L, L] operand stays on the right, untransposed
-        dk = (
-            _t(torch.bmm(q3.transpose(1, 2), ds).mul_(s)).view(k.shape) if k.requires_grad else None
-        )
-        dv = _t(torch.bmm(do.transpose(1, 2), p)).view(v.shape) if v.requires_grad else None
+        dk = _t(_t_times(q3, ds).mul_(s)).view(k.shape) if k.requires_grad else None
+        dv = _t(_t_times(do, p)).view(v.shape) if v.requires_grad else None
         dm = _reduce_to(ds.view(B, H, Lq, -1), mask.shape) if mask.requires_grad else None
         return dq, dk, dv, dm, None
 
