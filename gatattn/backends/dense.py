@@ -38,15 +38,17 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..graph import TokenGraph
-from ..scores import POSITION, DenseContext, Edges
+from ..scores import POSITION, DenseContext
 from .base import Backend, BackendOutput, Problem
 from .bias_sdpa import biased_sdpa, use_biased_sdpa
 from .dense_buckets import run_buckets
 from .dense_mask import (
     bias_grid,
+    edge_values,
     grid_mask,
     guard_empty_rows,
     no_key,
+    scatter_values,
     scattered_inputs,
     sink_mask,
 )
@@ -367,23 +369,9 @@ class DenseBackend(Backend):
         made = grid_mask(biases, scattered, g, keys, (B, p.q.size(1), Lq, Lk), p.q.dtype)
         if made is not None:  # every bias from its grid form
             return made
-        edges = Edges(g.edge_index[0], g.edge_index[1], g, p.edge_attr, p.positions)
-        vals = sum((b(edges) for b in biases), torch.zeros((), device=dev))
-        vals = vals.to(p.q.dtype)
-        if vals.dim() < 2:
-            vals = vals.expand(keys.numel(), 1) if vals.dim() == 0 else vals.unsqueeze(-1)
-        width = vals.size(-1)  # 1 or H
-        vals = vals.expand(keys.numel(), width)  # [E, 1 | H]
-        # the graph's own edgeless rows are all there is to guard only if no value is -inf
-        # (not checked under torch.compile: then every row is checked in the mask)
-        finite = not torch.compiler.is_compiling() and not bool(torch.isneginf(vals).any())
+        vals, finite = edge_values(p)  # [E, 1 | H], as on the edge backend
         rows = g.derived("dense_edgeless", edgeless, dev) if finite else None
         if _in_grid_order(g):  # edge e is grid cell e: the values are the grid already
+            width = vals.size(-1)
             return vals.reshape(B, Lq, Lk, width).permute(0, 3, 1, 2).contiguous(), rows
-        grid_size = Lq * Lk
-        seq, rest = torch.div(keys, grid_size, rounding_mode="floor"), keys % grid_size  # [E]
-        heads = torch.arange(width, device=dev)  # [1 | H]
-        flat = (seq[:, None] * width + heads) * grid_size + rest[:, None]  # [E, 1 | H]
-        grid = torch.full((B * width * grid_size,), float("-inf"), dtype=vals.dtype, device=dev)
-        grid = grid.index_put((flat.reshape(-1),), vals.reshape(-1))  # [B·(1 | H)·L_q·L_k]
-        return grid.view(B, width, Lq, Lk), rows
+        return scatter_values(vals, keys, (B, Lq, Lk)), rows

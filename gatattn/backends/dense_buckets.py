@@ -27,7 +27,14 @@ from torch import Tensor
 from ..graph import TokenGraph
 from .base import Problem
 from .bias_sdpa import biased_sdpa, use_biased_sdpa
-from .dense_mask import closed_cells, grid_mask, guard_empty_rows, scattered_inputs
+from .dense_mask import (
+    closed_cells,
+    edge_values,
+    grid_mask,
+    guard_empty_rows,
+    scatter_values,
+    scattered_inputs,
+)
 from .sdpa import sdpa
 
 __all__ = ["BUCKET_CELLS", "Bucket", "bucket_plan", "run_buckets", "split_lengths"]
@@ -169,9 +176,22 @@ def bucket_plan(g: TokenGraph) -> BucketPlan | None:
     return g.derived(("dense_buckets", overhead), build)
 
 
+def _edgeless(g: TokenGraph, b: Bucket, tag: object) -> Tensor:
+    """The bucket's rows without any edge, padding rows included: [n_b, 1, L_q^b, 1] bool
+    (all −∞ in a grid of scattered per-edge values), once per graph."""
+
+    def build() -> Tensor:
+        rows = torch.ones(b.count * b.Lq, dtype=torch.bool, device=b.keys.device)
+        has_edge = torch.div(b.keys, b.Lk, rounding_mode="floor")  # [E_b]: the edges' rows
+        return rows.index_fill(0, has_edge, False).view(b.count, 1, b.Lq, 1)
+
+    return g.derived(("dense_edgeless", tag), build, b.keys.device)
+
+
 def run_buckets(p: Problem, scale: float | None, dropout: float) -> Tensor | None:
     """The scatter plan's attention, one call per bucket -> out [N_t, H, D_v], or None when
-    the graph has no buckets or a bias has no grid form (then the single grid runs).
+    the graph has no buckets (then the single grid runs). Each bucket's mask is made as the
+    single grid's is: from the biases' grid forms, else from their per-edge values.
 
     Shapes:
         p.q [N_t, H, D], p.k [N_s, H_kv, D], p.v [N_s, H_kv, D_v] -> [N_t, H, D_v].
@@ -185,6 +205,7 @@ def run_buckets(p: Problem, scale: float | None, dropout: float) -> Tensor | Non
     _, biases = p.score.parts()
     H = q.size(1)
     masks: list[tuple[Tensor, Tensor | None]] = []
+    values: tuple[Tensor, bool] | None = None
     for i, b in enumerate(plan.buckets):
         tag, grid = ("bucket", plan.overhead, i), (b.count, b.Lq, b.Lk)
         if not biases:  # the edges as a boolean mask
@@ -194,8 +215,12 @@ def run_buckets(p: Problem, scale: float | None, dropout: float) -> Tensor | Non
             continue
         attr = scattered_inputs(g, b.keys, p.edge_attr, grid, b.lengths, tag, b.edges)
         made = grid_mask(biases, attr, g, b.keys, (b.count, H, b.Lq, b.Lk), q.dtype, b.lengths, tag)
-        if made is None:
-            return None
+        if made is None:  # a bias without a grid form: its per-edge values, scattered
+            if values is None:
+                values = edge_values(p)  # [E, 1 | H], once for every bucket
+            vals, finite = values
+            grid_vals = scatter_values(vals.index_select(0, b.edges), b.keys, grid)
+            made = grid_vals, _edgeless(g, b, tag) if finite else None
         masks.append(made)
 
     def pad(t: Tensor, index: Tensor, n: int) -> Tensor:  # [N, h, d] -> [n, h, d]

@@ -18,16 +18,19 @@ import torch
 from torch import Tensor
 
 from ..graph import TokenGraph
-from ..scores import ScoreBias
+from ..scores import Edges, ScoreBias
 from ..scores.grid import UNNAMED, GridInput
+from .base import Problem
 
 __all__ = [
     "bias_grid",
     "closed_cells",
     "edge_base",
+    "edge_values",
     "grid_mask",
     "guard_empty_rows",
     "no_key",
+    "scatter_values",
     "scattered_inputs",
     "sink_mask",
 ]
@@ -211,6 +214,41 @@ def grid_mask(
     base, real_rows = edge_base(g, keys, grid, lengths, tag)
     finite = not torch.compiler.is_compiling() and bool(total.detach().amin() > float("-inf"))
     return total + base.to(total.dtype), real_rows if finite else None
+
+
+def edge_values(p: Problem) -> tuple[Tensor, bool]:
+    """Σ_b b(j → i) on every edge, exactly as the edge backend computes it, in q's dtype, and
+    whether no value is −∞ (then the graph's edgeless targets are the only rows without a key;
+    not checked under torch.compile).
+
+    Shapes:
+        -> [E, 1 | H].
+    """
+    g, E = p.graph, p.graph.num_edges
+    _, biases = p.score.parts()
+    edges = Edges(g.edge_index[0], g.edge_index[1], g, p.edge_attr, p.positions)
+    vals = sum((b(edges) for b in biases), torch.zeros((), device=g.device)).to(p.q.dtype)
+    if vals.dim() < 2:
+        vals = vals.expand(E, 1) if vals.dim() == 0 else vals.unsqueeze(-1)
+    vals = vals.expand(E, vals.size(-1))  # [E, 1 | H]
+    finite = not torch.compiler.is_compiling() and not bool(torch.isneginf(vals).any())
+    return vals, finite
+
+
+def scatter_values(vals: Tensor, keys: Tensor, grid: tuple[int, int, int]) -> Tensor:
+    """Per-edge values on the padded grid (differentiably), −∞ off the edges:
+    M[b, h, i, j] = vals[e, h] for the edge e whose cell (``keys``) is (b, i, j).
+
+    Shapes:
+        vals [E, w], keys [E] in [0, B·L_q·L_k), grid (B, L_q, L_k) -> [B, w, L_q, L_k].
+    """
+    B, Lq, Lk = grid
+    width, size = vals.size(-1), Lq * Lk  # w: 1 or H
+    seq, rest = torch.div(keys, size, rounding_mode="floor"), keys % size  # [E]
+    heads = torch.arange(width, device=keys.device)  # [w]
+    flat = (seq[:, None] * width + heads) * size + rest[:, None]  # [E, w]
+    full = torch.full((B * width * size,), float("-inf"), dtype=vals.dtype, device=vals.device)
+    return full.index_put((flat.reshape(-1),), vals.reshape(-1)).view(B, width, Lq, Lk)
 
 
 def no_key(mask: Tensor) -> Tensor:

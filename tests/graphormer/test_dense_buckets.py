@@ -58,6 +58,8 @@ def _score(biases: str = "spatial", seed: int = 3) -> ga.ScoreFunction:
         score = score + ga.SpatialBias(H, 3)
     if biases == "two":  # no masked_grid: the sum of grids plus the graph's base
         score = score + ga.SpatialBias(H, 4)
+    if biases == "edgefeat":  # no grid form: per-edge values scattered per bucket
+        score = score + ga.EdgeFeatureBias(5, H)
     with torch.no_grad():
         for p in score.parameters():
             p.normal_()
@@ -114,14 +116,27 @@ def test_split_lengths_merges_many_sizes_first() -> None:
     assert 1 < len(groups) < 256
 
 
-@pytest.mark.parametrize("biases", ["spatial", "two", "none"])
+@pytest.mark.parametrize("biases", ["spatial", "two", "edgefeat", "none"])
 @pytest.mark.parametrize("keep", [1.0, 0.6], ids=["complete", "partial"])
 def test_bucketed_dense_equals_edge(biases: str, keep: float) -> None:
     g, dist = _graph([4, 7, 2, 7, 3, 9], keep=keep, seed=1)
     plan = bucket_plan(g)
     assert plan is not None and len(plan.buckets) > 1  # the path under test
     score = _score(biases)
-    _equal(_run(g, score, dist, "dense"), _run(g, score, dist, "edge"))
+    attr = F.one_hot(dist, 5).double() if biases == "edgefeat" else dist
+    _equal(_run(g, score, attr, "dense"), _run(g, score, attr, "edge"))
+
+
+def test_per_edge_minus_inf_values_in_buckets() -> None:
+    # a float per-edge mask with -inf: rows that lose every key are found in the mask
+    from gatattn.scores.biases import AttnMaskBias
+
+    g, dist = _graph([3, 6, 4, 6], seed=6)
+    mask = torch.where(dist[:, None] >= 2, float("-inf"), 0.25 * dist[:, None].double())
+    score = (ga.make_score("scaled_dot", H, D) + AttnMaskBias()).double()
+    dense, edge = _run(g, score, mask, "dense"), _run(g, score, mask, "edge")
+    _equal(dense, edge)
+    assert bucket_plan(g) is not None
 
 
 def test_a_bucket_of_one_graph_and_empty_rows() -> None:
@@ -172,21 +187,23 @@ def test_bipartite_buckets_equal_edge() -> None:
     _equal(_run(g, score, None, "dense"), _run(g, score, None, "edge"))
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=30, deadline=None)
 @given(
     sizes=st.lists(st.integers(1, 9), min_size=1, max_size=6),
     keep=st.sampled_from([1.0, 0.7, 0.3]),
     seed=st.integers(0, 2**16),
     cells=st.sampled_from([0, 8, 60]),
+    biases=st.sampled_from(["spatial", "edgefeat", "none"]),
 )
 def test_random_mixed_sizes_equal_edge(
-    sizes: list[int], keep: float, seed: int, cells: int
+    sizes: list[int], keep: float, seed: int, cells: int, biases: str
 ) -> None:
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(dense_buckets, "BUCKET_CELLS", cells)
         g, dist = _graph(sizes, keep=keep, seed=seed)
-        score = _score(seed=seed % 7)
-        _equal(_run(g, score, dist, "dense"), _run(g, score, dist, "edge"))
+        score = _score(biases, seed=seed % 7)
+        attr = F.one_hot(dist, 5).double() if biases == "edgefeat" else dist
+        _equal(_run(g, score, attr, "dense"), _run(g, score, attr, "edge"))
 
 
 def test_auto_picks_dense_for_bucketed_complete_graphs() -> None:
