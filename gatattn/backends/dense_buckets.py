@@ -12,7 +12,8 @@ with M_b the bucket's part of the mask: its edges (and biases), −∞ elsewhere
     Σ_b n_b · L_q^b · L_k^b  +  BUCKET_CELLS · (number of buckets)
 
 (the cells computed, plus a fixed cost per call) over cuts of the sorted lengths, by dynamic
-programming; when one bucket is best the plain grid runs. Everything here depends only on the
+programming; when one bucket is best the plain grid runs. On CPU only: the cost per call was
+measured there (on a GPU, where a call is several kernel launches, the single grid runs). Everything here depends only on the
 graph and is kept on it (``TokenGraph.derived``): the plan, the tokens' rows in the buckets'
 padded buffers, each edge's cell, and per bucket the scattered inputs and closed cells.
 """
@@ -197,6 +198,8 @@ def run_buckets(p: Problem, scale: float | None, dropout: float) -> Tensor | Non
         p.q [N_t, H, D], p.k [N_s, H_kv, D], p.v [N_s, H_kv, D_v] -> [N_t, H, D_v].
     """
     if torch.compiler.is_compiling() or p.sinks is not None or p.q.dim() != 3:
+        return None
+    if p.q.device.type != "cpu":  # BUCKET_CELLS is a CPU cost; a GPU call costs more launches
         return None
     g, q, k, v = p.graph, p.q, p.k, p.v
     plan = bucket_plan(g)

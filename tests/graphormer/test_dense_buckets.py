@@ -248,3 +248,14 @@ def test_low_precision_within_torch_error(dtype: torch.dtype) -> None:
     torch_err = (torch.cat(ref).double() - gold).abs().max()
     our_err = (ours.out.double() - gold).abs().max()
     assert our_err <= 4 * torch_err + 1e-6
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_runs_the_single_grid() -> None:
+    g, dist = _graph([4, 7, 2, 7, 3, 9], seed=2)
+    g = g.to("cuda")
+    score = _score().to("cuda")
+    q, k, v = (torch.randn(g.num_dst, H, D, dtype=torch.float64, device="cuda") for _ in "qkv")
+    p = Problem(q, k, v, g, score, edge_attr=dist.to("cuda"))
+    assert dense_buckets.run_buckets(p, D**-0.5, 0.0) is None  # BUCKET_CELLS is a CPU cost
+    torch.testing.assert_close(attend(p, "dense").out, attend(p, "edge").out, atol=1e-10, rtol=0)
