@@ -37,12 +37,22 @@ class GridInput(Mapping[str, Tensor]):
     path (the edge backend, returned weights) sees exactly the tensor it would have been given.
     ``grid(name)`` gives the grid itself, without making the per-edge form.
 
+    ``closed``, when the dense backend knows it, marks the grid's cells that are not edges of
+    the graph (and not padding rows): the cells its mask sets to −∞. A bias may place the −∞
+    there itself at no extra pass (``ScoreBias.masked_grid``).
+
     Shapes:
-        grids: {name: ([B | 1, F | 1, L_q, L_k], per_edge)} with per_edge() -> [E, F].
+        grids: {name: ([B | 1, F | 1, L_q, L_k], per_edge)} with per_edge() -> [E, F];
+        closed [B, 1, L_q, L_k] bool or None.
     """
 
-    def __init__(self, grids: Mapping[str, tuple[Tensor, Callable[[], Tensor]]]) -> None:
+    def __init__(
+        self,
+        grids: Mapping[str, tuple[Tensor, Callable[[], Tensor]]],
+        closed: Tensor | None = None,
+    ) -> None:
         self._grids = dict(grids)
+        self.closed = closed
         self._edges: dict[str, Tensor] = {}
         self._derived: dict[Hashable, object] = {}
 

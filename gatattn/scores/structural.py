@@ -129,7 +129,22 @@ class SpatialBias(ScoreBias):
         Shapes:
             distance grid [B, 1, L_q, L_k] -> [B, H, L_q, L_k].
         """
-        if not isinstance(edge_attr, GridInput):
+        return self._gather(edge_attr, closed=False)
+
+    def masked_grid(self, edge_attr: object) -> Tensor | None:
+        """b on the edges and −∞ on the cells ``edge_attr.closed`` marks, by the same one
+        gather: the closed cells index one more table entry, −∞ (its gradient is dropped; the
+        softmax gives those cells 0 weight, so their gradient is 0 anyway). None when there is
+        no ``closed`` grid, or when the table itself holds −∞ (then rows may lose every key, and
+        the backend finds them in the mask).
+
+        Shapes:
+            distance grid and closed [B, 1, L_q, L_k] -> [B, H, L_q, L_k].
+        """
+        return self._gather(edge_attr, closed=True)
+
+    def _gather(self, edge_attr: object, closed: bool) -> Tensor | None:
+        if not isinstance(edge_attr, GridInput) or (closed and edge_attr.closed is None):
             return None
         dist = edge_attr.grid("distance")
         if dist is None or dist.is_floating_point() or dist.dtype == torch.bool:
@@ -137,6 +152,8 @@ class SpatialBias(ScoreBias):
         table: Tensor = self.weight  # [M + 2, H]
         if self.token_weight is not None:
             table = torch.cat([table, self.token_weight.unsqueeze(0)])  # [M + 3, H]
+        if closed and bool(torch.isneginf(table).any()):  # [M + 2 | 3, H]: a few values
+            return None
         rows, H = table.size(0), table.size(1)
 
         def index() -> Tensor:  # [B, H, L_q, L_k]: flat index h·rows + d into table.t()
@@ -144,11 +161,18 @@ class SpatialBias(ScoreBias):
             if self.token_weight is not None:
                 d = torch.where(d == GRAPH_TOKEN_DISTANCE, rows - 1, d)
             heads = torch.arange(H, device=d.device).view(1, H, 1, 1) * rows
-            return d + heads
+            idx = d + heads
+            if closed:  # the entry past the table: −∞
+                assert edge_attr.closed is not None
+                idx = idx.masked_fill(edge_attr.closed, rows * H)
+            return idx
 
         token = self.token_weight is not None  # the key holds what the index and its check read
-        idx = edge_attr.derived(("spatial_index", self.max_distance, token, H), index)
-        return table_gather(table.t().reshape(-1), idx)  # [B, H, L_q, L_k]
+        idx = edge_attr.derived(("spatial_index", self.max_distance, token, H, closed), index)
+        flat = table.t().reshape(-1)  # [H · rows]
+        if closed:
+            flat = torch.cat([flat, flat.new_full((1,), float("-inf"))])  # [H · rows + 1]
+        return table_gather(flat, idx)  # [B, H, L_q, L_k]
 
     def extra_repr(self) -> str:
         token = ", graph_token=True" if self.token_weight is not None else ""
