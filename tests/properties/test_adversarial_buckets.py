@@ -868,3 +868,37 @@ def test_kv_lengths_that_do_not_sum_to_num_src_get_a_clear_error() -> None:
         layer_for(4, 3, bias="mask", backend="dense")(
             x, g, x_src=xs, edge_attr={"attn_mask": torch.randn(7, 1, dtype=f64)}
         )
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a graph first used under torch.inference_mode() keeps inference tensors in its "
+    "cache (bucket rows, padding indices, closed cells); the next training call on the same "
+    "graph raises 'Inference tensors cannot be saved for backward'",
+)
+@pytest.mark.parametrize("bias", ["spatial", "none"])
+def test_graph_used_in_inference_mode_then_for_training(bias: str) -> None:
+    g = random_graph(HUGE_TINY, 0.7, 1)
+    assert bucket_plan(g) is not None
+    dist = None if bias == "none" else torch.randint(0, 5, (g.num_edges,))
+    layer = layer_for(4, 3, bias=bias, M=3, backend="dense")
+    x = torch.randn(g.num_dst, 12, dtype=f64)
+    with torch.inference_mode():  # e.g. an evaluation before the first training epoch
+        layer(x, g, edge_attr=dist)
+    check(layer, x, g, dist)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the scattered distance grid is kept per tensor object and version counter; a "
+    "write through .data (or numpy) is not seen and the stale grid is served. docs/backends.md "
+    "states this limit for edge_index only, not for edge_attr",
+)
+def test_distance_written_through_data_between_calls() -> None:
+    g = ga.complete_graph(lengths=HUGE_TINY)
+    layer = layer_for(4, 3, bias="spatial", M=3, backend="dense")
+    x = torch.randn(g.num_dst, 12, dtype=f64)
+    dist = torch.randint(0, 5, (g.num_edges,), generator=torch.Generator().manual_seed(0))
+    check(layer, x, g, dist)
+    dist.data.fill_(4)
+    check(layer, x, g, dist)
