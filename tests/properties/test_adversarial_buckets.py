@@ -902,3 +902,189 @@ def test_distance_written_through_data_between_calls() -> None:
     check(layer, x, g, dist)
     dist.data.fill_(4)
     check(layer, x, g, dist)
+
+
+# ---------------------------------------------------------------- position and path biases
+@pytest.mark.parametrize("pos", ["default", "int", "float"])
+def test_alibi_and_spatial_on_a_bucketed_partial_graph(pos: str) -> None:
+    """ALiBi b = -m_h |p_i - p_j| (positions restart per sequence, or given) + SpatialBias."""
+    g = random_graph(HUGE_TINY, 0.6, 17)
+    H, D = 4, 3
+    score = ga.make_score("scaled_dot", H, D) + ga.scores.ALiBi(H) + ga.SpatialBias(H, 3)
+    torch.manual_seed(1)
+    layer = ga.GraphAttention(H * D, H, score=score, backend="dense").double()
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.normal_(0, 0.7)
+    ref = copy.deepcopy(layer)
+    N = g.num_dst
+    x = torch.randn(N, H * D, dtype=f64)
+    dist = torch.randint(0, 5, (g.num_edges,))
+    starts = torch.tensor([0, *HUGE_TINY]).cumsum(0)[:-1].repeat_interleave(torch.tensor(HUGE_TINY))
+    p_all: Tensor = torch.arange(N) - starts  # positions within each sequence
+    kw: dict[str, Tensor] = {}
+    if pos == "int":
+        p_all = torch.randint(-50, 50, (N,))
+        kw = {"pos": p_all}
+    elif pos == "float":
+        p_all = torch.randn(N, dtype=f64) * 10
+        kw = {"pos": p_all}
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out = layer(x1, g, edge_attr=dist, **kw)
+    src, dst = g.edge_index
+    slopes = ref.score.biases[0].slopes  # the paper's fixed slopes, a buffer
+    alibi = -(p_all[dst] - p_all[src]).abs().to(f64)[:, None] * slopes  # [E, H]
+    want, _ = ref_layer(ref, x2, g.edge_index, alibi + spatial_ref(ref.score.biases[1], dist))
+    torch.testing.assert_close(out, want, rtol=TOL, atol=TOL)
+    out.sum().backward()
+    want.sum().backward()
+    torch.testing.assert_close(x1.grad, x2.grad, rtol=TOL, atol=TOL)
+    for p, r in zip(layer.parameters(), ref.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, r.grad, rtol=TOL, atol=TOL)
+
+
+def test_graphormer_layer_with_path_encoding_bucketed() -> None:
+    """GraphormerLayer(edge_dim=F): SpatialBias + PathEncodingBias, written out."""
+    lengths = [41, 3, 1, 2, 4, 2]
+    gen = torch.Generator().manual_seed(13)
+    parts, start, batch = [], 0, []
+    for b, L in enumerate(lengths):
+        n = 2 * L
+        parts.append(torch.randint(L, (2, n), generator=gen) + start)
+        batch += [b] * L
+        start += L
+    ei = torch.cat(parts, 1)
+    M, Fd, hops, C, H = 4, 3, 2, 12, 3
+    paths = ga.shortest_paths(ei, start, batch=torch.tensor(batch), max_distance=M, max_hops=hops)
+    feats = torch.randn(ei.size(1), Fd, dtype=f64, generator=gen)
+    inputs = paths.path_inputs(feats)
+    g = paths.graph
+    assert bucket_plan(g) is not None
+    torch.manual_seed(2)
+    layer = ga.GraphormerLayer(C, H, max_distance=M, edge_dim=Fd, max_hops=hops, backend="dense")
+    layer = layer.double()
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.normal_(0, 0.5)
+    ref = copy.deepcopy(layer)
+    x = torch.randn(start, C, dtype=f64)
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out = layer(x1, g, inputs)
+    a = ref.self_attn
+    w = a.score.biases[1].weight  # [hops, H, F]
+    n_used = inputs["path_len"].clamp(max=hops)  # [E]
+    used = (torch.arange(hops)[None] < n_used[:, None]).to(f64)  # [E, hops]
+    per_hop = torch.einsum("emf,mhf->emh", inputs["path_attr"][:, :hops], w) * used[..., None]
+    path_bias = per_hop.sum(1) / n_used.clamp(min=1).to(f64)[:, None]  # [E, H]
+    bias = spatial_ref(a.score.biases[0], inputs["distance"]) + path_bias
+    att, _ = ref_layer(a, ref.norm1(x2), g.edge_index, bias)
+    h = x2 + att
+    want = h + ref.linear2(F.gelu(ref.linear1(ref.norm2(h))))
+    torch.testing.assert_close(out, want, rtol=TOL, atol=TOL)
+    out.sum().backward()
+    want.sum().backward()
+    torch.testing.assert_close(x1.grad, x2.grad, rtol=TOL, atol=TOL)
+    for p, r in zip(layer.parameters(), ref.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, r.grad, rtol=TOL, atol=TOL)
+
+
+def test_drop_in_per_head_bool_mask_and_padding_matches_torch() -> None:
+    torch.manual_seed(5)
+    B, L, C, H = 4, 7, 12, 3
+    mha = nn.MultiheadAttention(C, H, batch_first=True).double()
+    ours = ga.GraphMultiheadAttention(C, H, batch_first=True).double()
+    ours.load_state_dict(mha.state_dict())
+    x = torch.randn(B, L, C, dtype=f64)
+    pad = torch.zeros(B, L, dtype=torch.bool)
+    for b, n in enumerate([7, 2, 5, 4]):
+        pad[b, n:] = True
+    am = torch.rand(B * H, L, L) < 0.3  # True = masked out (torch's bool convention)
+    am[..., 0] = False  # every row keeps a key
+    want, w_want = mha(x, x, x, key_padding_mask=pad, attn_mask=am, average_attn_weights=False)
+    got, w_got = ours(x, x, x, key_padding_mask=pad, attn_mask=am, average_attn_weights=False)
+    torch.testing.assert_close(got, want, rtol=TOL, atol=TOL)
+    torch.testing.assert_close(w_got, w_want, rtol=TOL, atol=TOL)
+
+
+# ---------------------------------------------------------------- Hypothesis: bipartite batches
+@st.composite
+def bipartite_batches(draw: st.DrawFn) -> dict[str, object]:
+    n = draw(st.integers(2, 7))
+    big = draw(st.integers(0, n - 1))
+    nq = [draw(st.integers(35, 60)) if b == big else draw(st.integers(1, 6)) for b in range(n)]
+    nk = [draw(st.integers(1, 60)) for _ in range(n)]
+    return {
+        "nq": nq,
+        "nk": nk,
+        "keep": draw(st.sampled_from([1.0, 0.5])),
+        "seed": draw(st.integers(0, 2**20)),
+        "D": draw(st.sampled_from([1, 4, 7, 8, 9])),
+        "heads": draw(st.sampled_from([(2, 2), (2, 1), (3, 3)])),
+        "width": draw(st.sampled_from([1, "H"])),
+        "grad_mask": draw(st.booleans()),
+    }
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+@given(bipartite_batches())
+def test_random_bipartite_batches_fp64(case: dict[str, object]) -> None:
+    """Cross attention per sequence pair (L_q != L_k), random partial edges in shuffled order,
+    a per-edge additive mask (shared or per head, with −∞, with or without a gradient)."""
+    nq, nk = case["nq"], case["nk"]
+    assert isinstance(nq, list) and isinstance(nk, list)
+    H, Hkv = case["heads"]  # type: ignore[misc]
+    D = int(case["D"])  # type: ignore[call-overload]
+    gen = torch.Generator().manual_seed(int(case["seed"]))  # type: ignore[call-overload]
+    parts, sq, sk = [], 0, 0
+    for a, b in zip(nq, nk, strict=True):
+        i, j = torch.meshgrid(torch.arange(a), torch.arange(b), indexing="ij")
+        sel = torch.rand(a, b, generator=gen) < float(case["keep"])  # type: ignore[arg-type]
+        parts.append(torch.stack([j[sel] + sk, i[sel] + sq]))
+        sq, sk = sq + a, sk + b
+    ei = torch.cat(parts, 1)
+    ei = ei[:, torch.randperm(ei.size(1), generator=gen)]
+    g = ga.TokenGraph(ei, sk, sq, lengths=nq, params={"kv_lengths": nk})
+    layer = layer_for(D, H, bias="mask", backend="dense", num_kv_heads=Hkv)
+    ref = copy.deepcopy(layer)
+    width = H if case["width"] == "H" else 1
+    m = torch.randn(ei.size(1), width, dtype=f64, generator=gen)
+    m[torch.rand(ei.size(1), generator=gen) < 0.2] = -math.inf
+    m1 = m.clone().requires_grad_(bool(case["grad_mask"]))
+    m2 = m.clone().requires_grad_(bool(case["grad_mask"]))
+    x = torch.randn(sq, H * D, dtype=f64, generator=gen)
+    xs = torch.randn(sk, H * D, dtype=f64, generator=gen)
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    s1, s2 = xs.clone().requires_grad_(), xs.clone().requires_grad_()
+    out = layer(x1, g, x_src=s1, edge_attr={"attn_mask": m1})
+    want, _ = ref_layer(ref, x2, ei, m2, s2)
+    torch.testing.assert_close(out, want, rtol=TOL, atol=TOL)
+    gy = torch.randn(out.shape, dtype=f64, generator=gen)
+    out.backward(gy)
+    want.backward(gy)
+    for a, b in ((x1, x2), (s1, s2)) + (((m1, m2),) if case["grad_mask"] else ()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=TOL, atol=TOL)
+    for p, r in zip(layer.parameters(), ref.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, r.grad, rtol=TOL, atol=TOL)
+
+
+def test_one_graph_interleaved_across_plans() -> None:
+    """One graph, alternately through layers that take the bucketed path and the single grid
+    (sinks), grouped and full kv heads, biased and unbiased, grads on and off."""
+    g = random_graph(HUGE_TINY, 0.6, 23)
+    dist = torch.randint(0, 5, (g.num_edges,))
+    x = torch.randn(g.num_dst, 12, dtype=f64)
+    layers = [
+        layer_for(4, 3, bias="spatial", M=3, backend="dense"),
+        layer_for(4, 3, bias="spatial", M=3, backend="dense", sinks=True),
+        layer_for(4, 3, bias="spatial", M=3, backend="dense", num_kv_heads=1),
+        layer_for(4, 3, bias="none", backend="dense"),
+        layer_for(4, 3, bias="mask", backend="dense"),
+    ]
+    with torch.no_grad():
+        layers[1].sinks.normal_(0, 2.0)
+    attrs = [dist, dist, dist, None, {"attn_mask": torch.randn(g.num_edges, 1, dtype=f64)}]
+    for _ in range(2):
+        for layer, attr in zip(layers, attrs, strict=True):
+            check(layer, x, g, attr)
+            with torch.no_grad():
+                check(layer, x, g, attr, grads=False)
