@@ -13,6 +13,7 @@ column of gpt-oss's attention sinks.
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -114,6 +115,7 @@ def scattered_inputs(
         return None
     memo: dict[str, object] = g.derived(("dense_scattered_inputs", tag), dict, keys.device)
     seen = [(n, t, t._version) for n, t in named.items() if n in flat]
+    seen.append(("", _values_generation(g, {n: named[n] for n in flat}), 0))
     last = memo.get("last")
     if isinstance(last, tuple) and len(last[0]) == len(seen):
         if all(a[0] == b[0] and a[1] is b[1] and a[2] == b[2] for a, b in zip(last[0], seen)):
@@ -124,10 +126,30 @@ def scattered_inputs(
         vals = t if edges is None else t.index_select(0, edges)  # [E | E_b]
         cells = t.new_zeros(B * Lq * Lk).index_copy(0, keys, vals).view(B, 1, Lq, Lk)
         grids[n] = (cells, lambda t=named[n]: t)  # per edge: the tensor itself
-    closed, _ = closed_cells(g, keys, grid, lengths, tag)
-    made = GridInput(grids, closed)
+    closed, _, edge_cells = _cells(g, keys, grid, lengths, tag)
+    made = GridInput(grids, closed, given={n: named[n] for n in flat}, edge_cells=edge_cells)
     memo["last"] = (seen, made)
     return made
+
+
+def _values_generation(g: TokenGraph, inputs: dict[str, Tensor]) -> int:
+    """A number that changes whenever the values of ``inputs`` differ from the last call's on
+    this graph: a write through ``.data`` or numpy bumps no version counter, so the values
+    themselves are compared (one ``torch.equal`` per input, against a private copy)."""
+    memo: dict[str, Any] = g.derived(("dense_scattered_values",), dict)
+    saved = memo.get("saved")
+    same = (
+        isinstance(saved, dict)
+        and saved.keys() == inputs.keys()
+        and all(
+            saved[n][0] is t and saved[n][1] == t._version and torch.equal(saved[n][2], t)
+            for n, t in inputs.items()
+        )
+    )
+    if not same:
+        memo["gen"] = int(memo.get("gen", 0)) + 1
+        memo["saved"] = {n: (t, t._version, t.detach().clone()) for n, t in inputs.items()}
+    return int(memo["gen"])
 
 
 def closed_cells(
@@ -149,15 +171,28 @@ def closed_cells(
         keys [E] (or [E_b]), grid (B, L_q, L_k), lengths [B] (default: the graph's query
         lengths) -> closed [B, 1, L_q, L_k], rows [B, 1, L_q, 1], both bool.
     """
+    closed, rows, _ = _cells(g, keys, grid, lengths, tag)
+    return closed, rows
+
+
+def _cells(
+    g: TokenGraph,
+    keys: Tensor,
+    grid: tuple[int, int, int],
+    lengths: Tensor | None,
+    tag: Hashable,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``closed_cells``' two grids and the edge cells themselves (True where (j → i) is an
+    edge) [B, 1, L_q, L_k], once per graph and ``tag``."""
     B, Lq, Lk = grid
 
-    def build() -> tuple[Tensor, Tensor]:
+    def build() -> tuple[Tensor, Tensor, Tensor]:
         dev = keys.device
         allowed = torch.zeros(B * Lq * Lk, dtype=torch.bool, device=dev).index_fill(0, keys, True)
         allowed = allowed.view(B, 1, Lq, Lk)
         lens = torch.tensor(g.sequence_lengths("dst"), device=dev) if lengths is None else lengths
         pad = (torch.arange(Lq, device=dev) >= lens[:, None]).view(B, 1, Lq, 1)  # [B, 1, L_q, 1]
-        return ~(allowed | pad), no_key(allowed) & ~pad
+        return ~(allowed | pad), no_key(allowed) & ~pad, allowed
 
     return g.derived(("dense_closed", Lq, Lk, tag), build, keys.device)
 

@@ -124,7 +124,9 @@ class SpatialBias(ScoreBias):
     def dense_grid(self, edge_attr: object) -> Tensor | None:
         """b on the padded grid, gathered from the table by the distance grid of a
         ``GridInput`` (the dense backend scatters the distances there once per graph), else
-        None. Its table gradient is one pass over the grid (``table_gather``).
+        None. Its table gradient is one pass over the grid (``table_gather``). Cells without
+        an edge (``GridInput.edge_cells``) gather 0, not the entry of distance 0, so a
+        non-finite entry no edge reads never reaches the padding or the graph's −∞ cells.
 
         Shapes:
             distance grid [B, 1, L_q, L_k] -> [B, H, L_q, L_k].
@@ -162,16 +164,17 @@ class SpatialBias(ScoreBias):
                 d = torch.where(d == GRAPH_TOKEN_DISTANCE, rows - 1, d)
             heads = torch.arange(H, device=d.device).view(1, H, 1, 1) * rows
             idx = d + heads
-            if closed:  # the entry past the table: −∞
+            if edge_attr.edge_cells is not None:  # cells without an edge: the entry 0 past
+                idx = idx.masked_fill(~edge_attr.edge_cells, rows * H)  # the table, not d = 0's
+            if closed:  # the entry after it: −∞
                 assert edge_attr.closed is not None
-                idx = idx.masked_fill(edge_attr.closed, rows * H)
+                idx = idx.masked_fill(edge_attr.closed, rows * H + 1)
             return idx
 
         token = self.token_weight is not None  # the key holds what the index and its check read
         idx = edge_attr.derived(("spatial_index", self.max_distance, token, H, closed), index)
         flat = table.t().reshape(-1)  # [H · rows]
-        if closed:
-            flat = torch.cat([flat, flat.new_full((1,), float("-inf"))])  # [H · rows + 1]
+        flat = torch.cat([flat, flat.new_tensor([0.0, float("-inf")])])  # [H · rows + 2]
         return table_gather(flat, idx)  # [B, H, L_q, L_k]
 
     def extra_repr(self) -> str:

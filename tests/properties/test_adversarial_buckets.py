@@ -805,11 +805,6 @@ def test_other_graph_sources(kind: str) -> None:
 
 
 # ---------------------------------------------------------------- defects (xfail, strict)
-@pytest.mark.xfail(
-    strict=True,
-    reason="dense reads AttnMaskBias from a 1-D [E] edge_attr that the edge backend and the "
-    "bias's own docstring refuse (ValueError: needs [E, 1] or [E, H])",
-)
 @pytest.mark.parametrize("lengths", [HUGE_TINY, [9, 9]], ids=["bucketed", "one_grid"])
 def test_attn_mask_bias_1d_refused_on_every_backend(lengths: list[int]) -> None:
     g = ga.complete_graph(lengths=lengths)
@@ -821,11 +816,6 @@ def test_attn_mask_bias_1d_refused_on_every_backend(lengths: list[int]) -> None:
         layer_for(4, 3, bias="mask", backend="dense")(x, g, edge_attr={"attn_mask": m})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a +inf SpatialBias entry that no edge reads (distance 0, all distances >= 1) "
-    "gives NaN gradients on dense: padding rows gather table[0] and 0 * NaN spreads",
-)
 @pytest.mark.parametrize("lengths", [HUGE_TINY, [9, 5, 7]], ids=["bucketed", "one_grid"])
 def test_unread_pos_inf_table_entry_gradients(lengths: list[int]) -> None:
     g = ga.complete_graph(lengths=lengths)
@@ -836,11 +826,6 @@ def test_unread_pos_inf_table_entry_gradients(lengths: list[int]) -> None:
     check(layer, torch.randn(sum(lengths), 12, dtype=f64), g, dist)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="SpatialBias + a second grid bias: the bias grid gathers table[0] on the cells off "
-    "the edges, and +inf + (−inf) from the graph's base mask is NaN in every row",
-)
 @pytest.mark.parametrize("lengths", [HUGE_TINY, [9, 9, 9]], ids=["bucketed", "one_grid"])
 def test_unread_pos_inf_table_entry_with_two_biases(lengths: list[int]) -> None:
     g = ga.complete_graph(lengths=lengths, self_loops=False)
@@ -888,12 +873,6 @@ def test_graph_used_in_inference_mode_then_for_training(bias: str) -> None:
     check(layer, x, g, dist)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the scattered distance grid is kept per tensor object and version counter; a "
-    "write through .data (or numpy) is not seen and the stale grid is served. docs/backends.md "
-    "states this limit for edge_index only, not for edge_attr",
-)
 def test_distance_written_through_data_between_calls() -> None:
     g = ga.complete_graph(lengths=HUGE_TINY)
     layer = layer_for(4, 3, bias="spatial", M=3, backend="dense")
