@@ -114,8 +114,11 @@ def scattered_inputs(
     if not flat:
         return None
     memo: dict[str, object] = g.derived(("dense_scattered_inputs", tag), dict, keys.device)
-    seen = [(n, t, t._version) for n, t in named.items() if n in flat]
-    seen.append(("", _values_generation(g, {n: named[n] for n in flat}), 0))
+    gen = _values_generation(g, {n: named[n] for n in flat})  # changes on any new value
+    seen: list[tuple[str, object, int]] = [
+        (n, t, t._version) for n, t in named.items() if n in flat
+    ]
+    seen.append(("", None, gen))  # compared with ==, as the version counters
     last = memo.get("last")
     if isinstance(last, tuple) and len(last[0]) == len(seen):
         if all(a[0] == b[0] and a[1] is b[1] and a[2] == b[2] for a, b in zip(last[0], seen)):
