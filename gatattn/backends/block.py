@@ -13,11 +13,12 @@ as separate edges exactly as in the edge backend. The layout is derived from ``e
 (never from the structure tag) and cached per graph. Memory is O(nb·S²·H + nb·S·H·D), i.e.
 O(E·H / density): dispatch picks this backend only when the tiles are dense enough.
 
-Fast path for scaled_dot / dot: when every row-block has about the same number of active tiles
-(banded graphs), the tiles of row-block r are gathered into one key/value slab of W·S columns and
-a single batched ``F.scaled_dot_product_attention`` call runs all row-blocks, with the
-multiplicities as an additive mask log C (log 1 = 0, log 0 = −∞): exp(α + log c) = c·exp(α), so
-duplicates stay exact and SDPA's fused kernel does the softmax and its backward.
+Fast path for scaled_dot / dot (backends/slabs.py): when every row-block has about the same
+number of active tiles, the tiles of row-block r form one key/value slab of W·S columns (a
+strided view of K and V for banded graphs, a gather otherwise) and a single batched
+``F.scaled_dot_product_attention`` call runs all row-blocks, with the multiplicities as an
+additive mask log C (log 1 = 0, log 0 = −∞): exp(α + log c) = c·exp(α), so duplicates stay exact
+and SDPA's fused kernel does the softmax and its backward.
 
 Hand-written because no torch / PyG op does block-sparse softmax attention with a custom score on
 CPU (FlexAttention has no CPU backward and no multiplicities).
@@ -36,7 +37,7 @@ from ..graph import TokenGraph
 from ..kernels import CHUNK_ELEMENTS
 from ..scores import POSITION, DenseContext, Edges
 from .base import Backend, BackendOutput, Problem
-from .sdpa import sdpa
+from .slabs import Slabs, slab_attention, slabs
 
 __all__ = [
     "MIN_BLOCK_EDGES",
@@ -200,56 +201,6 @@ def _layout(graph: TokenGraph, s: int) -> BlockLayout:
     )
 
 
-#: The SDPA slab path runs when padding every row-block to W tiles costs at most this factor.
-MAX_SLAB_PADDING = 1.5
-
-
-def _slabs(lay: BlockLayout) -> tuple[Tensor, Tensor] | None:
-    """(column tile of each slot [nr, W] (num_col_blocks = an empty tile), log-count mask
-    [nr, 1, S, W·S]) for the SDPA path, or None when the rows are too uneven."""
-    nr, S = lay.num_row_blocks, lay.size
-    per_row = torch.bincount(lay.rows, minlength=nr)  # [nr]
-    W = int(per_row.max())
-    if nr * W > MAX_SLAB_PADDING * lay.num_blocks:
-        return None
-    slot = torch.arange(lay.num_blocks, device=lay.rows.device) - (
-        torch.cumsum(per_row, 0) - per_row
-    ).index_select(0, lay.rows)  # [nb] position of each tile within its row-block
-    table = torch.full((nr, W), lay.num_col_blocks, dtype=torch.long, device=lay.rows.device)
-    table[lay.rows, slot] = lay.cols  # [nr, W]
-    cnt = torch.zeros(nr, W, S, S, dtype=torch.float64, device=lay.rows.device)
-    cnt[lay.rows, slot] = lay.counts.double()  # [nr, W, S, S]; fp64 so log 2, 3.. are exact
-    mask = cnt.log().permute(0, 2, 1, 3).reshape(nr, 1, S, W * S)  # [nr, 1, S, W·S]
-    return table, mask
-
-
-def _slab_attention(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    graph: TokenGraph,
-    lay: BlockLayout,
-    scale: float,
-    slabs: tuple[Tensor, Tensor],
-    dropout: float,
-) -> Tensor:
-    """One batched SDPA over row-blocks; q [N_t, H, D], k, v [N_s, H, D] -> [N_t, H, D]."""
-    table, mask = slabs
-    S, H, D = lay.size, q.size(1), q.size(2)
-    nr, nc, W = lay.num_row_blocks, lay.num_col_blocks, table.size(1)
-
-    def slab(t: Tensor) -> Tensor:  # [N_s, H, D] -> [nr, H, W·S, D]
-        t = F.pad(t, (0, 0, 0, 0, 0, (nc + 1) * S - t.size(0)))  # + one empty tile
-        t = t.view(nc + 1, S, H, D).index_select(0, table.view(-1))  # [nr·W, S, H, D]
-        return t.view(nr, W * S, H, D).transpose(1, 2)
-
-    qt = F.pad(q, (0, 0, 0, 0, 0, nr * S - q.size(0))).view(nr, S, H, D).transpose(1, 2)
-    out = sdpa(  # F.scaled_dot_product_attention, differentiable twice
-        qt, slab(k), slab(v), attn_mask=mask.to(q.dtype), dropout_p=dropout, scale=scale
-    )  # [nr, H, S, D]
-    return out.transpose(1, 2).reshape(nr * S, H, D)[: graph.num_dst]
-
-
 class BlockBackend(Backend):
     """Graph attention over the active tiles of the adjacency (see the module docstring).
 
@@ -305,10 +256,11 @@ def _block_attention(p: Problem, lay: BlockLayout) -> BackendOutput:
     H, D = q.size(1), q.size(2)
     scale = base.sdpa_scale(D)
     if not biases and scale is not None:
-        slabs = graph.derived(("block_slabs", S), lambda: _slabs(lay))
-        if slabs is not None:
+        slab = graph.derived(("block_slabs", S), lambda: _slabs_of(lay))
+        if slab is not None:
             drop = p.dropout if p.training else 0.0
-            out = _slab_attention(q, k, v, graph, lay, scale, slabs, drop)  # [N_t, H, D]
+            nc = lay.num_col_blocks
+            out = slab_attention(q, k, v, graph, S, nc, scale, slab, drop)  # [N_t, H, D]
             return BackendOutput(out, None, None)
 
     def tiles(t: Tensor, n_blocks: int, idx: Tensor) -> Tensor:  # [N, H, D] -> [nb, H, S, D]
@@ -360,6 +312,10 @@ def _block_attention(p: Problem, lay: BlockLayout) -> BackendOutput:
     out = blk.new_zeros(lay.num_row_blocks, H, S, D).index_add_(0, lay.rows, blk)
     out = out.transpose(1, 2).reshape(-1, H, D)[: graph.num_dst]  # [N_t, H, D]
     return BackendOutput(out.to(v.dtype), None, None)
+
+
+def _slabs_of(lay: BlockLayout) -> Slabs | None:
+    return slabs(lay.rows, lay.cols, lay.counts, lay.num_row_blocks, lay.num_col_blocks)
 
 
 _NO_CTX = DenseContext(torch.empty(0), torch.empty(0))

@@ -38,14 +38,17 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..graph import TokenGraph
-from ..scores import POSITION, DenseContext, Edges
+from ..scores import POSITION, DenseContext
 from .base import Backend, BackendOutput, Problem
 from .bias_sdpa import biased_sdpa, use_biased_sdpa
+from .dense_buckets import run_buckets
 from .dense_mask import (
     bias_grid,
-    edge_base,
+    edge_values,
+    grid_mask,
     guard_empty_rows,
     no_key,
+    scatter_values,
     scattered_inputs,
     sink_mask,
 )
@@ -225,6 +228,11 @@ class DenseBackend(Backend):
         base, _ = p.score.parts()
         H, D = q.size(1), q.size(-1)
         B, Lq, Lk = _grid(g)
+        dropout, scale = p.dropout if p.training else 0.0, base.sdpa_scale(D)
+        if plan == "scatter":  # mixed lengths: one call per length bucket (dense_buckets.py)
+            bucketed = run_buckets(p, scale, dropout)
+            if bucketed is not None:
+                return BackendOutput(bucketed, None, None)
         # [N_t], [N_s] into the padded grid; None: a plain view
         q_index: Tensor | None = None
         k_index: Tensor | None = None
@@ -275,7 +283,6 @@ class DenseBackend(Backend):
             mask = sink_mask(mask, causal, p.sinks, (H, Lq, Lk), q.dtype)
             causal = False
             kp, vp = (F.pad(t, (0, 0, 0, 1)) for t in (kp, vp))  # [B, H_kv, L_k + 1, D]
-        dropout, scale = p.dropout if p.training else 0.0, base.sdpa_scale(D)
         if mask is not None and scale is not None and use_biased_sdpa(q, k, mask, dropout):
             out = biased_sdpa(pad(q, q_index, Lq), kp, vp, mask, scale)  # a learned bias
         else:
@@ -359,30 +366,12 @@ class DenseBackend(Backend):
                 "dense_edgeless", edgeless, dev
             )
         scattered = scattered_inputs(g, keys, p.edge_attr, (B, Lq, Lk))  # once per graph
-        grid = bias_grid(biases, scattered, (B, p.q.size(1), Lq, Lk), p.q.dtype)
-        if grid is not None and grid.dtype != torch.bool:  # every bias from its grid form
-            base, real_rows = edge_base(g, keys, (B, Lq, Lk))
-            finite = not torch.compiler.is_compiling() and bool(
-                grid.detach().amin() > float("-inf")
-            )
-            return grid + base.to(grid.dtype), real_rows if finite else None
-        edges = Edges(g.edge_index[0], g.edge_index[1], g, p.edge_attr, p.positions)
-        vals = sum((b(edges) for b in biases), torch.zeros((), device=dev))
-        vals = vals.to(p.q.dtype)
-        if vals.dim() < 2:
-            vals = vals.expand(keys.numel(), 1) if vals.dim() == 0 else vals.unsqueeze(-1)
-        width = vals.size(-1)  # 1 or H
-        vals = vals.expand(keys.numel(), width)  # [E, 1 | H]
-        # the graph's own edgeless rows are all there is to guard only if no value is -inf
-        # (not checked under torch.compile: then every row is checked in the mask)
-        finite = not torch.compiler.is_compiling() and not bool(torch.isneginf(vals).any())
+        made = grid_mask(biases, scattered, g, keys, (B, p.q.size(1), Lq, Lk), p.q.dtype)
+        if made is not None:  # every bias from its grid form
+            return made
+        vals, finite = edge_values(p)  # [E, 1 | H], as on the edge backend
         rows = g.derived("dense_edgeless", edgeless, dev) if finite else None
         if _in_grid_order(g):  # edge e is grid cell e: the values are the grid already
+            width = vals.size(-1)
             return vals.reshape(B, Lq, Lk, width).permute(0, 3, 1, 2).contiguous(), rows
-        grid_size = Lq * Lk
-        seq, rest = torch.div(keys, grid_size, rounding_mode="floor"), keys % grid_size  # [E]
-        heads = torch.arange(width, device=dev)  # [1 | H]
-        flat = (seq[:, None] * width + heads) * grid_size + rest[:, None]  # [E, 1 | H]
-        grid = torch.full((B * width * grid_size,), float("-inf"), dtype=vals.dtype, device=dev)
-        grid = grid.index_put((flat.reshape(-1),), vals.reshape(-1))  # [B·(1 | H)·L_q·L_k]
-        return grid.view(B, width, Lq, Lk), rows
+        return scatter_values(vals, keys, (B, Lq, Lk)), rows

@@ -72,9 +72,16 @@ class ShortestPaths:
 
         Raises:
             ValueError: no paths were computed (``max_hops=0``), or ``edge_attr`` is not [E_in, F].
+            TypeError: ``edge_attr`` is not floating point (the path features meet
+                ``PathEncodingBias``'s float weights; one-hot encode categories first).
         """
         if self.path is None:
             raise ValueError("path_inputs needs paths: call shortest_paths(..., max_hops=M > 0)")
+        if not edge_attr.is_floating_point():
+            raise TypeError(
+                f"edge_attr must be floating point (PathEncodingBias weighs the features of "
+                f"each path edge), got dtype {edge_attr.dtype}; one-hot encode categories first"
+            )
         attr = edge_attr.unsqueeze(-1) if edge_attr.dim() == 1 else edge_attr  # [E_in, F]
         if attr.dim() != 2:
             raise ValueError(f"edge_attr must be [E_in, F], got shape {list(edge_attr.shape)}")
@@ -264,7 +271,13 @@ def shortest_paths(
             2**63 - 2, ``num_nodes`` < 1, ``batch`` is malformed, unsorted or disagrees with
             ``edge_index``.
         TypeError: ``edge_index`` is not a LongTensor.
+        ValueError: ``edge_index`` is on the meta device (the search reads the edges' values).
     """
+    if isinstance(edge_index, Tensor) and edge_index.device.type == "meta":
+        raise ValueError(
+            "edge_index is on the meta device, which holds no values; the shortest paths are "
+            "computed from the edges themselves: pass a CPU or CUDA edge_index"
+        )
     max_distance = _check_max(max_distance, "max_distance")
     max_hops = _check_max(max_hops, "max_hops")
     if isinstance(num_nodes, bool) or not isinstance(num_nodes, int) or num_nodes < 1:
@@ -363,8 +376,9 @@ def shortest_path_distances(
 
     Raises:
         ValueError: a negative, non-integer or too large (> 2**63 - 2) ``max_distance``,
-            ``num_nodes`` < 1, or a ``batch`` that is malformed, unsorted or disagrees with
-            ``edge_index``.
+            ``num_nodes`` < 1, a ``batch`` that is malformed, unsorted or disagrees with
+            ``edge_index``, or an ``edge_index`` on the meta device.
+        TypeError: ``edge_index`` is not a LongTensor.
     """
     res = shortest_paths(edge_index, num_nodes, batch=batch, max_distance=max_distance)
     return res.graph, res.distance

@@ -334,6 +334,16 @@ class ScoreBias(_Declares):
         """
         return None
 
+    def masked_grid(self, edge_attr: object) -> Tensor | None:
+        """The graph's whole additive mask when this is its only bias: ``dense_grid`` on the
+        edges (and padding rows), −∞ on the cells ``edge_attr.closed`` marks, made in one pass
+        (``GridInput``), or None (the default: no such form). Finite on every other cell.
+
+        Shapes:
+            -> [B, H | 1, L_q, L_k] floats.
+        """
+        return None
+
 
 class Biased(ScoreFunction):
     """A score plus one or more biases: α_ij = w(i, j) + Σ_b b(i, j).

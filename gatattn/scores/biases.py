@@ -246,10 +246,7 @@ class AttnMaskBias(ScoreBias):
         attr = edges.input("attn_mask", "AttnMaskBias")
         if attr is None:
             return torch.zeros((), device=edges.src.device)  # 0-d: keeps the scores' dtype
-        if attr.dim() != 2:
-            raise ValueError(
-                f"AttnMaskBias needs edge_attr [E, 1] or [E, H], got {list(attr.shape)}"
-            )
+        _check_mask_shape(attr)
         return attr  # [e, 1 | H]
 
     def dense(self, ctx: DenseContext) -> Tensor:
@@ -260,4 +257,14 @@ class AttnMaskBias(ScoreBias):
     def dense_grid(self, edge_attr: object) -> Tensor | None:
         """M on the padded grid [B | 1, H | 1, L_q, L_k] when ``edge_attr`` holds it as a grid
         (``GridInput``, as the drop-in hands its masks over), else None."""
-        return edge_attr.grid(self.name) if isinstance(edge_attr, GridInput) else None
+        if not isinstance(edge_attr, GridInput):
+            return None
+        given = edge_attr.known(self.name)  # the tensor as given, when at hand: same rule
+        if given is not None:
+            _check_mask_shape(given)
+        return edge_attr.grid(self.name)
+
+
+def _check_mask_shape(attr: Tensor) -> None:
+    if attr.dim() != 2:
+        raise ValueError(f"AttnMaskBias needs edge_attr [E, 1] or [E, H], got {list(attr.shape)}")

@@ -37,14 +37,38 @@ class GridInput(Mapping[str, Tensor]):
     path (the edge backend, returned weights) sees exactly the tensor it would have been given.
     ``grid(name)`` gives the grid itself, without making the per-edge form.
 
+    ``closed``, when the dense backend knows it, marks the grid's cells that are not edges of
+    the graph (and not padding rows): the cells its mask sets to −∞. A bias may place the −∞
+    there itself at no extra pass (``ScoreBias.masked_grid``).
+
+    ``given``: the per-edge tensors as the caller gave them, when they are at hand (the dense
+    backend's scattered inputs); ``known(name)`` returns one without making any.
+    ``edge_cells``, when known, marks the cells that hold an edge: the only cells whose grid
+    value is an input's (elsewhere the scattered grids hold 0, which a bias must not read as
+    a value: a table gather gives those cells a neutral entry instead).
+
     Shapes:
-        grids: {name: ([B | 1, F | 1, L_q, L_k], per_edge)} with per_edge() -> [E, F].
+        grids: {name: ([B | 1, F | 1, L_q, L_k], per_edge)} with per_edge() -> [E, F];
+        closed, edge_cells [B, 1, L_q, L_k] bool or None; given {name: [E, ...]}.
     """
 
-    def __init__(self, grids: Mapping[str, tuple[Tensor, Callable[[], Tensor]]]) -> None:
+    def __init__(
+        self,
+        grids: Mapping[str, tuple[Tensor, Callable[[], Tensor]]],
+        closed: Tensor | None = None,
+        given: Mapping[str, Tensor] | None = None,
+        edge_cells: Tensor | None = None,
+    ) -> None:
         self._grids = dict(grids)
-        self._edges: dict[str, Tensor] = {}
+        self.closed = closed
+        self.edge_cells = edge_cells
+        self._edges: dict[str, Tensor] = dict(given or {})
         self._derived: dict[Hashable, object] = {}
+
+    def known(self, name: str) -> Tensor | None:
+        """The per-edge tensor of input ``name`` if it is already at hand (given, or made by
+        an earlier read), else None: never makes one (``UNNAMED`` answers every name)."""
+        return self._edges.get(name, self._edges.get(UNNAMED))
 
     def grid(self, name: str) -> Tensor | None:
         """The grid of input ``name`` [B | 1, F | 1, L_q, L_k], or None when there is none.

@@ -124,12 +124,29 @@ class SpatialBias(ScoreBias):
     def dense_grid(self, edge_attr: object) -> Tensor | None:
         """b on the padded grid, gathered from the table by the distance grid of a
         ``GridInput`` (the dense backend scatters the distances there once per graph), else
-        None. Its table gradient is one pass over the grid (``table_gather``).
+        None. Its table gradient is one pass over the grid (``table_gather``). Cells without
+        an edge (``GridInput.edge_cells``) gather 0, not the entry of distance 0, so a
+        non-finite entry no edge reads never reaches the padding or the graph's −∞ cells.
 
         Shapes:
             distance grid [B, 1, L_q, L_k] -> [B, H, L_q, L_k].
         """
-        if not isinstance(edge_attr, GridInput):
+        return self._gather(edge_attr, closed=False)
+
+    def masked_grid(self, edge_attr: object) -> Tensor | None:
+        """b on the edges and −∞ on the cells ``edge_attr.closed`` marks, by the same one
+        gather: the closed cells index one more table entry, −∞ (its gradient is dropped; the
+        softmax gives those cells 0 weight, so their gradient is 0 anyway). None when there is
+        no ``closed`` grid, or when the table itself holds −∞ (then rows may lose every key, and
+        the backend finds them in the mask).
+
+        Shapes:
+            distance grid and closed [B, 1, L_q, L_k] -> [B, H, L_q, L_k].
+        """
+        return self._gather(edge_attr, closed=True)
+
+    def _gather(self, edge_attr: object, closed: bool) -> Tensor | None:
+        if not isinstance(edge_attr, GridInput) or (closed and edge_attr.closed is None):
             return None
         dist = edge_attr.grid("distance")
         if dist is None or dist.is_floating_point() or dist.dtype == torch.bool:
@@ -137,6 +154,8 @@ class SpatialBias(ScoreBias):
         table: Tensor = self.weight  # [M + 2, H]
         if self.token_weight is not None:
             table = torch.cat([table, self.token_weight.unsqueeze(0)])  # [M + 3, H]
+        if closed and bool(torch.isneginf(table).any()):  # [M + 2 | 3, H]: a few values
+            return None
         rows, H = table.size(0), table.size(1)
 
         def index() -> Tensor:  # [B, H, L_q, L_k]: flat index h·rows + d into table.t()
@@ -144,11 +163,19 @@ class SpatialBias(ScoreBias):
             if self.token_weight is not None:
                 d = torch.where(d == GRAPH_TOKEN_DISTANCE, rows - 1, d)
             heads = torch.arange(H, device=d.device).view(1, H, 1, 1) * rows
-            return d + heads
+            idx = d + heads
+            if edge_attr.edge_cells is not None:  # cells without an edge: the entry 0 past
+                idx = idx.masked_fill(~edge_attr.edge_cells, rows * H)  # the table, not d = 0's
+            if closed:  # the entry after it: −∞
+                assert edge_attr.closed is not None
+                idx = idx.masked_fill(edge_attr.closed, rows * H + 1)
+            return idx
 
         token = self.token_weight is not None  # the key holds what the index and its check read
-        idx = edge_attr.derived(("spatial_index", self.max_distance, token, H), index)
-        return table_gather(table.t().reshape(-1), idx)  # [B, H, L_q, L_k]
+        idx = edge_attr.derived(("spatial_index", self.max_distance, token, H, closed), index)
+        flat = table.t().reshape(-1)  # [H · rows]
+        flat = torch.cat([flat, flat.new_tensor([0.0, float("-inf")])])  # [H · rows + 2]
+        return table_gather(flat, idx)  # [B, H, L_q, L_k]
 
     def extra_repr(self) -> str:
         token = ", graph_token=True" if self.token_weight is not None else ""

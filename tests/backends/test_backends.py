@@ -243,16 +243,17 @@ def test_block_generic_path_equals_slab_path(monkeypatch: pytest.MonkeyPatch) ->
     """scaled_dot on a banded graph takes the SDPA slab path; with the slab path switched off
     (MAX_SLAB_PADDING = 0) the generic tile softmax must give the same outputs and gradients."""
     import gatattn.backends.block as block
+    import gatattn.backends.slabs as slabs
 
     monkeypatch.setattr(block, "BLOCK_SIZES", (16,))  # 16x16 tiles: the slab path applies
     g = ga.TokenGraph(_duplicates().edge_index, 37, 37)  # fresh object: no cached slabs
     layer = _layer("scaled_dot", "block", torch.float64, D)
     x, _ = _inputs(g, H * D, torch.float64)
-    assert block._slabs(block.block_layout(g)) is not None
+    assert block._slabs_of(block.block_layout(g)) is not None
     slab = _run(layer, x, None, g)
-    monkeypatch.setattr(block, "MAX_SLAB_PADDING", 0.0)
+    monkeypatch.setattr(slabs, "MAX_SLAB_PADDING", 0.0)
     g2 = ga.TokenGraph(g.edge_index, 37, 37)
-    assert block._slabs(block.block_layout(g2)) is None
+    assert block._slabs_of(block.block_layout(g2)) is None
     for a, b in zip(_run(layer, x, None, g2), slab):
         torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
 

@@ -302,6 +302,15 @@ def test_path_inputs_errors() -> None:
         res.path_inputs(torch.ones(2, 1, 1))
     with pytest.raises(ValueError, match="edge_attr has 1 rows but the paths use input edge 1"):
         res.path_inputs(torch.ones(1, 3))
+    for dtype in (torch.bool, torch.long):
+        with pytest.raises(TypeError, match=f"edge_attr must be floating point.*{dtype}"):
+            res.path_inputs(torch.ones(2, 3, dtype=dtype))
+
+
+def test_meta_edge_index_is_refused() -> None:
+    for fn in (ga.shortest_paths, ga.shortest_path_distances):
+        with pytest.raises(ValueError, match="edge_index is on the meta device"):
+            fn(EI.to("meta"), 3)
 
 
 def test_path_search_in_small_chunks_gives_the_same_paths(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -125,11 +125,15 @@ def test_a_learned_bias_with_minus_inf_rows_gives_zero() -> None:
     [(2, 3, 4, 6), (1, 3, 4, 6), (2, 1, 4, 6), (2, 3, 1, 6)],
     ids=["full", "B1", "H1", "L1"],
 )
-def test_biased_sdpa_equals_sdpa_math(shape: tuple[int, int, int, int]) -> None:
+@pytest.mark.parametrize("dims", [(D, 7), (9, 11)], ids=["narrow", "wide"])  # around NARROW_HEAD
+def test_biased_sdpa_equals_sdpa_math(
+    shape: tuple[int, int, int, int], dims: tuple[int, int]
+) -> None:
     gen = torch.Generator().manual_seed(6)
-    q = torch.randn(2, 3, 4, D, generator=gen, dtype=torch.float64, requires_grad=True)
-    k = torch.randn(2, 3, 6, D, generator=gen, dtype=torch.float64, requires_grad=True)
-    v = torch.randn(2, 3, 6, 7, generator=gen, dtype=torch.float64, requires_grad=True)
+    d, dv = dims
+    q = torch.randn(2, 3, 4, d, generator=gen, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(2, 3, 6, d, generator=gen, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(2, 3, 6, dv, generator=gen, dtype=torch.float64, requires_grad=True)
     m = torch.randn(shape, generator=gen, dtype=torch.float64, requires_grad=True)
     assert use_biased_sdpa(q, k, m, 0.0) and not use_biased_sdpa(q, k, m, 0.1)
     assert not use_biased_sdpa(q, k, m.detach(), 0.0)
