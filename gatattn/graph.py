@@ -310,8 +310,10 @@ class _RawGraphs:
       validated graph, never a stale one;
     * shape, dtype, device and node counts are part of the match.
 
-    Not used under ``torch.compile`` (a new graph per call, as before), for tensor subclasses
-    or meta tensors. At most ``MAX_ENTRIES`` graphs with ``MAX_EDGES`` edges in all are kept
+    Not used under ``torch.compile`` or ``torch.inference_mode`` (a new graph per call, as
+    before: a copy, or a value a backend caches in the graph, made there would be an inference
+    tensor, which a later training call could not save for backward), nor for inference, meta
+    or subclass tensors. At most ``MAX_ENTRIES`` graphs with ``MAX_EDGES`` edges in all are kept
     (least recently used first out); a larger graph gets a new TokenGraph per call (its
     per-call costs are small beside its attention).
     """
@@ -335,6 +337,8 @@ class _RawGraphs:
             or edge_index.device.type == "meta"
             or edge_index.layout != torch.strided
             or torch.compiler.is_compiling()
+            or torch.is_inference_mode_enabled()
+            or edge_index.is_inference()
         ):
             return TokenGraph(edge_index, num_src, num_dst)
         key = (id(edge_index), num_src, num_dst)

@@ -186,3 +186,23 @@ def test_random_graphs_and_writes(
         target = ei if how == "in place" else ei.data
         target[row, col] = value
         _check(layer, x, ei)
+
+
+@pytest.mark.parametrize("backend", ["auto", "edge"])
+def test_inference_mode_before_and_after_training(backend: str) -> None:
+    """The cache is not used under torch.inference_mode (a copy, or a backend's cached value,
+    made there would be an inference tensor, which a later training call could not save for
+    backward): a new graph per call, as before. Every call equals the dense formula."""
+    ei, x = _edges(), _x()
+    torch.manual_seed(0)
+    layer = ga.GraphAttention(C, H, backend=backend).double()
+    want = dense_reference(layer, x, ga.TokenGraph(ei.clone(), N, N)).out.detach()
+    with torch.inference_mode():
+        torch.testing.assert_close(layer(x, ei), want, atol=1e-10, rtol=0)
+    assert len(graph_mod.RAW_GRAPHS) == 0
+    _check(layer, x, ei)  # training after inference: made now, from a normal tensor
+    made = ga.as_token_graph(ei, N, N)
+    with torch.inference_mode():
+        assert ga.as_token_graph(ei, N, N) is not made
+        torch.testing.assert_close(layer(x, ei), want, atol=1e-10, rtol=0)
+    _check(layer, x, ei)
