@@ -160,15 +160,15 @@ def _scatter_into(out: Tensor, w: Tensor, b: Tensor, i_out: Tensor, i_b: Tensor)
 def _bag_sum(w: Tensor, v: Tensor, i_out: Tensor, i_in: Tensor, num_out: int) -> Tensor | None:
     """out_{i,h} = Σ_{e: i_out(e)=i} w_{e,h} v_{i_in(e),h} as one ``embedding_bag`` over the
     registered grouping of the edges (``grouping.bags``), or None where there is none.
-    w [E, H] and v [N, H, D] of one dtype, fp32 or fp64, on CPU or CUDA -> [M, H, D].
+    w [E, H] and v [N, H, D] of one dtype, fp32 or fp64, on CPU -> [M, H, D].
 
     The table is v's own memory when each head's D values are contiguous and nodes lie a
     whole number of rows apart (a head-split view of a packed projection): no copy. (It runs
     inside the kernels' forwards, whose backward is their own: the inputs are detached, so
     torch takes its forward-only kernel.)"""
     N, H, D = v.shape
-    if v.dtype not in (torch.float32, torch.float64) or v.device.type not in ("cpu", "cuda"):
-        return None
+    if v.dtype not in (torch.float32, torch.float64) or v.device.type != "cpu":
+        return None  # (measured and tested on CPU; CUDA keeps its CSR and gather paths)
     rows_apart = v.stride(0) // D if D and v.stride(0) % D == 0 else 0
     in_place = N > 0 and v.stride(2) == 1 and v.stride(1) == D and rows_apart >= H
     if N * max(H, rows_apart if in_place else 0) >= 1 << 31 or D == 0:  # int32 rows

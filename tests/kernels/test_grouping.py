@@ -143,6 +143,12 @@ def test_lookups_need_the_registered_tensors_as_they_were(
     assert grouping.bags(dst.clone(), src, N_T, H) is None  # other tensor objects
     assert grouping.bags(edge_index[1], edge_index[0], N_T, H) is None  # new views
     assert grouping.bags(dst, src, N_T + 1, H) is None  # other sizes
+    w = torch.ones(src.numel(), H)
+    assert ops._bag_sum(w, torch.ones(N_S, H, D), dst, src, N_T) is not None
+    assert (
+        ops._bag_sum(w.half(), torch.ones(N_S, H, D).half(), dst, src, N_T) is None
+    )  # widened first
+    assert ops._bag_sum(w.to("meta"), torch.ones(N_S, H, D, device="meta"), dst, src, N_T) is None
     monkeypatch.setattr(grouping, "MAX_GROUPED_PAIRS", src.numel() * H - 1)
     assert grouping.bags(dst, src, N_T, H) is None  # too large: gathered
     monkeypatch.undo()
