@@ -55,6 +55,8 @@ class TokenGraph(GraphState):
             edges before use (``trusted_structure``), unless ``verified`` says it holds.
         lengths: per-sequence node counts for a block-diagonal batch, or None for one sequence.
         params: builder parameters that go with the tag (e.g. ``{"window": 4}``); read-only.
+            ``params["kv_lengths"]``, a bipartite batch's key lengths, must hold one length per
+            query sequence and sum to ``num_src`` (ValueError otherwise).
         validate: check dtype, shape and index range (default True).
         verified: the caller guarantees that ``structure`` describes the edges exactly, as the
             library's builders do by construction (default False: the claim is checked).
@@ -90,6 +92,14 @@ class TokenGraph(GraphState):
             raise ValueError(
                 f"lengths={list(seq)} sum to {sum(seq)} but the graph has {num_dst} target nodes"
             )
+        kv = None if params is None else params.get("kv_lengths")
+        if kv is not None:  # a bipartite batch's key lengths: one per query sequence, sum N_s
+            kv = check_lengths(kv)
+            if sum(kv) != num_src or len(kv) != len(seq or (num_dst,)):
+                raise ValueError(
+                    f"params['kv_lengths']={list(kv)} must hold one key length per query "
+                    f"sequence ({len(seq or (num_dst,))}) and sum to num_src={num_src}"
+                )
         self._setup(
             edge_index=edge_index,
             build=None,

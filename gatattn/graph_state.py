@@ -60,7 +60,7 @@ class GraphState:
     _structure: str | None
     _lengths: tuple[int, ...] | None
     _params: dict[str, Any]
-    _cache: dict[tuple[Hashable, str], Any]
+    _cache: dict[tuple[Hashable, str, bool], Any]
     _version: int
     _verified: bool
 
@@ -202,9 +202,14 @@ class GraphState:
             key: any hashable name of the value (e.g. ``("block_layout", 32)``).
             fn: computes the value from the graph.
             device: the device the value lives on (default the graph's).
+
+        Values made under ``torch.inference_mode`` are kept apart from the others: an inference
+        tensor cannot be saved for backward, so a later training call must not be served one.
         """
         self._sync()
-        k = (key, str(self.device if device is None else device))
+        dev = str(self.device if device is None else device)
+        inference = not torch.compiler.is_compiling() and torch.is_inference_mode_enabled()
+        k = (key, dev, inference)
         if k not in self._cache:
             self._cache[k] = fn()
         return self._cache[k]

@@ -131,6 +131,20 @@ def test_token_graph_node_count_errors() -> None:
         ga.TokenGraph(torch.zeros(2, 0, dtype=torch.long), 5, 5, lengths=[2, 2])
 
 
+@pytest.mark.parametrize(
+    ("kv", "lengths"), [([5, 9], [3, 3]), ([4, 4, 2], [3, 3]), ([10], [3, 3]), ([6, 4], None)]
+)
+def test_token_graph_kv_lengths_are_checked(kv: list[int], lengths: list[int] | None) -> None:
+    with pytest.raises(ValueError, match=r"params\['kv_lengths'\]=\[.*must hold one key"):
+        ga.TokenGraph(torch.zeros(2, 0, dtype=torch.long), 10, 6, lengths=lengths,
+                      params={"kv_lengths": kv})  # fmt: skip
+    with pytest.raises(ValueError, match="every sequence length must be >= 1, got -1"):
+        ga.TokenGraph(torch.zeros(2, 0, dtype=torch.long), 10, 6, params={"kv_lengths": [-1, 11]})
+    g = ga.TokenGraph(torch.zeros(2, 0, dtype=torch.long), 10, 6, lengths=[3, 3],
+                      params={"kv_lengths": [4, 6]})  # fmt: skip
+    assert g.sequence_lengths("src") == (4, 6)
+
+
 def test_union_and_intersection_match_boolean_masks() -> None:
     gen = torch.Generator().manual_seed(1)
     a = torch.rand(6, 7, generator=gen) < 0.4

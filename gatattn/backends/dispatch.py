@@ -289,14 +289,18 @@ def attend(p: Problem, backend: str = "auto") -> BackendOutput:
         which is exact and costs O(E·H).
 
     Raises:
-        ValueError: the graph is on another device than q, or a forced backend cannot run
-            ``p``.
+        ValueError: the graph is on another device than q, a forced backend cannot run
+            ``p``, or ``p.sinks`` holds a value that is not finite (every backend refuses it,
+            as ``neighbourhood_softmax`` does).
     """
     if not same_device(p.graph.device, p.q.device):
         raise ValueError(
             f"attend: the graph is on {p.graph.device} but q is on {p.q.device}; move the "
             f"graph with graph.to({str(p.q.device)!r})"
         )
+    if p.sinks is not None and p.sinks.device.type != "meta" and not torch.compiler.is_compiling():
+        if not bool(torch.isfinite(p.sinks).all()):  # ±inf or NaN: no softmax over the sink
+            raise ValueError(f"sinks must be finite, got {p.sinks.tolist()}")
     p = transform_nodes(p)
     name, _ = select_backend(backend, p)
     grouped, sequences = _grouped(p), per_sequence(p)

@@ -197,3 +197,16 @@ def test_random_banded_graphs_equal_the_edge_backend(
         _check_block_equals_edge(fresh, seed)
     finally:
         block.BLOCK_SIZES = old
+
+
+def test_graph_used_in_inference_mode_then_for_training(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The layout and slabs made under torch.inference_mode are kept apart from those a
+    training call uses (an inference tensor cannot be saved for backward)."""
+    monkeypatch.setattr(block, "BLOCK_SIZES", (8,))
+    g = ga.window_graph(40, 5)
+    layer = ga.GraphAttention(H * D, H, backend="block").double()
+    x = torch.randn(40, H * D, dtype=torch.float64)
+    with torch.inference_mode():  # e.g. an evaluation before the first epoch
+        first = layer(x, g)
+    torch.testing.assert_close(first, layer(x, g).detach(), atol=0, rtol=0)
+    _check_block_equals_edge(g)

@@ -128,3 +128,16 @@ def test_sinks_state_dict_and_refusals() -> None:
     block = ga.GraphAttention(C, H, sinks=True, backend="block")
     with pytest.raises(ValueError, match="attention sinks: the edge and dense backends"):
         block(torch.randn(N, C), ga.window_graph(N, 1))
+
+
+@pytest.mark.parametrize("backend", ["edge", "dense", "auto"])
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])
+def test_non_finite_sinks_are_refused_on_every_backend(backend: str, value: float) -> None:
+    """The docs ask for finite sinks; every backend refuses others with the same error (the
+    dense backend gave NaN and the edge backend 0 for +inf)."""
+    layer = _layer(backend)
+    with torch.no_grad():
+        layer.sinks[1] = value
+    x = torch.randn(5, C, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"sinks must be finite, got \[.*(inf|nan)"):
+        layer(x, ga.complete_graph(5))

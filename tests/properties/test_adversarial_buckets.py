@@ -840,11 +840,6 @@ def test_unread_pos_inf_table_entry_with_two_biases(lengths: list[int]) -> None:
     check(layer, torch.randn(sum(lengths), 12, dtype=f64), g, attr, grads=False)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="TokenGraph does not check params['kv_lengths'] against num_src; the dense backend "
-    "then fails with a RuntimeError from a reshape instead of a ValueError naming the value",
-)
 def test_kv_lengths_that_do_not_sum_to_num_src_get_a_clear_error() -> None:
     ei = torch.tensor([[0, 1, 4, 5, 9, 9, 8], [0, 1, 2, 3, 3, 5, 4]])
     x, xs = torch.randn(6, 12, dtype=f64), torch.randn(10, 12, dtype=f64)
@@ -855,12 +850,6 @@ def test_kv_lengths_that_do_not_sum_to_num_src_get_a_clear_error() -> None:
         )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a graph first used under torch.inference_mode() keeps inference tensors in its "
-    "cache (bucket rows, padding indices, closed cells); the next training call on the same "
-    "graph raises 'Inference tensors cannot be saved for backward'",
-)
 @pytest.mark.parametrize("bias", ["spatial", "none"])
 def test_graph_used_in_inference_mode_then_for_training(bias: str) -> None:
     g = random_graph(HUGE_TINY, 0.7, 1)
