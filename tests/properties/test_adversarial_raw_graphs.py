@@ -865,3 +865,33 @@ def test_threads_racing_on_evictions() -> None:
     finally:
         sys.setswitchinterval(interval)
     assert not errors, repr(errors[0])
+
+
+def test_kdim_vdim_sources_packed_views_and_numpy_write() -> None:
+    """kdim != vdim cross attention (keys and values from separate inputs), a NumPy write."""
+    torch.manual_seed(0)
+    layer = ga.GraphAttention(C, H, kdim=4, vdim=6, backend="edge").double()
+    x = _x(4).requires_grad_()
+    ks = torch.randn(6, 4, dtype=F64, generator=torch.Generator().manual_seed(1))
+    vs = torch.randn(6, 6, dtype=F64, generator=torch.Generator().manual_seed(2))
+    ei = torch.tensor([[0, 5, 5, 2, 3, 3], [0, 0, 1, 3, 3, 3]])
+    for step in range(3):
+        if step == 2:
+            ei.numpy()[0, 0] = 4
+        out = layer(x, ei, x_src=(ks, vs))
+        q = layer.q_proj(x).view(4, H, D)
+        k = layer.k_proj(ks).view(6, H, D)
+        v = layer.v_proj(vs).view(6, H, D)
+        rows = []
+        for i in range(4):
+            m = ei[1] == i
+            if not bool(m.any()):
+                rows.append(torch.zeros(H, D, dtype=F64))
+                continue
+            w = torch.softmax((q[i] * k[ei[0][m]]).sum(-1) / math.sqrt(D), 0)  # [e, H]
+            rows.append((w.unsqueeze(-1) * v[ei[0][m]]).sum(0))
+        want = layer.out_proj(torch.stack(rows).reshape(4, C))
+        _close(out, want)
+        (g1,) = torch.autograd.grad(out.sum(), x)
+        (g2,) = torch.autograd.grad(want.sum(), x)
+        _close(g1, g2)
