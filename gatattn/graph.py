@@ -15,7 +15,7 @@ derived-data cache, the verified trust in the tag) lives in ``gatattn.graph_stat
 
 from __future__ import annotations
 
-import weakref
+import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -312,13 +312,18 @@ class _RawGraphs:
     estimate, CSR...), each call. Here the graph is made once per tensor and node counts, and
     reused only when it is provably the same graph:
 
-    * the entry is found by the tensor's identity (``id``, held by a weak reference, so the
-      entry leaves with the tensor and a reused id never matches);
-    * the graph holds its own copy of the edges, and on every call the tensor's current
-      values are compared with that copy (``torch.equal``, O(E)): a write of any kind (in
-      place, through ``.data``, NumPy or DLPack, which no version counter sees) gives a new,
-      validated graph, never a stale one;
-    * shape, dtype, device and node counts are part of the match.
+    * the entry is found by the tensor's ``id``. No reference to the tensor is kept, weak or
+      strong (``torch.utils.swap_tensors``, and so ``load_state_dict`` with swapping, refuse a
+      tensor that has either), so an id may come back for another tensor: the values decide;
+    * the cache keeps a private copy of the edges that no other code sees, and on every call the
+      tensor's current values are compared with it (``torch.equal``, O(E)): a write of any kind
+      (in place, through ``.data``, NumPy or DLPack, which no version counter sees), or another
+      tensor at a reused id, gives a new, validated graph, never a stale one. Equal values give
+      the same graph, which is then the right one;
+    * shape, dtype, device and node counts are part of the match;
+    * the graph holds a copy of its own (its ``edge_index``, handed out with returned weights),
+      so a write into the caller's tensor between forward and backward does not reach it; that
+      copy is compared too, so a write into it ends the entry as well.
 
     Not used under ``torch.compile`` or ``torch.inference_mode`` (a new graph per call, as
     before: a copy, or a value a backend caches in the graph, made there would be an inference
@@ -326,13 +331,15 @@ class _RawGraphs:
     or subclass tensors. At most ``MAX_ENTRIES`` graphs with ``MAX_EDGES`` edges in all are kept
     (least recently used first out); a larger graph gets a new TokenGraph per call (its
     per-call costs are small beside its attention).
+    One lock serialises the lookups, so threads may share layers and tensors.
     """
 
     MAX_ENTRIES = 32
-    MAX_EDGES = 1 << 22
+    MAX_EDGES = 1 << 21  # two int64 copies each: at most 64 MiB kept
 
     def __init__(self) -> None:
-        self._entries: dict[tuple[int, int, int], tuple[weakref.ref[Tensor], TokenGraph]] = {}
+        self._entries: dict[tuple[int, int, int], tuple[Tensor, TokenGraph]] = {}
+        self._lock = threading.Lock()
 
     def get(self, edge_index: Tensor, num_src: int, num_dst: int) -> TokenGraph:
         """The TokenGraph of ``edge_index`` with these node counts (validated when made).
@@ -352,46 +359,41 @@ class _RawGraphs:
         ):
             return TokenGraph(edge_index, num_src, num_dst)
         key = (id(edge_index), num_src, num_dst)
-        hit = self._entries.get(key)
-        if hit is not None and hit[0]() is edge_index and _same_edges(hit[1], edge_index):
-            self._entries[key] = self._entries.pop(key)  # most recently used last
-            return hit[1]
-        # validate the tensor itself, then keep a copy that no other code holds
-        TokenGraph(edge_index, num_src, num_dst)
-        graph = TokenGraph(edge_index.clone(), num_src, num_dst, validate=False)
-        entries = self._entries
-
-        def drop(_: object, key: tuple[int, int, int] = key) -> None:
-            entry = entries.get(key)
-            if entry is not None and entry[0]() is None:
-                entries.pop(key, None)
-
-        self._entries.pop(key, None)
-        self._entries[key] = (weakref.ref(edge_index, drop), graph)
-        while len(self._entries) > self.MAX_ENTRIES or self._edges() > self.MAX_EDGES:
-            self._entries.pop(next(iter(self._entries)))
-        return graph
+        with self._lock:
+            hit = self._entries.get(key)
+            # the caller's tensor and the graph's own edges (handed out with returned weights,
+            # so writable through NumPy) both still equal the private copy
+            if hit is not None and _same(hit[0], edge_index) and _same(hit[0], hit[1].edge_index):
+                self._entries[key] = self._entries.pop(key)  # most recently used last
+                return hit[1]
+            TokenGraph(edge_index, num_src, num_dst)  # validates the tensor itself
+            graph = TokenGraph(edge_index.clone(), num_src, num_dst, validate=False)
+            self._entries.pop(key, None)
+            self._entries[key] = (edge_index.clone(), graph)  # the copy: compared, never shown
+            while len(self._entries) > self.MAX_ENTRIES or self._edges() > self.MAX_EDGES:
+                self._entries.pop(next(iter(self._entries)))
+            return graph
 
     def _edges(self) -> int:
         return sum(g.num_edges for _, g in self._entries.values())
 
     def clear(self) -> None:
         """Forget every graph (they are rebuilt on use)."""
-        self._entries.clear()
+        with self._lock:
+            self._entries.clear()
 
     def __len__(self) -> int:
         return len(self._entries)
 
 
-def _same_edges(graph: TokenGraph, edge_index: Tensor) -> bool:
-    """True when ``edge_index`` holds exactly the edges of ``graph`` (same shape, dtype and
+def _same(copy: Tensor, edge_index: Tensor) -> bool:
+    """True when ``edge_index`` holds exactly the edges of ``copy`` (same shape, dtype and
     device, equal values): O(E), one comparison."""
-    mine = graph.edge_index
     return (
-        mine.shape == edge_index.shape
-        and mine.dtype == edge_index.dtype
-        and mine.device == edge_index.device
-        and torch.equal(mine, edge_index)
+        copy.shape == edge_index.shape
+        and copy.dtype == edge_index.dtype
+        and copy.device == edge_index.device
+        and torch.equal(copy, edge_index)
     )
 
 

@@ -80,6 +80,7 @@ class GraphState:
         verified: bool,
     ) -> None:
         init = object.__setattr__
+        edge_index = None if edge_index is None else _owned(edge_index)
         init(self, "_edge_index", edge_index)
         init(self, "_build", build)  # makes edge_index on first access (deferred graphs)
         init(self, "_num_edges", num_edges)
@@ -146,7 +147,7 @@ class GraphState:
         edge_index = self._edge_index
         if edge_index is None:
             assert self._build is not None
-            edge_index = self._build()
+            edge_index = _owned(self._build())
             object.__setattr__(self, "_edge_index", edge_index)
             object.__setattr__(self, "_version", edge_index._version)
         return edge_index
@@ -301,3 +302,13 @@ class GraphState:
         if self.num_src == self.num_dst and self.structure != "bipartite":
             return self.lengths or (self.num_src,)
         return (self.num_src,)
+
+
+def _owned(edge_index: Tensor) -> Tensor:
+    """``edge_index`` itself, or for an inference tensor (made under ``torch.inference_mode``)
+    a normal copy: an inference tensor has no version counter, so a write into it could not be
+    detected, and it could not be saved for backward by a later training call."""
+    if torch.compiler.is_compiling() or not edge_index.is_inference():
+        return edge_index
+    with torch.inference_mode(False):
+        return edge_index.clone()

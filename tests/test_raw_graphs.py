@@ -5,6 +5,7 @@ passing another one, still gives the right answer (the dense formula in fp64, at
 from __future__ import annotations
 
 import gc
+import weakref
 
 import pytest
 import torch
@@ -123,13 +124,16 @@ def test_a_transposed_view_and_a_bipartite_graph() -> None:
     assert ga.as_token_graph(cross, 4, 2) is g
 
 
-def test_entries_leave_with_their_tensor() -> None:
+def test_entries_hold_no_reference_to_their_tensor() -> None:
+    """The cache keeps the tensor neither alive nor weakly referenced (swap_tensors refuses
+    both); a later tensor at the same id is judged by its values (test_adversarial_raw_graphs)."""
     ei = _edges()
     ga.as_token_graph(ei, N, N)
-    assert len(graph_mod.RAW_GRAPHS) == 1
+    assert len(graph_mod.RAW_GRAPHS) == 1 and weakref.getweakrefcount(ei) == 0
+    ref = weakref.ref(ei)
     del ei
     gc.collect()
-    assert len(graph_mod.RAW_GRAPHS) == 0
+    assert ref() is None
 
 
 def test_the_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
