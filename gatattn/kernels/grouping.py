@@ -30,8 +30,12 @@ from torch import Tensor
 __all__ = ["MAX_GROUPED_PAIRS", "Bags", "bags", "register"]
 
 #: Graphs with more (edge, head) pairs than this are not grouped: the cached lists take
-#: 2·E·H int32 per direction (at most 32 MiB each), and the gather and CSR paths need none.
-MAX_GROUPED_PAIRS = 1 << 22
+#: 2·E·H int32 per direction, and the peak of a call about 50 bytes per pair more than the
+#: CSR path's (measured: +211 MiB at E·H = 2**22, benchmarks P4), which needs none. 2**19
+#: pairs (E = 65,536 at H = 8) keeps P4's graphs (E·H >= 2**20) on the CSR path and adds at
+#: most about 26 MiB, while the small graphs whose per-call costs the grouping cuts (P6:
+#: E·H = 55,808) stay grouped.
+MAX_GROUPED_PAIRS = 1 << 19
 
 
 class Bags(NamedTuple):

@@ -608,12 +608,15 @@ def test_low_precision_bounded_by_torchs_own_error(dtype: torch.dtype) -> None:
 
 @pytest.mark.parametrize("extra", [0, 1])
 def test_pairs_at_the_grouping_bound(extra: int) -> None:
-    """E·H = 2**22 (grouped) and 2**22 + H (CSR path): both equal the formula (fp64)."""
+    """E·H = MAX_GROUPED_PAIRS (grouped) and one edge more (CSR path): both equal the
+    formula (fp64)."""
+    from gatattn.kernels.grouping import MAX_GROUPED_PAIRS
+
     torch.manual_seed(0)
     h = 4
     layer = ga.GraphAttention(h, h, backend="edge").double()  # D = 1
     n = 16
-    e = (1 << 22) // h + extra
+    e = MAX_GROUPED_PAIRS // h + extra
     ei = torch.randint(0, n, (2, e), generator=torch.Generator().manual_seed(extra))
     x = torch.randn(n, h, dtype=F64, requires_grad=True)
     out = layer(x, ei)
