@@ -532,3 +532,16 @@ def test_spatial_distance_write_between_forward_and_backward(backend: str) -> No
     gw2 = torch.autograd.grad(formula(layer, x, g.edge_index, sp.weight[keep]).sum(), sp.weight)[0]
     _close(gw, gw2)
     _close(layer(x, g, edge_attr=d), formula(layer, x, g.edge_index, sp.weight[d]))
+
+
+@pytest.mark.parametrize("backend", PER_EDGE)
+def test_spatial_distance_swap_tensors_after_forward(backend: str) -> None:
+    """The dense memo of per-edge inputs does not block swap_tensors, and sees the new values."""
+    edges, n, lengths, dl = SPATIAL_CASES[1]
+    layer, sp = _spatial_layer(backend)
+    g = ga.TokenGraph(_ei(edges), n, lengths=lengths)
+    x = _x(n)
+    d = torch.tensor(dl)
+    _close(layer(x, g, edge_attr=d), formula(layer, x, g.edge_index, sp.weight[d]))
+    torch.utils.swap_tensors(d, torch.tensor([4, 0, 2, 2, 3, 1]))
+    _close(layer(x, g, edge_attr=d), formula(layer, x, g.edge_index, sp.weight[d]))
