@@ -116,7 +116,7 @@ def scattered_inputs(
     memo: dict[str, object] = g.derived(("dense_scattered_inputs", tag), dict, keys.device)
     gen = _values_generation(g, {n: named[n] for n in flat})  # changes on any new value
     seen: list[tuple[str, object, int]] = [
-        (n, t, t._version) for n, t in named.items() if n in flat
+        (n, t, _version(t)) for n, t in named.items() if n in flat
     ]
     seen.append(("", None, gen))  # compared with ==, as the version counters
     last = memo.get("last")
@@ -135,6 +135,12 @@ def scattered_inputs(
     return made
 
 
+def _version(t: Tensor) -> int:
+    """``t``'s version counter, or -1 for an inference tensor, which has none (its values are
+    compared on every call anyway: ``_values_generation``)."""
+    return -1 if t.is_inference() else t._version
+
+
 def _values_generation(g: TokenGraph, inputs: dict[str, Tensor]) -> int:
     """A number that changes whenever the values of ``inputs`` differ from the last call's on
     this graph: a write through ``.data`` or numpy bumps no version counter, so the values
@@ -145,13 +151,13 @@ def _values_generation(g: TokenGraph, inputs: dict[str, Tensor]) -> int:
         isinstance(saved, dict)
         and saved.keys() == inputs.keys()
         and all(
-            saved[n][0] is t and saved[n][1] == t._version and torch.equal(saved[n][2], t)
+            saved[n][0] is t and saved[n][1] == _version(t) and torch.equal(saved[n][2], t)
             for n, t in inputs.items()
         )
     )
     if not same:
         memo["gen"] = int(memo.get("gen", 0)) + 1
-        memo["saved"] = {n: (t, t._version, t.detach().clone()) for n, t in inputs.items()}
+        memo["saved"] = {n: (t, _version(t), t.detach().clone()) for n, t in inputs.items()}
     return int(memo["gen"])
 
 

@@ -305,22 +305,10 @@ def test_inference_raw_edge_index_then_training() -> None:
     _check_fwd_bwd(layer, x, g, ei.clone())
 
 
-INFERENCE_DIST_XFAIL = pytest.mark.xfail(
-    strict=True,
-    raises=RuntimeError,
-    reason=(
-        "DEFECT: dense backend + a per-edge input (SpatialBias distances [E]) that is an "
-        "inference tensor: backends/dense_mask.py _values_generation reads t._version, which "
-        "raises 'RuntimeError: Inference tensors do not track version counter.' Expected the "
-        "formula's output (the edge backend gives it)."
-    ),
-)
-
-
 @pytest.mark.parametrize(
     "backend,dist_in_inference",
     [
-        pytest.param("dense", True, marks=INFERENCE_DIST_XFAIL),
+        ("dense", True),
         ("dense", False),
         ("edge", True),
         ("edge", False),
@@ -494,16 +482,6 @@ def test_nonfinite_sinks_refused(backend: str, bad: float, graph: str) -> None:
         layer(x, g)  # type: ignore[arg-type]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=RuntimeError,
-    reason=(
-        "DEFECT (minimal): with torch.inference_mode(): GraphAttention(6, 3, score=scaled_dot + "
-        "SpatialBias(3, 3), backend='dense')(x [4, 6], TokenGraph([[0,1,2],[1,0,3]], 4), "
-        "edge_attr=torch.tensor([1, 1, 2])) raises 'Inference tensors do not track version "
-        "counter' (dense_mask._values_generation reads t._version); expected the formula's output"
-    ),
-)
 def test_dense_per_edge_input_made_in_inference_minimal() -> None:
     torch.manual_seed(0)
     sp = ga.SpatialBias(H, max_distance=3)
