@@ -144,20 +144,18 @@ def _version(t: Tensor) -> int:
 def _values_generation(g: TokenGraph, inputs: dict[str, Tensor]) -> int:
     """A number that changes whenever the values of ``inputs`` differ from the last call's on
     this graph: a write through ``.data`` or numpy bumps no version counter, so the values
-    themselves are compared (one ``torch.equal`` per input, against a private copy)."""
+    themselves are compared (one ``torch.equal`` per input, against a private copy; the
+    caller keys on the tensors' identity and version as well)."""
     memo: dict[str, Any] = g.derived(("dense_scattered_values",), dict)
     saved = memo.get("saved")
     same = (
         isinstance(saved, dict)
         and saved.keys() == inputs.keys()
-        and all(
-            saved[n][0] is t and saved[n][1] == _version(t) and torch.equal(saved[n][2], t)
-            for n, t in inputs.items()
-        )
+        and all(saved[n].dtype == t.dtype and torch.equal(saved[n], t) for n, t in inputs.items())
     )
     if not same:
         memo["gen"] = int(memo.get("gen", 0)) + 1
-        memo["saved"] = {n: (t, _version(t), t.detach().clone()) for n, t in inputs.items()}
+        memo["saved"] = {n: t.detach().clone() for n, t in inputs.items()}
     return int(memo["gen"])
 
 
